@@ -1,0 +1,91 @@
+"""Cross-attention layers: their identity in ComfyUI and the model families Infusion supports."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+
+
+@dataclass(frozen=True, order=True)
+class LayerId:
+    """One cross-attention layer, named as ComfyUI names it at run time.
+
+    `block` is "input", "middle" or "output"; `number` the block's index in that list;
+    `index` the transformer block inside it (ComfyUI's `block_index`).
+    """
+
+    block: str
+    number: int
+    index: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.block}.{self.number}.{self.index}"
+
+    @classmethod
+    def parse(cls, key: str) -> "LayerId":
+        try:
+            block, number, index = key.split(".")
+            if block not in ("input", "middle", "output"):
+                raise ValueError(block)
+            return cls(block, int(number), int(index))
+        except ValueError:
+            raise ValueError(f"'{key}' is not a cross-attention layer name (expected e.g. 'input.1.0')") from None
+
+    @classmethod
+    def from_extra_options(cls, extra_options: Mapping[str, Any]) -> "LayerId | None":
+        block = extra_options.get("block")
+        if block is None:
+            return None
+        return cls(block[0], int(block[1]), int(extra_options.get("block_index", 0)))
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    label: str
+    text_width: int
+    n_layers: int
+
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family("sd1", "SD1.x", 768, 16),
+        Family("sd2", "SD2.x", 1024, 16),
+        Family("sdxl", "SDXL", 2048, 70),
+    )
+}
+
+
+def cross_attention_layers(unet: torch.nn.Module) -> dict[LayerId, tuple[int, int]]:
+    """Every cross-attention layer of a ComfyUI UNetModel: {layer: (text width, value width)}.
+
+    Mirrors how the UNet forward labels blocks (`transformer_options["block"]`): position in
+    input_blocks / output_blocks, and ("middle", 0) for the whole middle block.
+    """
+    groups = [("input", list(unet.input_blocks)), ("middle", [unet.middle_block]), ("output", list(unet.output_blocks))]
+    layers: dict[LayerId, tuple[int, int]] = {}
+    for block, modules in groups:
+        for number, module in enumerate(modules):
+            for sub in module.modules():
+                for index, tb in enumerate(getattr(sub, "transformer_blocks", ())):
+                    attn2 = getattr(tb, "attn2", None)
+                    if attn2 is not None:
+                        layers[LayerId(block, number, index)] = (attn2.to_v.in_features, attn2.to_v.out_features)
+    return layers
+
+
+def family_of(layers: Mapping[LayerId, tuple[int, int]]) -> Family:
+    """The family a UNet belongs to, from its text width and number of cross-attention layers."""
+    widths = {text for text, _ in layers.values()}
+    if len(widths) != 1:
+        raise ValueError(f"this model has no single text width (found {sorted(widths) or 'none'}); "
+                         "Infusion supports SD1.x, SD2.x and SDXL UNets")
+    width = widths.pop()
+    for family in FAMILIES.values():
+        if family.text_width == width and family.n_layers == len(layers):
+            return family
+    raise ValueError(f"unsupported model: text width {width} with {len(layers)} cross-attention layers; "
+                     "Infusion supports SD1.x (768, 16), SD2.x (1024, 16) and SDXL (2048, 70)")

@@ -1,0 +1,125 @@
+"""The Infusion residual as a composable ComfyUI `attn2_patch`.
+
+In every cross-attention layer l the value input at the class word's positions P becomes
+c_j + s * u_l (j in P), so V[j] = W_v c_j + s * W_v u_l: the attention maps (keys, softmax) stay
+the base model's and the output changes by s * A[:, P] W_v u_l. Rows outside P are returned
+untouched, so a prompt without the word, or s = 0, gives the base model's output bit for bit.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+
+from .concept import InfusionConcept
+from .layers import LayerId
+from .tokens import CONDITIONING_KEY, WordPositions
+
+BATCH_KEY = "infusion_batch"  # transformer_options entry set by `carry_word_positions`
+
+
+class BatchPositions:
+    """Word positions of the prompts in one sampler step, looked up per UNet batch by uuid.
+
+    ComfyUI batches several conditionings into one UNet call and tells the attention patches
+    which chunk came from which conditioning (`extra_options["uuids"]`).
+    """
+
+    def __init__(self, by_uuid: Mapping[Any, WordPositions]):
+        self.by_uuid = by_uuid
+        self._masks: dict[tuple, torch.Tensor | None] = {}
+
+    def mask(self, word: str, uuids: list, batch: int, length: int, device: torch.device) -> torch.Tensor | None:
+        """A [batch, length, 1] bool mask of the word's rows, or None where no chunk has the word."""
+        key = (word, tuple(uuids), batch, length, device)
+        if key not in self._masks:
+            self._masks[key] = self._build(word, uuids, batch, length, device)
+        return self._masks[key]
+
+    def _build(self, word: str, uuids: list, batch: int, length: int, device: torch.device) -> torch.Tensor | None:
+        chunk = batch // max(len(uuids), 1)
+        mask = torch.zeros(batch, length, 1, dtype=torch.bool)
+        for i, uuid in enumerate(uuids):
+            positions = self.by_uuid.get(uuid)
+            if positions is not None:
+                mask[i * chunk:(i + 1) * chunk, positions.rows(word, length)] = True
+        return mask.to(device) if mask.any() else None
+
+
+def carry_word_positions(executor, model, conds, x_in, timestep, model_options):
+    """CALC_COND_BATCH wrapper: hands the word positions of this step's conditionings to the patches."""
+    by_uuid = {c["uuid"]: c[CONDITIONING_KEY] for group in conds if group for c in group
+               if CONDITIONING_KEY in c and "uuid" in c}
+    options = dict(model_options)
+    options["transformer_options"] = {**model_options.get("transformer_options", {}), BATCH_KEY: BatchPositions(by_uuid)}
+    return executor(model, conds, x_in, timestep, options)
+
+
+class InfusionResidual(torch.nn.Module):
+    """attn2_patch adding one concept's residuals at its word's positions.
+
+    The residuals are fp32 masters: ComfyUI calls `.to(dtype)` on patches when it loads a model
+    in fp16, which is ignored here; they are cast to the activation dtype at the moment of use.
+    Trainable as an nn.Module (the residuals are parameters).
+    """
+
+    def __init__(self, concept: InfusionConcept, strength: float = 1.0,
+                 sigma_range: tuple[float, float] | None = None, trainable: bool = False):
+        super().__init__()
+        self.word = concept.word
+        self.label = concept.label
+        self.strength = float(strength)
+        self.sigma_range = sigma_range  # (high, low): active while low <= sigma <= high
+        self.layers = sorted(concept.values)
+        self.index = {layer: i for i, layer in enumerate(self.layers)}
+        self.values = self._stack(concept.values, trainable)
+        self.keys = None if concept.keys is None else self._stack(concept.keys, trainable)
+
+    def _stack(self, vectors: Mapping[LayerId, torch.Tensor], trainable: bool) -> torch.nn.ParameterList:
+        return torch.nn.ParameterList(
+            torch.nn.Parameter(vectors[l].detach().to(torch.float32).clone(), requires_grad=trainable)
+            for l in self.layers)
+
+    def to(self, *args, **kwargs) -> "InfusionResidual":
+        device = next((a for a in list(args) + list(kwargs.values()) if isinstance(a, (torch.device, str))), None)
+        if device is not None:
+            super().to(device=device)
+        return self
+
+    def __deepcopy__(self, memo):
+        # ModelPatcher.clone() deep-copies model options; residuals are immutable at inference and
+        # shared by reference while training, so a clone may share this object.
+        return self
+
+    def active(self, extra_options: Mapping[str, Any]) -> bool:
+        if self.strength == 0:
+            return False
+        if self.sigma_range is None:
+            return True
+        sigmas = extra_options.get("sigmas")
+        if sigmas is None:
+            return True
+        sigma = float(sigmas.max())
+        high, low = self.sigma_range
+        return low <= sigma <= high
+
+    def forward(self, n, context, value, extra_options):
+        layer = LayerId.from_extra_options(extra_options)
+        i = self.index.get(layer) if layer is not None else None
+        batch_positions = extra_options.get(BATCH_KEY)
+        if i is None or batch_positions is None or not self.active(extra_options):
+            return n, context, value
+        mask = batch_positions.mask(self.word, extra_options.get("uuids", []), value.shape[0], value.shape[1], value.device)
+        if mask is None:
+            return n, context, value
+        value = torch.where(mask, value + (self.strength * self.values[i]).to(value), value)
+        if self.keys is not None:
+            context = torch.where(mask, context + (self.strength * self.keys[i]).to(context), context)
+        return n, context, value
+
+    def residuals(self) -> dict[str, dict[LayerId, torch.Tensor]]:
+        """The current residuals (detached fp32 copies), e.g. to save a trained concept."""
+        out = {"values": {l: p.detach().clone() for l, p in zip(self.layers, self.values)}}
+        if self.keys is not None:
+            out["keys"] = {l: p.detach().clone() for l, p in zip(self.layers, self.keys)}
+        return out

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..infusion.patching import apply_concept
+from .load import INFUSION
+from .word_clip import InfusionCLIP
+
+
+class ApplyInfusion(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ApplyInfusion",
+            display_name="Apply Infusion to Model",
+            category="Infusion",
+            description="Make every prompt that says the concept's class word draw the concept. Prompts "
+                        "without the word are drawn exactly as by the base model. Chain several to combine concepts.",
+            inputs=[
+                io.Model.Input("model", tooltip="The base model (SD1.x, SD2.x or SDXL) the concept was trained for."),
+                io.Clip.Input("clip", tooltip="Its CLIP. Encode your prompts with the CLIP this node returns: "
+                                              "it marks where the class word stands."),
+                INFUSION.Input("infusion", tooltip="A concept from Load Infusion or Train Infusion Concept."),
+                io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.01,
+                               tooltip="Scale of the concept's residual. 0 = base model; negative values "
+                                       "push away from the concept."),
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.001, optional=True,
+                               tooltip="Fraction of the sampling schedule at which the concept starts acting."),
+                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.001, optional=True,
+                               tooltip="Fraction of the sampling schedule at which the concept stops acting."),
+            ],
+            outputs=[io.Model.Output(), io.Clip.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model, clip, infusion, strength, start_percent=0.0, end_percent=1.0) -> io.NodeOutput:
+        patched = apply_concept(model, infusion, strength, start_percent, end_percent)
+        return io.NodeOutput(patched, InfusionCLIP.with_word(clip, infusion.word))

@@ -1,0 +1,46 @@
+"""A CLIP that marks where applied concepts' class words stand in every prompt it encodes.
+
+The positions ride in the conditioning dict (not in model_conds), so prompts with and without
+the word keep batching into one UNet call. clone() keeps the subclass, so downstream nodes
+(LoRA loaders, CLIPSetLastLayer, ...) keep the behaviour.
+"""
+from __future__ import annotations
+
+import comfy.sd
+
+from ..infusion.prompt import word_positions
+from ..infusion.tokens import CONDITIONING_KEY
+
+
+class InfusionCLIP(comfy.sd.CLIP):
+    infusion_words: tuple[str, ...] = ()
+
+    @classmethod
+    def with_word(cls, clip: comfy.sd.CLIP, word: str) -> "InfusionCLIP":
+        """A clone of `clip` that also marks `word`; `clip` is not touched."""
+        out = clip.clone()
+        out.__class__ = cls
+        out.infusion_words = tuple(getattr(clip, "infusion_words", ())) + (word,)
+        return out
+
+    def clone(self) -> "InfusionCLIP":
+        out = super().clone()
+        out.__class__ = type(self)
+        out.infusion_words = self.infusion_words
+        return out
+
+    def _positions(self, tokens):
+        return word_positions(self.tokenizer, tokens, self.infusion_words)
+
+    def encode_from_tokens(self, tokens, return_pooled=False, return_dict=False):
+        out = super().encode_from_tokens(tokens, return_pooled=return_pooled, return_dict=return_dict)
+        if return_dict:
+            out[CONDITIONING_KEY] = self._positions(tokens)
+        return out
+
+    def encode_from_tokens_scheduled(self, tokens, unprojected=False, add_dict={}, show_pbar=True):
+        out = super().encode_from_tokens_scheduled(tokens, unprojected=unprojected, add_dict=add_dict, show_pbar=show_pbar)
+        positions = self._positions(tokens)
+        for _, extras in out:
+            extras[CONDITIONING_KEY] = positions
+        return out

@@ -1,0 +1,119 @@
+import json
+import os
+import struct
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from infusion.concept import ConceptMismatchError
+from infusion.format import ConceptFileError, load_concept, save_concept
+from infusion.layers import LayerId
+
+from core_helpers import random_concept, sd15_layers
+
+
+def test_round_trip_fp32_is_exact(tmp_path, concept):
+    path = save_concept(concept, str(tmp_path / "rex.safetensors"), dtype="fp32")
+    loaded = load_concept(path)
+    assert loaded.word == "dog" and loaded.family == "sd1" and loaded.variant == "value"
+    assert loaded.token_ids == (1929,) and loaded.name == "rex"
+    assert loaded.value_widths == {l: w for l, (_, w) in sd15_layers().items()}
+    for layer, v in concept.values.items():
+        assert torch.equal(loaded.values[layer], v)
+
+
+def test_round_trip_fp16_rounds_to_half(tmp_path, concept):
+    loaded = load_concept(save_concept(concept, str(tmp_path / "rex.safetensors")))
+    for layer, v in concept.values.items():
+        assert torch.equal(loaded.values[layer], v.half().float())
+
+
+def test_key_value_variant_and_metadata_round_trip(tmp_path):
+    c = random_concept(variant="key+value")
+    c.metadata = {"training": {"steps": 500, "lr": 0.01}, "provenance": {"base_model": "x.safetensors"}}
+    loaded = load_concept(save_concept(c, str(tmp_path / "kv.safetensors"), dtype="fp32"))
+    assert loaded.variant == "key+value"
+    assert loaded.metadata == c.metadata
+    assert all(torch.equal(loaded.keys[l], c.keys[l]) for l in c.keys)
+
+
+def test_sd15_concept_file_is_small(tmp_path, concept):
+    path = save_concept(concept, str(tmp_path / "rex.safetensors"))
+    assert os.path.getsize(path) <= 32 * 1024
+
+
+def test_save_is_atomic_and_leaves_no_temporary(tmp_path, concept):
+    path = tmp_path / "rex.safetensors"
+    save_concept(concept, str(path))
+    before = path.read_bytes()
+    concept.values[LayerId("input", 1, 0)] = torch.full((768,), float("nan"))
+    with pytest.raises(Exception):
+        save_concept(concept, str(path), dtype="fp64")
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["rex.safetensors"]
+
+
+def _rewrite(path, tensors=None, meta_update=None, drop=()):
+    from safetensors.torch import load_file
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as f:
+        meta = dict(f.metadata())
+    t = load_file(str(path)) if tensors is None else tensors
+    for k in drop:
+        t.pop(k)
+    meta.update(meta_update or {})
+    save_file(t, str(path), metadata=meta)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("garbage", "not a safetensors file"),
+    ("empty", "not a safetensors file"),
+    ("truncated", "truncated"),
+    ("lora", "looks like a LoRA"),
+    ("version", "format version '99'"),
+    ("nan", "non-finite"),
+    ("missing_layer", "do not match its layer list"),
+    ("extra_tensor", "do not match its layer list"),
+    ("family", "unknown model family"),
+])
+def test_bad_files_are_rejected_with_a_clear_message(tmp_path, concept, case, message):
+    path = tmp_path / "bad.safetensors"
+    save_concept(concept, str(path))
+    if case == "garbage":
+        path.write_bytes(b"\x89PNG\r\n" + os.urandom(500))
+    elif case == "empty":
+        path.write_bytes(b"")
+    elif case == "truncated":
+        path.write_bytes(path.read_bytes()[:-100])
+    elif case == "lora":
+        save_file({"lora_unet_down_blocks_0.lora_up.weight": torch.zeros(4, 4)}, str(path))
+    elif case == "version":
+        _rewrite(path, meta_update={"format_version": "99"})
+    elif case == "nan":
+        from safetensors.torch import load_file
+        t = load_file(str(path))
+        t["value.middle.0.0"][3] = float("nan")
+        _rewrite(path, tensors=t)
+    elif case == "missing_layer":
+        _rewrite(path, drop=["value.output.11.0"])
+    elif case == "extra_tensor":
+        from safetensors.torch import load_file
+        t = load_file(str(path))
+        t["value.output.12.0"] = torch.zeros(768, dtype=torch.float16)
+        _rewrite(path, tensors=t)
+    elif case == "family":
+        _rewrite(path, meta_update={"family": "flux"})
+    with pytest.raises(ConceptFileError, match=message):
+        load_concept(str(path))
+
+
+def test_wrong_family_and_layers_are_refused_by_check_fits(concept):
+    sdxl_like = {LayerId("input", 4, i): (2048, 640) for i in range(70)}
+    with pytest.raises(ConceptMismatchError, match="made for SD1.x .* model is SDXL"):
+        concept.check_fits(sdxl_like, "sdxl")
+    fewer = dict(sd15_layers())
+    fewer.pop(LayerId("middle", 0, 0))
+    with pytest.raises(ConceptMismatchError, match="extra \\['middle.0.0'\\]"):
+        concept.check_fits(fewer, "sd1")
+    concept.check_fits(sd15_layers(), "sd1")
