@@ -7,6 +7,7 @@ untouched, so a prompt without the word, or s = 0, gives the base model's output
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Mapping
 
 import torch
@@ -46,9 +47,22 @@ class BatchPositions:
         return mask.to(device) if mask.any() else None
 
 
+def _as_encoded(c: Mapping[str, Any]) -> WordPositions:
+    """The positions with the conditioning's real token length as the tiling period.
+
+    ConditioningConcat appends another prompt's rows after the encoded ones and keeps the first
+    prompt's dict: its positions stay valid, but the tensor is longer than the tokens were.
+    """
+    positions = c[CONDITIONING_KEY]
+    cross_attn = c.get("cross_attn")
+    if cross_attn is None or cross_attn.shape[1] == positions.length:
+        return positions
+    return replace(positions, length=cross_attn.shape[1])
+
+
 def carry_word_positions(executor, model, conds, x_in, timestep, model_options):
     """CALC_COND_BATCH wrapper: hands the word positions of this step's conditionings to the patches."""
-    by_uuid = {c["uuid"]: c[CONDITIONING_KEY] for group in conds if group for c in group
+    by_uuid = {c["uuid"]: _as_encoded(c) for group in conds if group for c in group
                if CONDITIONING_KEY in c and "uuid" in c}
     options = dict(model_options)
     options["transformer_options"] = {**model_options.get("transformer_options", {}), BATCH_KEY: BatchPositions(by_uuid)}
@@ -82,7 +96,7 @@ class InfusionResidual(torch.nn.Module):
 
     def to(self, *args, **kwargs) -> "InfusionResidual":
         device = next((a for a in list(args) + list(kwargs.values()) if isinstance(a, (torch.device, str))), None)
-        if device is not None:
+        if device is not None and torch.device(device) != self.values[0].device:
             super().to(device=device)
         return self
 

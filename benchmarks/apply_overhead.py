@@ -1,0 +1,74 @@
+"""Sampling time with 1 and 3 applied Infusion concepts vs the unpatched model (goal: ratio <= 1.03).
+
+SD1.5-shaped random UNet at reduced width on CPU, same seeds; runs are interleaved and the
+median of each is compared. Usage:
+    COMFYUI_PATH=/path/to/ComfyUI python benchmarks/apply_overhead.py [--channels 64] [--repeats 15]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "comfy"))
+import comfy_harness as h  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--channels", type=int, default=64, help="UNet model_channels (SD1.5: 320)")
+    parser.add_argument("--size", type=int, default=256, help="image size in pixels")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args()
+
+    h.setup_comfy()
+    import comfy.supported_models
+    import nodes
+    import torch
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    pack = h.load_pack()
+    config = {**h.sd15_unet_config(), "model_channels": args.channels}
+    unet = comfy.supported_models.SD15(config).get_model({})
+    h.init_weights(unet)
+    model = h._patcher(unet)
+    _, clip = h.tiny_sd15()
+
+    concept_mod = h.pack_submodule(pack, "infusion.concept")
+    patching = h.pack_submodule(pack, "infusion.patching")
+    layers, family = patching.model_layers(model)
+    apply = nodes.NODE_CLASS_MAPPINGS["ApplyInfusion"]
+
+    variants = {"unpatched": (model, clip)}
+    m, c = model, clip
+    for i, word in enumerate(("dog", "barn", "hat")):
+        concept = concept_mod.InfusionConcept.zeros(word, layers, family.name)
+        for layer in concept.values:
+            concept.values[layer] = torch.randn(concept.values[layer].shape) * 0.1
+        m, c = apply.execute(m, c, concept, 1.0).result
+        if i == 0:
+            variants["1 concept"] = (m, c)
+    variants["3 concepts"] = (m, c)
+
+    prompt, negative = "a dog wearing a hat near a barn", "blurry"
+    latent = h.empty_latent(1, args.size)
+    conds = {k: (h.encode(c, prompt), h.encode(c, negative)) for k, (_, c) in variants.items()}
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for r in range(args.repeats + 1):
+        for k, (m, _) in variants.items():
+            t0 = time.perf_counter()
+            h.sample(m, *conds[k], latent, steps=args.steps, seed=r)
+            if r:  # the first round warms up
+                times[k].append(time.perf_counter() - t0)
+    base = statistics.median(times["unpatched"])
+    print(f"SD1.5-shaped UNet, model_channels {args.channels}, {args.size}px, {args.steps} steps, "
+          f"{args.repeats} runs each (median)")
+    for k, ts in times.items():
+        print(f"{k:>10}: {statistics.median(ts) * 1000:8.1f} ms   ratio {statistics.median(ts) / base:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Load Infusion, the models/infusion folder, and class-word positions with ComfyUI's tokenizers."""
+import os
+
+import pytest
+import torch
+
+import comfy_harness as h
+
+
+def node(name):
+    import nodes
+    return nodes.NODE_CLASS_MAPPINGS[name]
+
+
+def save(pack, model, path, word="dog"):
+    concept_mod = h.pack_submodule(pack, "infusion.concept")
+    fmt = h.pack_submodule(pack, "infusion.format")
+    layers, family = h.pack_submodule(pack, "infusion.patching").model_layers(model)
+    c = concept_mod.InfusionConcept.zeros(word, layers, family.name)
+    for layer in c.values:
+        c.values[layer] = torch.randn(c.values[layer].shape)
+    fmt.save_concept(c, str(path))
+    return c
+
+
+def test_models_infusion_folder_is_registered_and_loadable(pack, sd15, tmp_path):
+    import folder_paths
+    folder = os.path.join(folder_paths.models_dir, "infusion")
+    assert folder in folder_paths.get_folder_paths("infusion")
+    saved = save(pack, sd15[0], os.path.join(folder, "rex.safetensors"))
+    open(os.path.join(folder, "notes.txt"), "w").write("not a concept")
+    assert "rex.safetensors" in folder_paths.get_filename_list("infusion")
+    assert "notes.txt" not in folder_paths.get_filename_list("infusion")
+    loaded = node("LoadInfusion").execute("rex.safetensors").result[0]
+    assert loaded.word == "dog" and loaded.family == "sd1"
+    for layer, v in saved.values.items():
+        assert torch.equal(loaded.values[layer], v.half().float())
+
+
+def test_extra_model_paths_folder_is_listed(pack, sd15, tmp_path):
+    import folder_paths
+    folder_paths.add_model_folder_path("infusion", str(tmp_path))  # what extra_model_paths.yaml does
+    save(pack, sd15[0], tmp_path / "elsewhere.safetensors", word="teapot")
+    assert "elsewhere.safetensors" in folder_paths.get_filename_list("infusion")
+    assert node("LoadInfusion").execute("elsewhere.safetensors").result[0].word == "teapot"
+
+
+def test_loader_refuses_a_lora_with_a_clear_message(pack, tmp_path):
+    import folder_paths
+    from safetensors.torch import save_file
+    folder = os.path.join(folder_paths.models_dir, "infusion")
+    os.makedirs(folder, exist_ok=True)
+    save_file({"lora_unet_x.lora_up.weight": torch.zeros(2, 2)}, os.path.join(folder, "a_lora.safetensors"))
+    with pytest.raises(ValueError, match="looks like a LoRA"):
+        node("LoadInfusion").execute("a_lora.safetensors")
+
+
+def test_node_schema_has_tooltips_everywhere(pack):
+    for name in ("LoadInfusion", "ApplyInfusion"):
+        schema = node(name).define_schema()
+        assert schema.inputs and all(i.tooltip for i in schema.inputs), name
+
+
+@pytest.mark.parametrize("family", ["sd15", "sd2v", "sdxl"])
+@pytest.mark.parametrize("text, word, expected", [
+    ("a photo of a dog", "dog", (5,)),
+    ("A Dog, running with another dog.", "dog", (2, 7)),
+    ("a (dog:1.3) next to a hotdog stand", "dog", (2,)),
+    ("two dogs", "dog", ()),
+    ("my Teddy Bear on a bed", "teddy bear", (2, 3)),
+])
+def test_word_positions_with_comfy_tokenizers(pack, request, family, text, word, expected):
+    _, clip = request.getfixturevalue(family)
+    prompt = h.pack_submodule(pack, "infusion.prompt")
+    positions = prompt.word_positions(clip.tokenizer, clip.tokenize(text), [word])
+    assert positions.length == 77
+    assert positions.words.get(word, ()) == expected
+
+
+def test_multi_token_word_and_long_prompt(pack, sd15):
+    _, clip = sd15
+    prompt = h.pack_submodule(pack, "infusion.prompt")
+    ids = prompt.word_token_ids(clip.tokenizer, "axolotl")
+    assert len(ids) > 1  # a word of several BPE tokens: every piece gets the residual
+    text = " ".join(["scenery"] * 80) + " and an axolotl"
+    positions = prompt.word_positions(clip.tokenizer, clip.tokenize(text), ["axolotl"])
+    assert positions.length == 154
+    found = positions.words["axolotl"]
+    assert len(found) == len(ids) and list(found) == list(range(found[0], found[0] + len(ids))) and found[0] > 77
