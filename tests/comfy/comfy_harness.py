@@ -1,0 +1,500 @@
+"""Real-ComfyUI test harness: find/import ComfyUI, load this pack the way ComfyUI
+does, and build tiny random-weight models that run through ComfyUI's own nodes.
+
+Nothing here imports torch or ComfyUI at module import time, so the module is safe
+to import in a plain CI venv; call `setup_comfy()` first (the conftest fixtures do).
+"""
+from __future__ import annotations
+
+import asyncio
+import atexit
+import functools
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from typing import Any
+
+HARNESS_DIR = os.path.dirname(os.path.abspath(__file__))
+# The pack root is two levels above tests/comfy; abspath (not realpath) so a pack
+# symlinked into ComfyUI/custom_nodes is still seen at its custom_nodes location.
+PACK_ROOT = os.path.dirname(os.path.dirname(HARNESS_DIR))
+
+SEED = 1234
+# Small everywhere: 64x64 px images -> 8x8 latents.
+IMAGE_SIZE = 64
+LATENT_SIZE = IMAGE_SIZE // 8
+
+_state: dict[str, Any] = {}
+
+
+# --------------------------------------------------------------------------- discovery
+
+def is_comfyui_root(path: str | None) -> bool:
+    return bool(path) and os.path.isdir(os.path.join(path, "comfy")) and os.path.isfile(os.path.join(path, "nodes.py"))
+
+
+def find_comfyui(pack_root: str = PACK_ROOT) -> str | None:
+    """ComfyUI root from $COMFYUI_PATH, else the ComfyUI that holds this pack in
+    <ComfyUI>/custom_nodes/<pack>; None when neither is a ComfyUI tree."""
+    env = os.environ.get("COMFYUI_PATH")
+    if env:
+        env = os.path.abspath(os.path.expanduser(env))
+        return env if is_comfyui_root(env) else None
+    for root in dict.fromkeys([os.path.abspath(pack_root), os.path.realpath(pack_root)]):
+        parent = os.path.dirname(root)
+        if os.path.basename(parent) == "custom_nodes" and is_comfyui_root(os.path.dirname(parent)):
+            return os.path.dirname(parent)
+    return None
+
+
+def absent_reason() -> str:
+    env = os.environ.get("COMFYUI_PATH")
+    if env and not is_comfyui_root(os.path.abspath(os.path.expanduser(env))):
+        return f"real ComfyUI not found: COMFYUI_PATH={env} has no comfy/ and nodes.py"
+    return "real ComfyUI not found: set COMFYUI_PATH=/path/to/ComfyUI or place this pack in ComfyUI/custom_nodes"
+
+
+# --------------------------------------------------------------------------- setup
+
+def setup_comfy(path: str | None = None) -> str:
+    """Make ComfyUI importable in this process on CPU, with every ComfyUI folder
+    (models/output/input/temp/user) redirected to a throwaway directory.
+    Idempotent; returns the ComfyUI root."""
+    if "comfy_root" in _state:
+        return _state["comfy_root"]
+    path = os.path.abspath(path or find_comfyui() or "")
+    if not is_comfyui_root(path):
+        raise RuntimeError(absent_reason())
+
+    # ComfyUI's root must come before the pack root (pytest pythonpath=["."]):
+    # the pack has its own `nodes/` package, ComfyUI needs `import nodes` -> nodes.py.
+    if path in sys.path:
+        sys.path.remove(path)
+    sys.path.insert(0, path)
+    stale = sys.modules.get("nodes")
+    if stale is not None and os.path.dirname(os.path.abspath(getattr(stale, "__file__", "") or "")) != path:
+        # Someone (e.g. a core test) imported the pack's `nodes` package as top-level
+        # `nodes`; ComfyUI's modules do `import nodes` and must get ComfyUI's.
+        del sys.modules["nodes"]
+
+    import comfy.options
+    # Default is off already; keep it off so ComfyUI never parses pytest's argv.
+    comfy.options.enable_args_parsing(False)
+    import comfy.cli_args
+
+    base = tempfile.mkdtemp(prefix="comfyui_infusion_tests_")
+    atexit.register(shutil.rmtree, base, ignore_errors=True)
+    args = comfy.cli_args.args
+    args.cpu = True  # must precede `import comfy.model_management` on a CPU-only torch
+    args.base_directory = base  # folder_paths derives models/output/input/temp/user from it
+
+    import comfy.model_management  # noqa: F401  (device selection happens here)
+    import torch
+
+    # One intra-op thread: these models are tiny, and on a small shared machine torch's
+    # spinning OpenMP workers made sampling up to 50x slower under load.
+    torch.set_num_threads(int(os.environ.get("COMFYUI_TEST_THREADS", "1")))
+    import folder_paths
+
+    # folder_paths may have been imported before us: set every directory explicitly.
+    if folder_paths.base_path != base:
+        folder_paths.models_dir = os.path.join(base, "models")
+        for name, (paths, exts) in list(folder_paths.folder_names_and_paths.items()):
+            folder_paths.folder_names_and_paths[name] = ([os.path.join(base, "models", name)], exts)
+    folder_paths.set_output_directory(os.path.join(base, "output"))
+    folder_paths.set_temp_directory(os.path.join(base, "temp"))
+    folder_paths.set_input_directory(os.path.join(base, "input"))
+    folder_paths.set_user_directory(os.path.join(base, "user"))
+    for sub in ("models/checkpoints", "models/loras", "models/embeddings", "output", "temp", "input", "user"):
+        os.makedirs(os.path.join(base, sub), exist_ok=True)
+
+    import nodes  # noqa: F401  (ComfyUI's nodes.py: the slow part, 4-6 s)
+
+    _state["comfy_root"] = path
+    _state["base_dir"] = base
+    # Free cached models while ComfyUI's modules still exist: ModelPatcher.__del__ at
+    # interpreter teardown otherwise prints "'NoneType' object has no attribute 'ON_DETACH'".
+    atexit.register(release_models)
+    return path
+
+
+def release_models() -> None:
+    """Drop the session-cached models (and ComfyUI's loaded-model list)."""
+    import gc
+    for fn in (tiny_sd15, tiny_sd2v, tiny_sdxl, tiny_vae):
+        fn.cache_clear()
+    import comfy.model_management
+    comfy.model_management.unload_all_models()
+    gc.collect()
+
+
+def base_dir() -> str:
+    """The temporary ComfyUI base directory (models/, output/, input/, temp/, user/)."""
+    return _state["base_dir"]
+
+
+def models_dir() -> str:
+    import folder_paths
+    return folder_paths.models_dir
+
+
+# --------------------------------------------------------------------------- pack loading
+
+class _Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.levelname}: {record.getMessage()}")
+
+
+def pack_module_name(pack_path: str = PACK_ROOT) -> str:
+    """The sys.modules key ComfyUI gives a directory pack (its path, '.' -> '_x_')."""
+    return pack_path.replace(".", "_x_")
+
+
+def load_pack(pack_path: str = PACK_ROOT) -> Any:
+    """Load a pack exactly as ComfyUI's startup does and return its module.
+    ComfyUI only logs import failures, so the log is captured and raised."""
+    cache = _state.setdefault("packs", {})
+    if pack_path in cache:
+        return cache[pack_path]
+    setup_comfy()
+    import nodes
+
+    capture = _Capture()
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(capture)
+    if old_level > logging.WARNING:  # ComfyUI reports import failures at WARNING
+        root.setLevel(logging.WARNING)
+    try:
+        ok = asyncio.run(nodes.load_custom_node(pack_path))
+    finally:
+        root.removeHandler(capture)
+        root.setLevel(old_level)
+    if not ok:
+        log = "\n".join(capture.lines) or "(nothing logged)"
+        raise RuntimeError(f"ComfyUI failed to load the custom node pack {pack_path}:\n{log}")
+    module = sys.modules[pack_module_name(pack_path)]
+    cache[pack_path] = module
+    return module
+
+
+def pack_submodule(pack: Any, name: str) -> Any:
+    """Import `<pack>.<name>` under ComfyUI's module name for the pack (top-level
+    `nodes` is ComfyUI's, so the pack's `nodes/` is only reachable this way)."""
+    import importlib
+    return importlib.import_module(f"{pack.__name__}.{name}")
+
+
+# --------------------------------------------------------------------------- weights
+
+def _randn(shape: tuple, gen: Any) -> Any:
+    import torch
+    rows = shape[0]
+    if rows <= 8192:
+        return torch.randn(shape, generator=gen)
+    # Token embeddings (49408 rows, 38-63 M values) dominate build time: sum rows of two
+    # small tables with coprime periods -- every row distinct, each entry still N(0, 1).
+    cols = 1
+    for d in shape[1:]:
+        cols *= d
+    idx = torch.arange(rows)
+    a = torch.randn((1021, cols), generator=gen)
+    b = torch.randn((1031, cols), generator=gen)
+    return (a[idx % 1021] + b[idx % 1031]).mul_(0.5 ** 0.5).reshape(shape)
+
+
+def init_weights(module: Any, seed: int = SEED) -> Any:
+    """Deterministic random init. ComfyUI allocates weights with torch.empty, so
+    every parameter must be written: matrices/convs/embeddings ~ N(0, 0.02),
+    norm weights 1, biases 0."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for mod in module.modules():
+            is_norm = isinstance(mod, (torch.nn.LayerNorm, torch.nn.GroupNorm)) or type(mod).__name__.endswith("Norm")
+            for name, p in mod.named_parameters(recurse=False):
+                if name == "bias":
+                    p.zero_()
+                elif is_norm and name == "weight":
+                    p.fill_(1.0)
+                elif p.ndim >= 2:
+                    p.copy_(_randn(tuple(p.shape), gen).mul_(0.02))
+                elif p.ndim == 1:
+                    p.zero_()
+                # 0-d params (CLIP logit_scale, TAESD scale/shift) are set by their constructors.
+    return module
+
+
+def executor_mode() -> Any:
+    """The context ComfyUI's executor runs every node in (execution.py wraps the whole
+    prompt in torch.inference_mode()): tensors made inside are inference tensors."""
+    import torch
+    return torch.inference_mode()
+
+
+# --------------------------------------------------------------------------- UNet configs
+
+def _unet_base(torch: Any) -> dict:
+    # The keys ComfyUI's model_detection produces for a UNet checkpoint.
+    return {
+        "use_checkpoint": False, "image_size": 32, "out_channels": 4, "in_channels": 4,
+        "use_spatial_transformer": True, "legacy": False, "dtype": torch.float32,
+        "use_temporal_attention": False, "use_temporal_resblock": False,
+    }
+
+
+def sd15_unet_config() -> dict:
+    """Real SD1.5 layout (16 cross-attn blocks) at 1/10 width: 32/64/128/128."""
+    import torch
+    return {**_unet_base(torch), "adm_in_channels": None, "model_channels": 32,
+            "num_res_blocks": [2, 2, 2, 2], "channel_mult": [1, 2, 4, 4],
+            "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "transformer_depth_middle": 1,
+            "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+            "use_linear_in_transformer": False, "context_dim": 768}
+
+
+def sd2_unet_config() -> dict:
+    """Real SD2.x layout (16 cross-attn blocks), linear proj, context 1024."""
+    return {**sd15_unet_config(), "use_linear_in_transformer": True, "context_dim": 1024}
+
+
+def sdxl_unet_config() -> dict:
+    """Real SDXL layout (70 cross-attn blocks) at widths 32/64/128."""
+    import torch
+    return {**_unet_base(torch), "num_classes": "sequential", "adm_in_channels": 2816, "model_channels": 32,
+            "num_res_blocks": [2, 2, 2], "channel_mult": [1, 2, 4],
+            "transformer_depth": [0, 0, 2, 2, 10, 10], "transformer_depth_middle": 10,
+            "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
+            "use_linear_in_transformer": True, "context_dim": 2048}
+
+
+# SD2/SDXL use num_head_channels=64 (0 heads at width 32): use 8-dim heads instead.
+# SD1.5 keeps its real num_heads=8 (head dim 4/8/16 at these widths).
+TINY_HEAD_CHANNELS = 8
+
+# Tiny text-encoder overrides fed through ComfyUI's own `<clip>_model_config` model
+# option. Widths stay real (they are the context dims); 3 layers because SD2/SDXL
+# (and CLIPSetLastLayer -2) read the penultimate layer and ComfyUI asserts
+# abs(layer_idx) < num_layers.
+TINY_CLIP_L = {"num_hidden_layers": 3, "intermediate_size": 256, "num_attention_heads": 4}
+TINY_CLIP_H = {"num_hidden_layers": 3, "intermediate_size": 256, "num_attention_heads": 4}
+TINY_CLIP_G = {"num_hidden_layers": 3, "intermediate_size": 256, "num_attention_heads": 4}
+
+
+def _patcher(model: Any) -> Any:
+    import comfy.model_patcher
+    import torch
+    cpu = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(model, cpu, cpu)
+
+
+def _clip(tokenizer: Any, clip_cls: Any, model_options: dict, seed: int) -> Any:
+    import comfy.sd
+    from comfy.supported_models_base import ClipTarget
+    clip = comfy.sd.CLIP(ClipTarget(tokenizer, clip_cls), model_options=model_options)
+    init_weights(clip.cond_stage_model, seed)
+    return clip
+
+
+def _built_in_comfy(fn: Any) -> Any:
+    """Cache per session, and build inside executor_mode(): a real ComfyUI loader runs in
+    the executor, so its weights are inference tensors; the pack must cope with that."""
+    @functools.cache
+    @functools.wraps(fn)
+    def wrapper() -> Any:
+        setup_comfy()
+        with executor_mode():
+            return fn()
+    return wrapper
+
+
+# --------------------------------------------------------------------------- tiny models
+
+@_built_in_comfy
+def tiny_sd15() -> tuple[Any, Any]:
+    """(ModelPatcher, comfy.sd.CLIP): SD1.5 eps model, 16 cross-attn blocks, context 768.
+    Session-cached: clone before patching (the fixtures hand out clones)."""
+    import comfy.sd1_clip
+    import comfy.supported_models
+
+    model = comfy.supported_models.SD15(sd15_unet_config()).get_model({})
+    init_weights(model, SEED)
+    clip = _clip(comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel,
+                 {"clip_l_model_config": dict(TINY_CLIP_L)}, SEED + 1)
+    return _patcher(model), clip
+
+
+@_built_in_comfy
+def tiny_sd2v() -> tuple[Any, Any]:
+    """(ModelPatcher, CLIP): SD2.x v-prediction model, 16 cross-attn blocks, context 1024."""
+    import comfy.model_base
+    import comfy.supported_models
+    import comfy.text_encoders.sd2_clip
+    import torch
+
+    config = comfy.supported_models.SD20(sd2_unet_config())
+    config.unet_config.update(num_heads=-1, num_head_channels=TINY_HEAD_CHANNELS)
+    # ComfyUI decides SD2 eps vs v from the checkpoint (SD20.model_type: std of this
+    # norm bias > 0.09 means v); feed it such a probe so its own logic picks V_PREDICTION.
+    probe = {"output_blocks.11.1.transformer_blocks.0.norm1.bias": torch.tensor([-1.0, 1.0])}
+    model = config.get_model(probe)
+    if model.model_type != comfy.model_base.ModelType.V_PREDICTION:
+        raise RuntimeError(f"ComfyUI no longer detects v-prediction from the SD2 probe: {model.model_type}")
+    init_weights(model, SEED + 2)
+    clip = _clip(comfy.text_encoders.sd2_clip.SD2Tokenizer, comfy.text_encoders.sd2_clip.SD2ClipModel,
+                 {"clip_h_model_config": dict(TINY_CLIP_H)}, SEED + 3)
+    return _patcher(model), clip
+
+
+@_built_in_comfy
+def tiny_sdxl() -> tuple[Any, Any]:
+    """(ModelPatcher, CLIP): SDXL eps model, 70 cross-attn blocks, context 2048, adm 2816;
+    the CLIP is clip_l(768)+clip_g(1280) and returns pooled_output (1280)."""
+    import comfy.sdxl_clip
+    import comfy.supported_models
+
+    config = comfy.supported_models.SDXL(sdxl_unet_config())
+    config.unet_config.update(num_heads=-1, num_head_channels=TINY_HEAD_CHANNELS)
+    model = config.get_model({})
+    init_weights(model, SEED + 4)
+    clip = _clip(comfy.sdxl_clip.SDXLTokenizer, comfy.sdxl_clip.SDXLClipModel,
+                 {"clip_l_model_config": dict(TINY_CLIP_L), "clip_g_model_config": dict(TINY_CLIP_G)}, SEED + 5)
+    return _patcher(model), clip
+
+
+# SD's KL autoencoder (8x down via 4 levels, 4 latent channels) at ch 32 instead of 128.
+TINY_VAE_DDCONFIG = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3,
+                     "ch": 32, "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
+
+
+@_built_in_comfy
+def tiny_vae() -> Any:
+    """comfy.sd.VAE with SD's AutoencoderKL structure at tiny width (random weights)."""
+    import comfy.sd
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+
+    params = {"ddconfig": dict(TINY_VAE_DDCONFIG), "embed_dim": 4}
+    # Fill a throwaway instance for the state dict; comfy.sd.VAE builds and loads its own.
+    sd = init_weights(AutoencoderKL(**params), SEED + 6).state_dict()
+    return comfy.sd.VAE(sd=sd, config={"params": params})
+
+
+# --------------------------------------------------------------------------- checkpoint
+
+def sd15_checkpoint_unet_config() -> dict:
+    """Smallest UNet ComfyUI's model_detection still calls SD1.5. SD15.matches only checks
+    model_channels 320, context_dim 768 (read from the first transformer, so one is
+    needed), conv proj_in and no adm: one level, one res block, one transformer at
+    input 1, no middle block, plain output res blocks (1 cross-attn block, 13.6 M params)."""
+    return {**sd15_unet_config(), "model_channels": 320, "num_res_blocks": [1], "channel_mult": [1],
+            "transformer_depth": [1], "transformer_depth_middle": -2, "transformer_depth_output": [0, 0]}
+
+
+def write_tiny_sd15_checkpoint(path: str, seed: int = SEED + 7) -> str:
+    """Write a random-weight .safetensors (via ComfyUI's own comfy.sd.save_checkpoint)
+    that comfy.sd.load_checkpoint_guess_config detects as SD15 and loads with no
+    missing keys. The UNet is the smallest detected one; the text encoder is the full
+    clip_l (ComfyUI builds it from its fixed config, so absent weights would stay
+    torch.empty garbage); the VAE has the TAESD layout, which ComfyUI's VAE loader
+    detects (its KL layout is fixed at 83 M params). ~310 MB, ~1.5 s."""
+    setup_comfy()
+    import comfy.sd
+    import comfy.sd1_clip
+    import comfy.supported_models
+    import comfy.taesd.taesd
+
+    with executor_mode():
+        model = comfy.supported_models.SD15(sd15_checkpoint_unet_config()).get_model({})
+        init_weights(model, seed)
+        clip = _clip(comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel, {}, seed + 1)
+        vae_sd = init_weights(comfy.taesd.taesd.TAESD(latent_channels=4), seed + 2).state_dict()
+        vae = comfy.sd.VAE(sd=vae_sd)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        comfy.sd.save_checkpoint(path, _patcher(model), clip=clip, vae=vae)
+    return path
+
+
+@functools.cache
+def tiny_sd15_checkpoint() -> str:
+    """Session-cached checkpoint in the temporary models/checkpoints folder, so
+    CheckpointLoaderSimple finds it by name (CHECKPOINT_NAME)."""
+    setup_comfy()
+    return write_tiny_sd15_checkpoint(os.path.join(models_dir(), "checkpoints", CHECKPOINT_NAME))
+
+
+CHECKPOINT_NAME = "tiny_sd15.safetensors"
+
+
+# --------------------------------------------------------------------------- node helpers
+# Each runs in executor_mode(), as ComfyUI's executor would run the node.
+
+def run_node(node: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call a node the way the executor does (inside torch.inference_mode): a V3 node
+    class -> `execute(...)` (its NodeOutput), a V1 bound method/function -> its tuple."""
+    with executor_mode():
+        if isinstance(node, type) and hasattr(node, "execute"):
+            return node.execute(*args, **kwargs)
+        return node(*args, **kwargs)
+
+
+def encode(clip: Any, text: str) -> list:
+    """CONDITIONING from ComfyUI's own CLIPTextEncode node."""
+    import nodes
+    with executor_mode():
+        return nodes.CLIPTextEncode().encode(clip, text)[0]
+
+
+def empty_latent(batch: int = 1, size: int = IMAGE_SIZE) -> dict:
+    """LATENT from EmptyLatentImage: [batch, 4, size/8, size/8] zeros."""
+    import nodes
+    with executor_mode():
+        return nodes.EmptyLatentImage().generate(size, size, batch)[0]
+
+
+def sample(model: Any, positive: list, negative: list, latent: dict | None = None, *, seed: int = 0,
+           steps: int = 2, cfg: float = 2.0, sampler_name: str = "euler", scheduler: str = "normal",
+           denoise: float = 1.0) -> dict:
+    """One KSampler run through nodes.common_ksampler; returns the LATENT dict."""
+    import nodes
+    latent = latent if latent is not None else empty_latent()
+    with executor_mode():
+        return nodes.common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negative,
+                                     latent, denoise=denoise)[0]
+
+
+def decode(vae: Any, latent: dict) -> Any:
+    """IMAGE [B, H, W, 3] in [0, 1] from ComfyUI's own VAEDecode node."""
+    import nodes
+    with executor_mode():
+        return nodes.VAEDecode().decode(vae, latent)[0]
+
+
+def vae_encode(vae: Any, image: Any) -> dict:
+    """LATENT from ComfyUI's own VAEEncode node (image [B, H, W, 3] in [0, 1])."""
+    import nodes
+    with executor_mode():
+        return nodes.VAEEncode().encode(vae, image)[0]
+
+
+def record_attn2_blocks(model: Any, positive: list, negative: list, **sample_kwargs: Any) -> list[tuple]:
+    """Sample one step on a clone with an attn2_patch that records the cross-attention
+    identities ComfyUI reports, (block name, block id, block_index), in first-call order."""
+    seen: list[tuple] = []
+
+    def patch(n, context, value, extra_options):
+        key = (extra_options["block"][0], extra_options["block"][1], extra_options["block_index"])
+        if key not in seen:
+            seen.append(key)
+        return n, context, value
+
+    m = model.clone()
+    m.set_model_attn2_patch(patch)
+    sample(m, positive, negative, **{"steps": 1, **sample_kwargs})
+    return seen
