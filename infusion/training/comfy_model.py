@@ -1,0 +1,205 @@
+"""Training through ComfyUI's own model machinery (ComfyUI is imported inside functions only).
+
+The run goes through a `comfy.samplers.CFGGuider` with a sampler whose `sample()` is the whole
+training loop, as ComfyUI's own trainer does: the guider loads the model, merges the model's
+wrappers (our word-position carrier), computes every conditioning's model inputs once (SDXL's
+pooled/size vector `y` included) and cleans up afterwards, also on cancel or error. Each
+prediction is `comfy.samplers.calc_cond_batch`, ComfyUI's own batched model call.
+"""
+from __future__ import annotations
+
+from contextlib import ExitStack, contextmanager
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import torch
+
+from ..concept import InfusionConcept
+from ..patching import install_position_carrier
+from ..residual import InfusionResidual
+from .loop import PhotoLatents, TrainingHooks, TrainingSettings, train
+from .state import TrainingState
+from .vectors import named_vectors
+
+
+def _caption_key(i: int) -> str:
+    return f"caption{i}"
+
+
+class ComfyDenoiser:
+    """The loop's Denoiser over a model inside a running guider."""
+
+    def __init__(self, guider: Any, model_options: dict, captions: int, device: torch.device,
+                 teacher_options: dict | None = None):
+        self.model = guider.inner_model
+        self.sampling = self.model.model_sampling
+        self.conds = [guider.conds[_caption_key(i)] for i in range(captions)]
+        self.options = model_options
+        self.teacher_options = teacher_options
+        self.device = device
+        self.num_timesteps = len(self.sampling.sigmas)
+
+    def sigma(self, timesteps: torch.Tensor) -> torch.Tensor:
+        return self.sampling.sigma(timesteps).to(self.device)
+
+    def noised(self, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return self.sampling.noise_scaling(sigma, noise, x0)
+
+    def prediction_scale(self, sigma: torch.Tensor) -> torch.Tensor:
+        # b(sigma) of denoised = a x + b F, read off ComfyUI's own formula for this model type
+        one = torch.ones((sigma.shape[0], 1, 1, 1), device=sigma.device)
+        return self.sampling.calculate_denoised(sigma, one, torch.zeros_like(one)).reshape(-1)
+
+    def _call(self, x_t: torch.Tensor, sigma: torch.Tensor, caption: int, options: dict) -> torch.Tensor:
+        import comfy.samplers
+        return comfy.samplers.calc_cond_batch(self.model, [self.conds[caption]], x_t, sigma, options)[0]
+
+    def denoise(self, x_t: torch.Tensor, sigma: torch.Tensor, caption: int) -> torch.Tensor:
+        return self._call(x_t, sigma, caption, self.options)
+
+    def target(self, x0: torch.Tensor, x_t: torch.Tensor, sigma: torch.Tensor, caption: int) -> torch.Tensor:
+        if self.teacher_options is None:
+            return x0
+        return self._call(x_t, sigma, caption, self.teacher_options)
+
+
+@contextmanager
+def autograd_weights(module: torch.nn.Module) -> Iterator[None]:
+    """Frozen weights that backpropagation can pass through, for the duration of training.
+
+    Weights loaded inside ComfyUI's executor are inference tensors, which autograd refuses to
+    save for backward: they are swapped for ordinary copies and swapped back afterwards as
+    inference tensors again (same values, dtype, device). Weights that ask for gradients are
+    frozen meanwhile, so only the residual vectors receive any.
+    """
+    import comfy.utils
+
+    swapped, unfrozen = [], []
+    for name, p in list(module.named_parameters()):
+        if p.is_inference():
+            comfy.utils.set_attr_param(module, name, p.detach().clone())
+            swapped.append(name)
+        elif p.requires_grad:
+            p.requires_grad_(False)
+            unfrozen.append(p)
+    try:
+        yield
+    finally:
+        with torch.inference_mode():
+            for name in swapped:
+                comfy.utils.set_attr_param(module, name, comfy.utils.get_attr(module, name).detach().clone())
+        for p in unfrozen:
+            p.requires_grad_(True)
+
+
+def _checkpointed(forward: Callable) -> Callable:
+    def run(*args, **kwargs):
+        # The UNet keeps per-call facts ("block", "block_index", ...) in one transformer_options
+        # dict that it overwrites as it goes; the recomputation during backward must see this
+        # call's values, so it gets its own copy.
+        args = tuple(dict(a) if isinstance(a, dict) else a for a in args)
+        kwargs = {k: dict(v) if isinstance(v, dict) else v for k, v in kwargs.items()}
+        return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, preserve_rng_state=False, **kwargs)
+    return run
+
+
+@contextmanager
+def gradient_checkpointing(unet: torch.nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Recompute every ResBlock and SpatialTransformer in backward instead of storing their
+    activations; the modules' own forward is restored afterwards."""
+    if not enabled:
+        yield
+        return
+    from comfy.ldm.modules.attention import SpatialTransformer
+    from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock
+
+    blocks = [m for m in unet.modules() if isinstance(m, (ResBlock, SpatialTransformer))]
+    previous = [m.__dict__.get("forward") for m in blocks]
+    for m in blocks:
+        m.forward = _checkpointed(m.forward)
+    try:
+        yield
+    finally:
+        for m, old in zip(blocks, previous):
+            if old is None:
+                del m.forward
+            else:
+                m.forward = old
+
+
+def _clone_tensors(value: Any) -> Any:
+    """Conditioning made in the executor holds inference tensors: ordinary copies for autograd."""
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, dict):
+        return {k: _clone_tensors(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_clone_tensors(v) for v in value)
+    return value
+
+
+class _LoopSampler:
+    """A ComfyUI Sampler (duck-typed) whose sample() runs the training loop inside the guider."""
+
+    def __init__(self, run: Callable[[Any, dict], TrainingState]):
+        self.run = run
+        self.state: TrainingState | None = None
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        self.state = self.run(model_wrap, extra_args["model_options"])
+        return torch.zeros_like(noise)
+
+
+def train_on_model(model: Any, start: InfusionConcept, conditionings: Sequence[list], photos: PhotoLatents,
+                   settings: TrainingSettings, hooks: TrainingHooks | None = None,
+                   run: Mapping[str, Any] | None = None, resume: TrainingState | None = None,
+                   gradient_checkpointing_on: bool = True, teacher: Any = None) -> TrainingState:
+    """Train the concept `start` (zeros, or anything fitting the model) on a clone of `model`.
+
+    `conditionings`: one CONDITIONING per caption, each carrying the word positions.
+    `teacher`: optionally a clone of the same base model whose predictions replace the photos
+    as targets (distillation; the planted-concept tests use it).
+    `model` is never modified: the residual goes on a clone, the weights are restored bit for
+    bit and the block forwards unpatched, on success, cancel or error alike.
+    """
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.sampler_helpers
+    import comfy.samplers
+
+    with torch.inference_mode(False):
+        residual = InfusionResidual(start, trainable=True)
+        patcher = model.clone()
+        if settings.precision == "fp32" and patcher.model_dtype() != torch.float32:
+            patcher.set_model_compute_dtype(torch.float32)  # "fp32" means fp32 even for a half model
+        patcher.set_model_attn2_patch(residual)
+        install_position_carrier(patcher)
+        guider = comfy.samplers.CFGGuider(patcher)
+        guider.inner_set_conds({_caption_key(i): _clone_tensors(c) for i, c in enumerate(conditionings)})
+        if teacher is not None and teacher.model is not model.model:
+            raise ValueError("the teacher must be a clone of the model being trained")
+
+        def loop(model_wrap: Any, model_options: dict) -> TrainingState:
+            device = patcher.load_device
+            teacher_options = None
+            if teacher is not None:
+                teacher_options = comfy.model_patcher.create_model_options_clone(teacher.model_options)
+                teacher_options.setdefault("transformer_options", {})
+                comfy.sampler_helpers.prepare_model_patcher(teacher, model_wrap.conds, teacher_options)
+            residual.to(device)
+            denoiser = ComfyDenoiser(model_wrap, model_options, len(conditionings), device, teacher_options)
+            with ExitStack() as stack:
+                stack.enter_context(autograd_weights(model_wrap.inner_model))
+                stack.enter_context(gradient_checkpointing(model_wrap.inner_model.diffusion_model,
+                                                           gradient_checkpointing_on))
+                return train(named_vectors(residual), denoiser, photos, len(conditionings), settings, hooks,
+                             run, resume)
+
+        sampler = _LoopSampler(loop)
+        shape = (settings.batch_size,) + tuple(photos.latents.shape[1:])
+        # Everything else in memory can go: training needs far more room than inference.
+        comfy.model_management.load_models_gpu([patcher], memory_required=1e20, force_full_load=True)
+        schedule = patcher.get_model_object("model_sampling").sigmas
+        sigmas = torch.cat([schedule.flip(0), schedule.new_zeros(1)])  # seen by patches as sample_sigmas
+        guider.sample(torch.zeros(shape), torch.zeros(shape), sampler, sigmas, seed=settings.seed)
+        return sampler.state

@@ -1,0 +1,231 @@
+"""The training loop: AdamW on the residual vectors only, every random draw from one seeded
+generator, resumable bit for bit, cancel-safe.
+
+The model is reached through a small `Denoiser` interface (ComfyUI's implementation lives in
+comfy_model.py), so the loop itself is plain PyTorch.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping, Protocol
+
+import torch
+
+from .objective import diffusion_loss
+from .state import TrainingState, check_resumable
+
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or its gradient became NaN or infinite; the last good state was kept."""
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """The authors' settings by default: AdamW (weight decay 0.01), constant lr 0.01, batch 4 x
+    accumulation 4 (effective 16), 500 steps, fp16 autocast, random horizontal flips."""
+
+    steps: int = 500
+    learning_rate: float = 0.01
+    batch_size: int = 4
+    gradient_accumulation: int = 4
+    seed: int = 0
+    flip: bool = True
+    weight_decay: float = 0.01
+    precision: str = "fp16"
+    save_every: int = 0
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not '{self.precision}'")
+        for name in ("steps", "batch_size", "gradient_accumulation"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if not self.learning_rate > 0 or self.weight_decay < 0 or self.save_every < 0:
+            raise ValueError("learning_rate must be > 0, weight_decay and save_every >= 0")
+
+    def trajectory(self) -> dict[str, Any]:
+        """The settings that decide the result; a resumed run must keep them (steps and
+        save_every may change)."""
+        out = asdict(self)
+        del out["steps"], out["save_every"]
+        return out
+
+
+class Denoiser(Protocol):
+    """What the loop needs from a diffusion model (see comfy_model.ComfyDenoiser)."""
+
+    device: torch.device
+    num_timesteps: int
+
+    def sigma(self, timesteps: torch.Tensor) -> torch.Tensor: ...
+
+    def noised(self, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor: ...
+
+    def denoise(self, x_t: torch.Tensor, sigma: torch.Tensor, caption: int) -> torch.Tensor: ...
+
+    def prediction_scale(self, sigma: torch.Tensor) -> torch.Tensor: ...
+
+    def target(self, x0: torch.Tensor, x_t: torch.Tensor, sigma: torch.Tensor, caption: int) -> torch.Tensor: ...
+
+
+@dataclass
+class PhotoLatents:
+    """The photos, encoded once: clean latents in the model's space [N, C, h, w], the same photos
+    mirrored (encoded from mirrored pixels), and mask loss weights [N, 1, h, w] if masked."""
+
+    latents: torch.Tensor
+    flipped: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
+    flipped_weights: torch.Tensor | None = None
+
+    def to(self, device: torch.device) -> "PhotoLatents":
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return PhotoLatents(move(self.latents), move(self.flipped), move(self.weights), move(self.flipped_weights))
+
+    def select(self, index: torch.Tensor, mirror: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x0, w = self.latents[index], None if self.weights is None else self.weights[index]
+        if mirror is not None:
+            m = mirror.to(x0.device).view(-1, 1, 1, 1)
+            x0 = torch.where(m, self.flipped[index], x0)
+            if w is not None:
+                w = torch.where(m, self.flipped_weights[index], w)
+        return x0, w
+
+
+class PhotoOrder:
+    """Passes over the photos, each pass in a fresh random order; a batch may span two passes."""
+
+    def __init__(self, count: int, order: torch.Tensor | None = None, cursor: int = 0):
+        self.count = count
+        self.order = torch.empty(0, dtype=torch.int64) if order is None else order.to(torch.int64)
+        self.cursor = cursor
+
+    def take(self, k: int, generator: torch.Generator) -> torch.Tensor:
+        parts = []
+        while k > 0:
+            if self.cursor >= len(self.order):
+                self.order, self.cursor = torch.randperm(self.count, generator=generator), 0
+            n = min(k, len(self.order) - self.cursor)
+            parts.append(self.order[self.cursor:self.cursor + n])
+            self.cursor, k = self.cursor + n, k - n
+        return torch.cat(parts)
+
+
+class TrainingHooks:
+    """Callbacks from the loop. `check_cancel` raises to stop (before every micro-batch);
+    `save` receives the state at a step boundary with reason "checkpoint", "final",
+    "interrupted" or "non-finite"."""
+
+    def check_cancel(self) -> None:
+        pass
+
+    def on_step(self, step: int, total: int, losses: list[float]) -> None:
+        pass
+
+    def save(self, state: TrainingState, reason: str) -> None:
+        pass
+
+
+def train(vectors: Mapping[str, torch.nn.Parameter], model: Denoiser, photos: PhotoLatents, captions: int,
+          settings: TrainingSettings, hooks: TrainingHooks | None = None, run: Mapping[str, Any] | None = None,
+          resume: TrainingState | None = None) -> TrainingState:
+    """Train `vectors` (the residual's parameters, updated in place) until `settings.steps`.
+
+    Per micro-batch, in this order from one generator seeded with `settings.seed`: the photos
+    (passes in random order), one caption template, the mirror flags, t ~ U{0..T-1} per photo,
+    and the noise. `run` describes the data (photos hash, word, templates, ...); a `resume`
+    state must match it and the settings' trajectory.
+    """
+    hooks = hooks or TrainingHooks()
+    run = {**(run or {}), "settings": settings.trajectory()}
+    names, params = list(vectors), list(vectors.values())
+    device = model.device
+    generator = torch.Generator().manual_seed(settings.seed)
+    order = PhotoOrder(photos.latents.shape[0])
+    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=settings.precision == "fp16")
+    step, losses = 0, []
+    if resume is not None:
+        check_resumable(resume, run)
+        if list(resume.vectors) != names:
+            raise ValueError("the resume state holds other vectors than this model's layers")
+        with torch.no_grad():
+            for p, name in zip(params, names):
+                p.copy_(resume.vectors[name])
+        # Copies: a state loaded inside ComfyUI's executor holds inference tensors, which AdamW
+        # could not update in place.
+        moments = {i: {k: t.clone() for k, t in s.items()} for i, s in resume.optimizer.items()}
+        optimizer.load_state_dict({"state": moments, "param_groups": optimizer.state_dict()["param_groups"]})
+        if resume.scaler is not None:
+            scaler.load_state_dict(resume.scaler)
+        generator.set_state(resume.generator)
+        order = PhotoOrder(photos.latents.shape[0], resume.order, resume.cursor)
+        step, losses = resume.step, list(resume.losses)
+
+    def draws() -> tuple[torch.Tensor, torch.Tensor, int]:
+        return generator.get_state(), order.order.clone(), order.cursor
+
+    def snapshot(at: tuple[torch.Tensor, torch.Tensor, int]) -> TrainingState:
+        opt = {i: {k: v.detach().to("cpu", copy=True) for k, v in s.items()}
+               for i, s in optimizer.state_dict()["state"].items()}
+        return TrainingState(step=step, vectors={n: p.detach().to("cpu", torch.float32, copy=True) for n, p in zip(names, params)},
+                             optimizer=opt, generator=at[0], order=at[1], cursor=at[2], losses=list(losses),
+                             run=dict(run), scaler=scaler.state_dict() if scaler.is_enabled() else None)
+
+    autocast = (torch.autocast(device.type, dtype=PRECISIONS[settings.precision])
+                if PRECISIONS[settings.precision] is not None else nullcontext())
+    latents = photos.to(device)
+    shape = tuple(latents.latents.shape[1:])
+    batch, accumulation = settings.batch_size, settings.gradient_accumulation
+    last_good = draws()
+    try:
+        while step < settings.steps:
+            total = torch.zeros((), device=device)
+            for _ in range(accumulation):
+                hooks.check_cancel()
+                index = order.take(batch, generator)
+                caption = int(torch.randint(captions, (1,), generator=generator))
+                mirror = torch.rand(batch, generator=generator) < 0.5 if settings.flip else None
+                t = torch.randint(model.num_timesteps, (batch,), generator=generator)
+                noise = torch.randn((batch,) + shape, generator=generator)
+                x0, weights = latents.select(index, mirror)
+                sigma = model.sigma(t.to(device))
+                x_t = model.noised(x0, noise.to(device), sigma)
+                with autocast:
+                    with torch.no_grad():
+                        target = model.target(x0, x_t, sigma, caption)
+                    denoised = model.denoise(x_t, sigma, caption)
+                loss = diffusion_loss(denoised, target, model.prediction_scale(sigma), weights)
+                scaler.scale(loss / accumulation).backward()
+                total += loss.detach()
+            mean = total.item() / accumulation
+            if not math.isfinite(mean):
+                raise NonFiniteLossError(f"the loss became {mean} at step {step + 1}")
+            if not scaler.is_enabled() and not torch.stack([torch.isfinite(p.grad).all() for p in params if p.grad is not None]).all():
+                raise NonFiniteLossError(f"the gradient became non-finite at step {step + 1}")
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            losses.append(mean)
+            last_good = draws()
+            hooks.on_step(step, settings.steps, losses)
+            if settings.save_every and step % settings.save_every == 0 and step < settings.steps:
+                hooks.save(snapshot(last_good), "checkpoint")
+    except NonFiniteLossError:
+        optimizer.zero_grad(set_to_none=True)
+        if step > 0:
+            hooks.save(snapshot(last_good), "non-finite")
+        raise
+    except BaseException:
+        optimizer.zero_grad(set_to_none=True)
+        if step > 0:
+            hooks.save(snapshot(last_good), "interrupted")
+        raise
+    final = snapshot(last_good)
+    hooks.save(final, "final")
+    return final

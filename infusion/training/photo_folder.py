@@ -1,0 +1,57 @@
+"""Concept photos from a folder: every image file in it, any size and aspect, as one batch.
+
+Each photo is scaled (shorter side) and centre-cropped to a square; an alpha channel becomes
+the photo's foreground mask (1 = opaque = the concept), photos without one get a full mask.
+PIL (a ComfyUI dependency) is imported when reading.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from .data import fit_masks, fit_photos
+
+PHOTO_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def photo_files(folder: str) -> list[str]:
+    """The image files in `folder`, sorted by name (a fixed order keeps the photo hash stable)."""
+    if not os.path.isdir(folder):
+        raise ValueError(f"photo folder not found: {folder}")
+    names = sorted(n for n in os.listdir(folder)
+                   if n.lower().endswith(PHOTO_EXTENSIONS) and os.path.isfile(os.path.join(folder, n)))
+    if not names:
+        raise ValueError(f"no photos in {folder}: put the concept's photos there "
+                         f"({', '.join(e[1:] for e in PHOTO_EXTENSIONS)})")
+    return [os.path.join(folder, n) for n in names]
+
+
+def read_photo(path: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """RGB [H, W, 3] in 0..1 (camera rotation applied) and the alpha [H, W], if the file has one."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as opened:
+            image = ImageOps.exif_transpose(opened)
+            image.load()
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
+        raise ValueError(f"cannot read photo {os.path.basename(path)}: {e}") from None
+    if image.mode == "I":  # 16-bit greyscale, scaled to 8 bits as ComfyUI's Load Image does
+        image = image.point(lambda i: i * (1 / 255))
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+    pixels = np.asarray(image.convert("RGBA" if has_alpha else "RGB"), dtype=np.float32) / 255.0
+    rgb = torch.from_numpy(pixels[..., :3].copy())
+    return rgb, torch.from_numpy(pixels[..., 3].copy()) if has_alpha else None
+
+
+def load_photo_folder(folder: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """IMAGE [N, size, size, 3] and MASK [N, size, size] of every photo in `folder`."""
+    images, masks = [], []
+    for path in photo_files(folder):
+        rgb, alpha = read_photo(path)
+        images.append(fit_photos(rgb[None], size))
+        full = torch.ones(rgb.shape[:2]) if alpha is None else alpha
+        masks.append(fit_masks(full[None], rgb[None], size))
+    return torch.cat(images), torch.cat(masks)

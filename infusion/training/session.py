@@ -1,0 +1,151 @@
+"""One training run as the node sees it: photos and settings in; a concept, its files and its
+loss history out.
+
+Files, in the chosen folder (models/infusion):
+  <name>.safetensors          the concept: at the end, or the last good step when cancelled or
+                              when the loss turns non-finite
+  <name>_step<N>.safetensors  a snapshot every `save_every` steps (pick an earlier one if the
+                              concept starts to overfit)
+  <name>.resume               the resume state (vectors, AdamW, step, generator, losses)
+Every file is written atomically. Metadata holds no time stamp or path: the same inputs and
+seed give a bit-identical concept file.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..concept import InfusionConcept, normalize_word
+from ..format import save_concept
+from ..patching import model_layers
+from ..prompt import word_token_ids
+from .comfy_model import train_on_model
+from .data import photo_hash
+from .encoding import encode_captions, encode_photos
+from .loop import NonFiniteLossError, TrainingHooks, TrainingSettings
+from .state import RESUME_SUFFIX, TrainingState, load_state, save_state
+from .templates import AUTHOR_TEMPLATES, fill
+from .vectors import FILE_DTYPE, trained_concept
+
+STATUS = {"final": "complete", "checkpoint": "checkpoint", "interrupted": "interrupted", "non-finite": "stopped: non-finite loss"}
+
+
+@dataclass
+class TrainingRequest:
+    word: str
+    name: str
+    folder: str
+    settings: TrainingSettings = field(default_factory=TrainingSettings)
+    templates: Sequence[str] = AUTHOR_TEMPLATES
+    resolution: int = 0  # 0: the model family's native size
+    variant: str = "value"
+    gradient_checkpointing: bool = True
+    resume: bool = False
+    base_model_name: str = ""
+
+
+@dataclass
+class TrainingResult:
+    concept: InfusionConcept
+    losses: list[float]
+    path: str
+    state: TrainingState
+
+
+def concept_path(folder: str, name: str, step: int | None = None) -> str:
+    return os.path.join(folder, f"{name}.safetensors" if step is None else f"{name}_step{step:05d}.safetensors")
+
+
+def resume_path(folder: str, name: str) -> str:
+    return os.path.join(folder, name + RESUME_SUFFIX)
+
+
+def check_name(name: str) -> str:
+    name = name.strip()
+    if not name or name != os.path.basename(name) or name.startswith("."):
+        raise ValueError(f"output name '{name}' must be a plain file name (no folders), e.g. 'my_dog'")
+    return name[:-len(".safetensors")] if name.endswith(".safetensors") else name
+
+
+def native_resolution(model: Any, family: str) -> int:
+    """The size the base model was trained at: SD1.x 512, SD2.x 768 (v) or 512 (eps), SDXL 1024."""
+    if family == "sdxl":
+        return 1024
+    if family == "sd2" and getattr(model.model.model_type, "name", "") == "V_PREDICTION":
+        return 768
+    return 512
+
+
+class _FileHooks(TrainingHooks):
+    def __init__(self, request: TrainingRequest, start: InfusionConcept, describe: Callable[[TrainingState, str], dict],
+                 on_step: Callable[[int, int, list[float]], None] | None, check_cancel: Callable[[], None] | None):
+        self.request, self.start, self.describe = request, start, describe
+        self._on_step, self._check_cancel = on_step, check_cancel
+        self.last_saved: tuple[str, int] | None = None
+
+    def check_cancel(self) -> None:
+        if self._check_cancel is not None:
+            self._check_cancel()
+
+    def on_step(self, step: int, total: int, losses: list[float]) -> None:
+        if self._on_step is not None:
+            self._on_step(step, total, losses)
+
+    def save(self, state: TrainingState, reason: str) -> None:
+        r = self.request
+        path = concept_path(r.folder, r.name, state.step if reason == "checkpoint" else None)
+        concept = trained_concept(self.start, state.vectors, self.describe(state, reason))
+        save_concept(concept, path, dtype=FILE_DTYPE)
+        save_state(state, resume_path(r.folder, r.name))
+        self.last_saved = (path, state.step)
+
+
+def train_concept(model: Any, clip: Any, vae: Any, photos: torch.Tensor, masks: torch.Tensor | None,
+                  request: TrainingRequest, on_step: Callable[[int, int, list[float]], None] | None = None,
+                  check_cancel: Callable[[], None] | None = None) -> TrainingResult:
+    """Encode the photos and captions once, train, save; returns the concept as saved."""
+    word = normalize_word(request.word)
+    name = check_name(request.name)
+    request.name = name
+    settings = request.settings
+    layers, family = model_layers(model)
+    resolution = request.resolution or native_resolution(model, family.name)
+    tokens = clip.tokenize(word)
+    key = "l" if "l" in tokens else next(iter(tokens))
+    start = InfusionConcept.zeros(word, layers, family.name, variant=request.variant, name=name,
+                                  token_ids=word_token_ids(clip.tokenizer, word, key))
+    captions = [fill(t, word) for t in request.templates]
+    run = {
+        "word": word, "variant": request.variant, "family": family.name, "resolution": resolution,
+        "templates": list(request.templates), "photos": int(photos.shape[0]), "masked": masks is not None,
+        "photos_sha256": photo_hash(photos, masks), "base_model": request.base_model_name,
+    }
+    prediction = getattr(model.model.model_type, "name", "EPS").lower().replace("v_prediction", "v")
+
+    def describe(state: TrainingState, reason: str) -> dict:
+        training = {**run, **settings.trajectory(), "optimizer": "AdamW", "steps": settings.steps,
+                    "steps_done": state.step, "final_loss": state.losses[-1] if state.losses else None,
+                    "effective_batch": settings.batch_size * settings.gradient_accumulation,
+                    "gradient_checkpointing": request.gradient_checkpointing, "status": STATUS[reason],
+                    "loss": f"{prediction}-prediction MSE" + (", mask-weighted" if masks is not None else "")}
+        provenance = {"base_model": request.base_model_name, "model_class": type(model.model).__name__,
+                      "prediction": prediction, "trainer": "ComfyUI-Infusion Train Infusion Concept"}
+        return {"training": training, "provenance": provenance}
+
+    resume = load_state(resume_path(request.folder, name)) if request.resume else None
+    latents = encode_photos(vae, model, photos, masks, resolution, settings.flip)
+    conditionings = encode_captions(clip, word, captions)
+    hooks = _FileHooks(request, start, describe, on_step, check_cancel)
+    try:
+        state = train_on_model(model, start, conditionings, latents, settings, hooks, run, resume,
+                               request.gradient_checkpointing)
+    except NonFiniteLossError as e:
+        kept = (f"the last good state (step {hooks.last_saved[1]}) is kept in {hooks.last_saved[0]} and its .resume file"
+                if hooks.last_saved else "no step had completed, nothing was saved")
+        raise NonFiniteLossError(f"{e}; {kept}. Lower the learning rate, or train with fp32 or bf16 precision") from None
+    path = concept_path(request.folder, name)
+    concept = trained_concept(start, state.vectors, describe(state, "final"))
+    return TrainingResult(concept, list(state.losses), path, state)

@@ -1,0 +1,59 @@
+"""Load Concept Photos: every photo in a folder as an IMAGE batch, with masks from alpha.
+
+Thin wrapper: reading and cropping live in ../infusion/training/photo_folder.py.
+"""
+from __future__ import annotations
+
+import os
+
+from comfy_api.latest import io
+
+from ..infusion.training.photo_folder import load_photo_folder, photo_files
+
+
+def _resolve(folder: str) -> str:
+    import folder_paths
+    folder = os.path.expanduser(folder.strip())
+    return folder if os.path.isabs(folder) else os.path.join(folder_paths.get_input_directory(), folder)
+
+
+class LoadConceptPhotos(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LoadConceptPhotos",
+            display_name="Load Concept Photos",
+            category="Infusion",
+            description="Read every photo in a folder (png, jpg, webp, bmp, tiff; any size and aspect) for Train "
+                        "Infusion Concept. Re-reads when the folder's files change.",
+            inputs=[
+                io.String.Input("folder", default="concept",
+                                tooltip="The folder of photos: an absolute path, or a folder inside ComfyUI's input "
+                                        "directory."),
+                io.Int.Input("size", default=1024, min=64, max=4096, step=64,
+                             tooltip="Each photo is scaled (shorter side) and centre-cropped to this square. Train "
+                                     "Infusion Concept scales again to its resolution: keep this at least as large."),
+            ],
+            outputs=[
+                io.Image.Output(display_name="photos", tooltip="The photos, sorted by file name."),
+                io.Mask.Output(display_name="masks", tooltip="Foreground masks from the photos' alpha channels "
+                                                             "(1 = opaque = the concept; 1 everywhere for photos "
+                                                             "without transparency)."),
+            ],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, folder, size):
+        try:
+            files = photo_files(_resolve(folder))
+        except ValueError as e:
+            return str(e)
+        return size, tuple((f, os.path.getmtime(f), os.path.getsize(f)) for f in files)
+
+    @classmethod
+    def execute(cls, folder, size) -> io.NodeOutput:
+        images, masks = load_photo_folder(_resolve(folder), size)
+        return io.NodeOutput(images, masks)
+
+
+NODES: list[type[io.ComfyNode]] = [LoadConceptPhotos]

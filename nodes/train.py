@@ -1,0 +1,159 @@
+"""Train Infusion Concept: learn a concept's residual vectors from a few photos, in the graph.
+
+Thin wrapper: the run lives in ../infusion/training (session.py drives it).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from comfy_api.latest import io, ui
+
+from ..infusion.concept import VARIANTS
+from ..infusion.training.loop import PRECISIONS, TrainingSettings
+from ..infusion.training.loss_plot import loss_curve
+from ..infusion.training.session import TrainingRequest, train_concept
+from ..infusion.training.templates import AUTHOR_TEMPLATES, parse_templates
+from .load import INFUSION
+
+_RETRAIN = ("ComfyUI reuses the previous result while every input is unchanged: to train again, change the "
+            "seed or any setting, or raise steps with resume on.")
+
+
+def _image(pil_image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(pil_image.convert("RGB"), dtype=np.float32) / 255.0)[None]
+
+
+def base_model_name(prompt: dict | None, node_id: str | None) -> str:
+    """The checkpoint (or UNet) file the MODEL input comes from, traced up the workflow graph
+    through model-to-model nodes (LoRA loaders, patches, ...); "" when it cannot be told."""
+    seen = set()
+    node = (prompt or {}).get(str(node_id)) if node_id is not None else None
+    while node is not None:
+        inputs = node.get("inputs", {})
+        for key in ("ckpt_name", "unet_name", "model_name"):
+            if isinstance(inputs.get(key), str):
+                return inputs[key]
+        link = inputs.get("model")
+        if not isinstance(link, list) or not link or str(link[0]) in seen:
+            return ""
+        seen.add(str(link[0]))
+        node = prompt.get(str(link[0]))
+    return ""
+
+
+def _models_folder() -> str:
+    import folder_paths
+    return folder_paths.get_folder_paths("infusion")[0]
+
+
+class TrainInfusion(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="TrainInfusion",
+            display_name="Train Infusion Concept",
+            category="Infusion",
+            description="Learn a concept (a few KB: one residual vector per cross-attention layer) from 3-10 photos, "
+                        "bound to its plain class word. Only the vectors train; the model stays frozen and unchanged. "
+                        "Saved to models/infusion with a resume state. " + _RETRAIN,
+            inputs=[
+                io.Model.Input("model", tooltip="The base model (SD1.x, SD2.x or SDXL) to train the concept for. "
+                                                "It is not modified."),
+                io.Clip.Input("clip", tooltip="The model's CLIP: encodes every caption once, before training."),
+                io.Vae.Input("vae", tooltip="The model's VAE: encodes every photo once, before training."),
+                io.Image.Input("photos", tooltip="The concept's photos (3-10 is typical), any size and aspect: each is "
+                                                 "scaled and centre-cropped to the training resolution. Load Concept "
+                                                 "Photos reads a whole folder."),
+                io.String.Input("word", default="dog",
+                                tooltip="The concept's plain class word ('dog', 'teapot', 'woman'). Prompts that say "
+                                        "this word will draw the concept; no new token is learned."),
+                io.String.Input("output_name", default="my_concept",
+                                tooltip="File name in models/infusion: <name>.safetensors (the concept), "
+                                        "<name>_step<N>.safetensors (snapshots), <name>.resume (resume state). "
+                                        "An existing concept of this name is overwritten."),
+                io.Int.Input("steps", default=500, min=1, max=100000,
+                             tooltip="Optimizer steps in all (with resume: the total, counting the steps already "
+                                     "done). The authors train 400-500."),
+                io.Float.Input("learning_rate", default=0.01, min=1e-6, max=10.0, step=0.0001,
+                               tooltip="Constant AdamW learning rate (weight decay 0.01). The authors use 0.01."),
+                io.Int.Input("batch_size", default=4, min=1, max=64,
+                             tooltip="Photos per model call. Lower it if memory runs out, and raise "
+                                     "gradient_accumulation to keep the effective batch."),
+                io.Int.Input("gradient_accumulation", default=4, min=1, max=256,
+                             tooltip="Model calls per optimizer step: effective batch = batch_size x this "
+                                     "(the authors: 4 x 4 = 16)."),
+                io.Int.Input("resolution", default=0, min=0, max=4096, step=64,
+                             tooltip="Training size in pixels (a multiple of 64). 0 = the model's own: 512 for "
+                                     "SD1.x, 768 for SD2.x 768-v (512 for SD2 base), 1024 for SDXL."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
+                             tooltip="Seeds every random draw (photo order, captions, flips, timesteps, noise): the "
+                                     "same inputs and seed give the same concept (bit-identical on CPU). "
+                                     + _RETRAIN),
+                io.String.Input("templates", default="\n".join(AUTHOR_TEMPLATES), multiline=True,
+                                tooltip="Caption templates, one per line, {} where the class word goes. One is drawn "
+                                        "per model call. Default: the authors' 11 templates."),
+                io.Boolean.Input("flip", default=True,
+                                 tooltip="Mirror each photo left-right with probability 0.5 (the authors do). Turn "
+                                         "off for asymmetric concepts (text, logos)."),
+                io.Int.Input("save_every", default=100, min=0, max=100000,
+                             tooltip="Every N steps write a snapshot <name>_step<N>.safetensors and the resume "
+                                     "state (atomic writes). 0 = only at the end (and on cancel)."),
+                io.Boolean.Input("resume", default=False,
+                                 tooltip="Continue from <output_name>.resume up to 'steps' total. Needs the same "
+                                         "photos, word, templates and settings; vectors, optimizer, step and random "
+                                         "generator are restored, so the result equals one uninterrupted run. "
+                                         "Cancel saves a resume state."),
+                io.Combo.Input("variant", options=list(VARIANTS), default="value",
+                               tooltip="value: the method (residual on the values, attention maps kept). "
+                                       "key+value: also learns a key residual, which changes the attention maps "
+                                       "(seen in the authors' code; an option, not the default)."),
+                io.Combo.Input("precision", options=list(PRECISIONS), default="fp16",
+                               tooltip="Autocast precision of the model during training; the vectors stay fp32. fp16 "
+                                       "(the authors', with loss scaling) is fastest on most GPUs; bf16 on recent "
+                                       "GPUs; fp32 on CPU or when the loss turns non-finite."),
+                io.Boolean.Input("gradient_checkpointing", default=True,
+                                 tooltip="Recompute activations during the backward pass: much less memory for "
+                                         "about a third more time (the authors train with it)."),
+                io.Mask.Input("masks", optional=True,
+                              tooltip="Optional soft foreground masks, one per photo, same size as the photos "
+                                      "(1 = the concept, 0 = background): the loss then ignores the background. "
+                                      "Load Image's mask is 1 where a photo is transparent: invert it first."),
+            ],
+            outputs=[
+                INFUSION.Output(display_name="INFUSION", tooltip="The trained concept, ready for Apply Infusion to "
+                                                                 "Model (identical to the saved file)."),
+                io.LossMap.Output(display_name="loss", tooltip="Mean loss of every optimizer step ({'loss': [...]})."),
+                io.Image.Output(display_name="loss_graph", tooltip="The loss curve (raw and running mean)."),
+                io.String.Output(display_name="path", tooltip="Where the concept was saved."),
+            ],
+            hidden=[io.Hidden.prompt, io.Hidden.unique_id],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, model, clip, vae, photos, word, output_name, steps, learning_rate, batch_size,
+                gradient_accumulation, resolution, seed, templates, flip, save_every, resume, variant, precision,
+                gradient_checkpointing, masks=None) -> io.NodeOutput:
+        import comfy.model_management
+        import comfy.utils
+
+        settings = TrainingSettings(steps=steps, learning_rate=learning_rate, batch_size=batch_size,
+                                    gradient_accumulation=gradient_accumulation, seed=seed, flip=flip,
+                                    precision=precision, save_every=save_every)
+        request = TrainingRequest(word=word, name=output_name, folder=_models_folder(), settings=settings,
+                                  templates=parse_templates(templates), resolution=resolution, variant=variant,
+                                  gradient_checkpointing=gradient_checkpointing, resume=resume,
+                                  base_model_name=base_model_name(cls.hidden.prompt, cls.hidden.unique_id))
+        bar = comfy.utils.ProgressBar(steps, node_id=cls.hidden.unique_id)
+
+        def on_step(step: int, total: int, losses: list[float]) -> None:
+            bar.update_absolute(step, total, ("PNG", loss_curve(losses, total), 512))
+
+        result = train_concept(model, clip, vae, photos, masks, request, on_step,
+                               comfy.model_management.throw_exception_if_processing_interrupted)
+        graph = _image(loss_curve(result.losses, steps))
+        return io.NodeOutput(result.concept, {"loss": result.losses}, graph, result.path,
+                             ui=ui.PreviewImage(graph, cls=cls))
+
+
+NODES: list[type[io.ComfyNode]] = [TrainInfusion]

@@ -1,0 +1,164 @@
+"""Train Infusion Concept end to end on a real ComfyUI (tiny SD1.5-shaped model): outputs,
+files and metadata, bit-identical reruns and resumes, cancel, non-finite loss, and a model
+left exactly as it was."""
+import json
+import os
+
+import pytest
+import torch
+from safetensors import safe_open
+
+import comfy_harness as h
+
+SETTINGS = dict(word="dog", output_name="rex", steps=3, learning_rate=0.01, batch_size=2, gradient_accumulation=2,
+                resolution=64, seed=5, templates="a photo of a {}\nimage of the {}\n{}", flip=True, save_every=0,
+                resume=False, variant="value", precision="fp32", gradient_checkpointing=True)
+
+
+def train(pack, model, clip, vae, photos, masks=None, prompt=None, **overrides):
+    node = h.pack_submodule(pack, "nodes.train").TrainInfusion.PREPARE_CLASS_CLONE(
+        {"PROMPT": prompt, "UNIQUE_ID": "9"})
+    return h.run_node(node, model, clip, vae, photos, masks=masks, **{**SETTINGS, **overrides})
+
+
+@pytest.fixture
+def photos():
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(3, 72, 64, 3, generator=g)  # not square: cropped to 64 x 64
+
+
+@pytest.fixture
+def folder(tmp_models_dir):
+    return os.path.join(tmp_models_dir, "infusion")
+
+
+def weights(model):
+    return {k: v.clone() for k, v in model.model.state_dict().items()}
+
+
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def test_outputs_files_and_metadata(pack, sd15, vae, photos, folder):
+    model, clip = sd15
+    prompt = {"4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "base.safetensors"}},
+              "6": {"class_type": "LoraLoaderModelOnly", "inputs": {"model": ["4", 0], "lora_name": "x"}},
+              "9": {"class_type": "TrainInfusion", "inputs": {"model": ["6", 0]}}}
+    out = train(pack, model, clip, vae, photos, prompt=prompt, save_every=2)
+    concept, loss, graph, path = out.result
+    assert path == os.path.join(folder, "rex.safetensors") and os.path.isfile(path)
+    assert sorted(os.listdir(folder)) == ["rex.resume", "rex.safetensors", "rex_step00002.safetensors"]
+    assert len(loss["loss"]) == 3 and graph.shape == (1, 320, 512, 3)
+    assert out.ui is not None
+    loaded = h.pack_submodule(pack, "infusion.format").load_concept(path)
+    assert loaded.word == "dog" and loaded.name == "rex" and len(loaded.values) == 16
+    assert all(torch.equal(loaded.values[l], concept.values[l]) for l in concept.values)
+    training, provenance = loaded.metadata["training"], loaded.metadata["provenance"]
+    assert training["steps_done"] == 3 and training["final_loss"] == loss["loss"][-1]
+    assert training["seed"] == 5 and training["learning_rate"] == 0.01 and training["effective_batch"] == 4
+    assert training["photos"] == 3 and len(training["photos_sha256"]) == 64 and training["status"] == "complete"
+    assert training["templates"] == ["a photo of a {}", "image of the {}", "{}"]
+    assert provenance["base_model"] == "base.safetensors" and provenance["prediction"] == "eps"
+    with safe_open(os.path.join(folder, "rex_step00002.safetensors"), "pt") as f:
+        assert json.loads(f.metadata()["training"])["steps_done"] == 2
+
+
+def test_same_inputs_and_seed_give_a_bit_identical_file(pack, sd15, vae, photos, folder):
+    model, clip = sd15
+    first = read(train(pack, model, clip, vae, photos).result[3])
+    assert read(train(pack, model, clip, vae, photos).result[3]) == first
+    assert read(train(pack, model, clip, vae, photos, seed=6).result[3]) != first
+
+
+def test_stopped_at_n_and_resumed_to_2n_equals_2n_bit_for_bit(pack, sd15, vae, photos, folder):
+    model, clip = sd15
+    full = train(pack, model, clip, vae, photos, steps=4, output_name="full").result
+    train(pack, model, clip, vae, photos, steps=2, output_name="half")
+    resumed = train(pack, model, clip, vae, photos, steps=4, output_name="half", resume=True).result
+    assert resumed[1]["loss"] == full[1]["loss"]
+    assert all(torch.equal(resumed[0].values[l], full[0].values[l]) for l in full[0].values)
+    full_state = h.pack_submodule(pack, "infusion.training.state").load_state(os.path.join(folder, "full.resume"))
+    half_state = h.pack_submodule(pack, "infusion.training.state").load_state(os.path.join(folder, "half.resume"))
+    assert all(torch.equal(full_state.vectors[k], half_state.vectors[k]) for k in full_state.vectors)
+    with pytest.raises(ValueError, match="learning_rate"):
+        train(pack, model, clip, vae, photos, steps=6, output_name="half", resume=True, learning_rate=0.02)
+
+
+def test_cancel_stops_within_a_step_saves_and_leaves_the_model_untouched(pack, sd15, vae, photos, folder, monkeypatch):
+    import comfy.model_management
+    import comfy.utils
+    model, clip = sd15
+    before, options = weights(model), repr(model.model_options)
+    seen = []
+
+    def hook(value, total, preview, node_id=None, prompt_id=None):
+        seen.append((value, total, preview[0], preview[1].size))
+        if value == 2:
+            comfy.model_management.interrupt_current_processing(True)
+
+    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", hook)
+    with pytest.raises(comfy.model_management.InterruptProcessingException):
+        train(pack, model, clip, vae, photos, steps=5, output_name="stop")
+    assert [s[:3] for s in seen] == [(1, 5, "PNG"), (2, 5, "PNG")]
+    state = h.pack_submodule(pack, "infusion.training.state").load_state(os.path.join(folder, "stop.resume"))
+    assert state.step == 2 and len(state.losses) == 2
+    partial = h.pack_submodule(pack, "infusion.format").load_concept(os.path.join(folder, "stop.safetensors"))
+    assert partial.metadata["training"]["status"] == "interrupted" and partial.metadata["training"]["steps_done"] == 2
+    after = model.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) and after[k].is_inference() for k in before)
+    assert repr(model.model_options) == options
+    unet = model.model.diffusion_model
+    assert not any("forward" in m.__dict__ for m in unet.modules())
+    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", None)
+    resumed = train(pack, model, clip, vae, photos, steps=5, output_name="stop", resume=True).result
+    full = train(pack, model, clip, vae, photos, steps=5, output_name="nonstop").result
+    assert resumed[1]["loss"] == full[1]["loss"]
+
+
+def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_good_step(pack, sd15, vae, photos, folder):
+    model, clip = sd15
+    calls = {"n": 0}
+
+    def poison(n, context, value, extra_options):  # a model that turns NaN in its third step
+        if extra_options["block"] == ("input", 1):
+            calls["n"] += 1
+        return n, context, value * float("nan") if calls["n"] > 2 * 2 else value
+
+    sick = model.clone()
+    sick.set_model_attn2_patch(poison)
+    error = h.pack_submodule(pack, "infusion.training.loop").NonFiniteLossError
+    with pytest.raises(error) as e:
+        train(pack, sick, clip, vae, photos, steps=5, output_name="nan", gradient_checkpointing=False)
+    message = str(e.value)
+    assert "loss became nan at step 3" in message and "(step 2)" in message and "nan.safetensors" in message and "learning rate" in message
+    kept = h.pack_submodule(pack, "infusion.format").load_concept(os.path.join(folder, "nan.safetensors"))
+    assert kept.metadata["training"]["steps_done"] == 2
+    assert all(torch.isfinite(v).all() for v in kept.values.values())
+
+
+def test_input_model_and_weights_are_unchanged(pack, sd15, vae, photos):
+    model, clip = sd15
+    before, options = weights(model), repr(model.model_options)
+    concept = train(pack, model, clip, vae, photos).result[0]
+    after = model.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) and after[k].is_inference() for k in before)
+    assert all(not p.requires_grad and p.grad is None for p in model.model.parameters())
+    assert repr(model.model_options) == options and not any(v.abs().sum() == 0 for v in concept.values.values())
+
+
+def test_clear_errors_for_bad_inputs(pack, sd15, vae, photos):
+    model, clip = sd15
+    with pytest.raises(ValueError, match="multiple of 64"):
+        train(pack, model, clip, vae, photos, resolution=96)
+    with pytest.raises(ValueError, match="whole word"):
+        train(pack, model, clip, vae, photos, templates="a photo of {}s")
+    with pytest.raises(ValueError, match="has no"):
+        train(pack, model, clip, vae, photos, templates="a photo")
+    with pytest.raises(ValueError, match="one mask per photo"):
+        train(pack, model, clip, vae, photos, masks=torch.ones(2, 72, 64))
+    with pytest.raises(ValueError, match="empty"):
+        train(pack, model, clip, vae, photos, masks=torch.zeros(3, 72, 64))
+    with pytest.raises(ValueError, match="no resume state"):
+        train(pack, model, clip, vae, photos, output_name="never", resume=True)
