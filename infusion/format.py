@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .concept import VARIANTS, InfusionConcept
 from .layers import FAMILIES, LayerId
@@ -51,12 +51,35 @@ def save_concept(concept: InfusionConcept, path: str, dtype: str = "fp16") -> st
         "layers": json.dumps([[l.key, concept.value_widths.get(l, 0)] for l in sorted(concept.values)]),
         **{k: json.dumps(v) for k, v in concept.metadata.items() if k not in _RESERVED},
     }
+    return write_safetensors(tensors, path, meta)
+
+
+_SAFETENSORS_DTYPES = {torch.float16: "F16", torch.float32: "F32", torch.bfloat16: "BF16",
+                       torch.int64: "I64", torch.uint8: "U8"}
+
+
+def write_safetensors(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str]) -> str:
+    """A safetensors file whose bytes depend only on its content (the library's writer orders
+    metadata keys at random), written atomically: temporary file + rename, so an interrupted
+    save never leaves a broken file."""
+    header: dict[str, Any] = {"__metadata__": dict(sorted(metadata.items()))}
+    blobs, offset = [], 0
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        data = t.reshape(-1).view(torch.uint8).numpy().tobytes()
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[t.dtype], "shape": list(t.shape),
+                        "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the format pads the header to 8 bytes
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".infusion-", suffix=".tmp", dir=folder)
-    os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=meta)
+        with os.fdopen(fd, "wb") as f:
+            f.write(struct.pack("<Q", len(raw)) + raw)
+            f.writelines(blobs)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
