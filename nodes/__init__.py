@@ -6,8 +6,7 @@ import os
 import folder_paths
 from comfy_api.latest import ComfyExtension, io
 
-from .apply import ApplyInfusion
-from .load import LoadInfusion
+from . import apply, load, photos, train
 
 
 def _register_model_folder() -> None:
@@ -22,7 +21,7 @@ _register_model_folder()
 
 class InfusionExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [LoadInfusion, ApplyInfusion]
+        return [*photos.NODES, *train.NODES, *load.NODES, *apply.NODES]
 
 
 async def comfy_entrypoint() -> InfusionExtension:

@@ -36,3 +36,6 @@ class ApplyInfusion(io.ComfyNode):
     def execute(cls, model, clip, infusion, strength, start_percent=0.0, end_percent=1.0) -> io.NodeOutput:
         patched = apply_concept(model, infusion, strength, start_percent, end_percent)
         return io.NodeOutput(patched, InfusionCLIP.with_word(clip, infusion.word))
+
+
+NODES: list[type[io.ComfyNode]] = [ApplyInfusion]

@@ -35,3 +35,6 @@ class LoadInfusion(io.ComfyNode):
     @classmethod
     def execute(cls, concept_name) -> io.NodeOutput:
         return io.NodeOutput(load_concept(folder_paths.get_full_path_or_raise("infusion", concept_name)))
+
+
+NODES: list[type[io.ComfyNode]] = [LoadInfusion]
