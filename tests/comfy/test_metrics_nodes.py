@@ -84,9 +84,11 @@ def with_lora(model, lora, strength):
 
 # ------------------------------------------------------------------ schema
 
-def test_nodes_are_exported_with_tooltips_everywhere(metrics):
+def test_nodes_are_registered_with_tooltips_everywhere(metrics):
+    import nodes
     assert metrics.NODES == [metrics.InfusionLatentFisherDivergence, metrics.InfusionWasserstein]
     for node in metrics.NODES:
+        assert nodes.NODE_CLASS_MAPPINGS[node.GET_SCHEMA().node_id] is node
         schema = node.GET_SCHEMA()
         assert schema.node_id.startswith("Infusion") and schema.category == "Infusion"
         assert schema.is_output_node  # runs and shows its report without a downstream node
