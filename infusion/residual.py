@@ -28,23 +28,28 @@ class BatchPositions:
 
     def __init__(self, by_uuid: Mapping[Any, WordPositions]):
         self.by_uuid = by_uuid
-        self._masks: dict[tuple, torch.Tensor | None] = {}
+        self._rows: dict[tuple, tuple[torch.Tensor, torch.Tensor] | None] = {}
 
-    def mask(self, word: str, uuids: list, batch: int, length: int, device: torch.device) -> torch.Tensor | None:
-        """A [batch, length, 1] bool mask of the word's rows, or None where no chunk has the word."""
+    def rows(self, word: str, uuids: list, batch: int, length: int,
+             device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(batch indices, token indices) of the word's rows in a [batch, length] context, or None.
+
+        Built once per UNet call and shared by all its layers.
+        """
         key = (word, tuple(uuids), batch, length, device)
-        if key not in self._masks:
-            self._masks[key] = self._build(word, uuids, batch, length, device)
-        return self._masks[key]
+        if key not in self._rows:
+            self._rows[key] = self._build(word, uuids, batch, length, device)
+        return self._rows[key]
 
-    def _build(self, word: str, uuids: list, batch: int, length: int, device: torch.device) -> torch.Tensor | None:
+    def _build(self, word: str, uuids: list, batch: int, length: int,
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
         chunk = batch // max(len(uuids), 1)
-        mask = torch.zeros(batch, length, 1, dtype=torch.bool)
-        for i, uuid in enumerate(uuids):
-            positions = self.by_uuid.get(uuid)
-            if positions is not None:
-                mask[i * chunk:(i + 1) * chunk, positions.rows(word, length)] = True
-        return mask.to(device) if mask.any() else None
+        pairs = [(b, j) for i, uuid in enumerate(uuids) if uuid in self.by_uuid
+                 for j in self.by_uuid[uuid].rows(word, length) for b in range(i * chunk, (i + 1) * chunk)]
+        if not pairs:
+            return None
+        index = torch.tensor(pairs, dtype=torch.long, device=device)
+        return index[:, 0], index[:, 1]
 
 
 def _as_encoded(c: Mapping[str, Any]) -> WordPositions:
@@ -85,7 +90,8 @@ class InfusionResidual(torch.nn.Module):
         self.strength = float(strength)
         self.sigma_range = sigma_range  # (high, low): active while low <= sigma <= high
         self.layers = sorted(concept.values)
-        self.index = {layer: i for i, layer in enumerate(self.layers)}
+        # keyed as the UNet reports a layer: ((block, number), block_index)
+        self.index = {((l.block, l.number), l.index): i for i, l in enumerate(self.layers)}
         self.values = self._stack(concept.values, trainable)
         self.keys = None if concept.keys is None else self._stack(concept.keys, trainable)
 
@@ -118,17 +124,20 @@ class InfusionResidual(torch.nn.Module):
         return low <= sigma <= high
 
     def forward(self, n, context, value, extra_options):
-        layer = LayerId.from_extra_options(extra_options)
-        i = self.index.get(layer) if layer is not None else None
+        block = extra_options.get("block")
+        i = self.index.get((tuple(block), extra_options.get("block_index", 0))) if block is not None else None
         batch_positions = extra_options.get(BATCH_KEY)
         if i is None or batch_positions is None or not self.active(extra_options):
             return n, context, value
-        mask = batch_positions.mask(self.word, extra_options.get("uuids", []), value.shape[0], value.shape[1], value.device)
-        if mask is None:
+        rows = batch_positions.rows(self.word, extra_options.get("uuids", []), value.shape[0], value.shape[1],
+                                    value.device)
+        if rows is None:
             return n, context, value
-        value = torch.where(mask, value + (self.strength * self.values[i]).to(value), value)
+        # index_put returns a new tensor with only the word's rows changed: every other row keeps
+        # its exact bits, and autograd reaches the residual.
+        value = value.index_put(rows, (self.strength * self.values[i]).to(value), accumulate=True)
         if self.keys is not None:
-            context = torch.where(mask, context + (self.strength * self.keys[i]).to(context), context)
+            context = context.index_put(rows, (self.strength * self.keys[i]).to(context), accumulate=True)
         return n, context, value
 
     def residuals(self) -> dict[str, dict[LayerId, torch.Tensor]]:

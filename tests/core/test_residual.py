@@ -53,7 +53,7 @@ def test_only_the_word_rows_of_the_prompt_with_the_word_change():
     patched, a2 = attention(n, new_ctx, new_val, wk, wv)
     assert torch.equal(a, a2)
     assert torch.equal(patched[2:], base[2:])  # negative branch bit-identical
-    u = patch.values[patch.index[LAYER]].detach()
+    u = patch.values[patch.layers.index(LAYER)].detach()
     expected_delta = a[:2, :, 5:7].sum(-1, keepdim=True) * (u @ wv)
     torch.testing.assert_close(patched[:2] - base[:2], expected_delta, rtol=1e-4, atol=1e-5)
 
@@ -96,7 +96,7 @@ def test_fp16_cast_by_comfy_keeps_fp32_masters_and_applies_in_half():
     patch = InfusionResidual(concept)
     assert patch.to(torch.float16) is patch
     assert all(p.dtype == torch.float32 for p in patch.values)
-    assert torch.equal(patch.values[patch.index[LAYER]].detach(), concept.values[LAYER])
+    assert torch.equal(patch.values[patch.layers.index(LAYER)].detach(), concept.values[LAYER])
     n, ctx, _, _, by_uuid = setup()
     _, _, v = patch(n.half(), ctx.half(), ctx.half(), options(by_uuid, ["pos", "neg"]))
     assert v.dtype == torch.float16
@@ -104,8 +104,8 @@ def test_fp16_cast_by_comfy_keeps_fp32_masters_and_applies_in_half():
 
 
 def test_longer_prompt_tiled_in_a_batch_gets_every_repeat():
-    mask = BatchPositions({"x": WordPositions(77, {"dog": (4,)})}).mask("dog", ["x"], 2, 154, torch.device("cpu"))
-    assert mask[:, :, 0].nonzero().tolist() == [[0, 4], [0, 81], [1, 4], [1, 81]]
+    rows = BatchPositions({"x": WordPositions(77, {"dog": (4,)})}).rows("dog", ["x"], 2, 154, torch.device("cpu"))
+    assert sorted(zip(rows[0].tolist(), rows[1].tolist())) == [(0, 4), (0, 81), (1, 4), (1, 81)]
 
 
 def test_wrapper_maps_conditioning_uuids_to_positions():
@@ -130,5 +130,5 @@ def test_gradients_reach_only_the_residuals():
     _, c, v = patch(n, ctx, ctx, options(by_uuid, ["pos", "neg"]))
     attention(n, c, v, wk, wv)[0].square().mean().backward()
     grads = [p.grad for p in patch.values]
-    assert grads[patch.index[LAYER]] is not None and grads[patch.index[LAYER]].abs().sum() > 0
-    assert all(g is None for i, g in enumerate(grads) if i != patch.index[LAYER])
+    assert grads[patch.layers.index(LAYER)] is not None and grads[patch.layers.index(LAYER)].abs().sum() > 0
+    assert all(g is None for i, g in enumerate(grads) if i != patch.layers.index(LAYER))
