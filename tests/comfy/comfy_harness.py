@@ -193,43 +193,19 @@ def pack_submodule(pack: Any, name: str) -> Any:
 
 # --------------------------------------------------------------------------- weights
 
-def _randn(shape: tuple, gen: Any) -> Any:
-    import torch
-    rows = shape[0]
-    if rows <= 8192:
-        return torch.randn(shape, generator=gen)
-    # Token embeddings (49408 rows, 38-63 M values) dominate build time: sum rows of two
-    # small tables with coprime periods -- every row distinct, each entry still N(0, 1).
-    cols = 1
-    for d in shape[1:]:
-        cols *= d
-    idx = torch.arange(rows)
-    a = torch.randn((1021, cols), generator=gen)
-    b = torch.randn((1031, cols), generator=gen)
-    return (a[idx % 1021] + b[idx % 1031]).mul_(0.5 ** 0.5).reshape(shape)
+def _tiny_models() -> Any:
+    """The pack's tiny-model builders (infusion/tiny_models.py; imports torch, so not at module level)."""
+    if PACK_ROOT not in sys.path:
+        sys.path.append(PACK_ROOT)
+    from infusion import tiny_models
+    return tiny_models
 
 
 def init_weights(module: Any, seed: int = SEED) -> Any:
     """Deterministic random init. ComfyUI allocates weights with torch.empty, so
     every parameter must be written: matrices/convs/embeddings ~ N(0, 0.02),
     norm weights 1, biases 0."""
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for mod in module.modules():
-            is_norm = isinstance(mod, (torch.nn.LayerNorm, torch.nn.GroupNorm)) or type(mod).__name__.endswith("Norm")
-            for name, p in mod.named_parameters(recurse=False):
-                if name == "bias":
-                    p.zero_()
-                elif is_norm and name == "weight":
-                    p.fill_(1.0)
-                elif p.ndim >= 2:
-                    p.copy_(_randn(tuple(p.shape), gen).mul_(0.02))
-                elif p.ndim == 1:
-                    p.zero_()
-                # 0-d params (CLIP logit_scale, TAESD scale/shift) are set by their constructors.
-    return module
+    return _tiny_models().init_weights(module, seed)
 
 
 def executor_mode() -> Any:
@@ -389,36 +365,15 @@ def tiny_vae() -> Any:
 # --------------------------------------------------------------------------- checkpoint
 
 def sd15_checkpoint_unet_config() -> dict:
-    """Smallest UNet ComfyUI's model_detection still calls SD1.5. SD15.matches only checks
-    model_channels 320, context_dim 768 (read from the first transformer, so one is
-    needed), conv proj_in and no adm: one level, one res block, one transformer at
-    input 1, no middle block, plain output res blocks (1 cross-attn block, 13.6 M params)."""
-    return {**sd15_unet_config(), "model_channels": 320, "num_res_blocks": [1], "channel_mult": [1],
-            "transformer_depth": [1], "transformer_depth_middle": -2, "transformer_depth_output": [0, 0]}
+    """Smallest UNet ComfyUI's model_detection still calls SD1.5 (see infusion/tiny_models.py)."""
+    return _tiny_models().sd15_checkpoint_unet_config()
 
 
 def write_tiny_sd15_checkpoint(path: str, seed: int = SEED + 7) -> str:
-    """Write a random-weight .safetensors (via ComfyUI's own comfy.sd.save_checkpoint)
-    that comfy.sd.load_checkpoint_guess_config detects as SD15 and loads with no
-    missing keys. The UNet is the smallest detected one; the text encoder is the full
-    clip_l (ComfyUI builds it from its fixed config, so absent weights would stay
-    torch.empty garbage); the VAE has the TAESD layout, which ComfyUI's VAE loader
-    detects (its KL layout is fixed at 83 M params). ~310 MB, ~1.5 s."""
+    """Write a random-weight .safetensors that comfy.sd.load_checkpoint_guess_config detects
+    as SD15 and loads with no missing keys (built by infusion/tiny_models.py, ~310 MB, ~1.5 s)."""
     setup_comfy()
-    import comfy.sd
-    import comfy.sd1_clip
-    import comfy.supported_models
-    import comfy.taesd.taesd
-
-    with executor_mode():
-        model = comfy.supported_models.SD15(sd15_checkpoint_unet_config()).get_model({})
-        init_weights(model, seed)
-        clip = _clip(comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel, {}, seed + 1)
-        vae_sd = init_weights(comfy.taesd.taesd.TAESD(latent_channels=4), seed + 2).state_dict()
-        vae = comfy.sd.VAE(sd=vae_sd)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        comfy.sd.save_checkpoint(path, _patcher(model), clip=clip, vae=vae)
-    return path
+    return _tiny_models().write_tiny_sd15_checkpoint(path, seed)
 
 
 @functools.cache

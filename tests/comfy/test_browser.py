@@ -1,0 +1,255 @@
+"""The example workflows in a real browser, as a user meets them.
+
+Starts a real ComfyUI server on 127.0.0.1 (this Python, --cpu) with the pack installed in a temporary
+custom_nodes folder and the frontend from PyPI, opens it in headless Chromium driven by Playwright,
+and for every example workflow: loads it from the template route ComfyUI serves for the pack, fails
+on any dialog or error toast, on a node type the frontend does not know, or a page error; checks the
+template browser lists them with their thumbnails (<name>.jpg beside each workflow); hovers a
+setting of each of the pack's nodes and requires its tooltip; saves a screenshot of every graph and
+of the template browser to $INFUSION_SCREENSHOTS (default benchmarks/out/browser).
+
+Skipped when a part is missing: Chromium ($CHROMIUM, or Debian's `chromium`), Node.js with
+playwright-core (`npm install playwright-core` in any folder; point NODE_PATH at its node_modules),
+or the frontend package in this Python (`pip install comfyui-frontend-package`, the version in
+ComfyUI's requirements.txt).
+"""
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+import comfy_harness as h
+
+from infusion.cli import workflows
+
+PACK_DIR_NAME = "ComfyUI-Infusion"
+SCREENSHOTS = os.environ.get("INFUSION_SCREENSHOTS") or os.path.join(h.PACK_ROOT, "benchmarks", "out", "browser")
+MODEL_FOLDERS = {"CheckpointLoaderSimple": "checkpoints", "LoadInfusion": "infusion", "CLIPVisionLoader": "clip_vision"}
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"]
+
+SCRIPT = r"""
+const { chromium } = require('playwright-core');
+const fs = require('fs');
+const [chromiumPath, url, pack, outDir, names, flags] = process.argv.slice(2).map((a, i) => i >= 4 ? JSON.parse(a) : a);
+const ready = () => window.app && window.app.graph && window.app.vueAppReady;
+const visibleTexts = (sel) => Array.from(document.querySelectorAll(sel))
+  .filter(e => e.offsetParent !== null).map(e => e.innerText.trim().slice(0, 300));
+
+(async () => {
+  const browser = await chromium.launch({ executablePath: chromiumPath, args: flags });
+  const page = await browser.newPage({ viewport: { width: 1600, height: 1000 } });
+  let errors = [];
+  page.on('pageerror', e => errors.push(e.message));
+  const result = { workflows: {} };
+  await page.goto(url, { waitUntil: 'networkidle' });
+  await page.waitForFunction(ready, null, { timeout: 90000 });
+  await page.waitForTimeout(1500);
+  // Screenshots of the graph alone: no minimap, canvas info or zoom menu drawn over it.
+  await page.evaluate(async () => {
+    for (const id of ['Comfy.Minimap.Visible', 'Comfy.Graph.CanvasInfo', 'Comfy.Graph.CanvasMenu'])
+      await window.app.extensionManager.setting.set(id, false);
+  });
+
+  // The template browser opens first: show the pack's category, as a user finds the examples.
+  const category = page.getByText(pack, { exact: true }).first();
+  if (await category.count()) {
+    await category.click();
+    await page.waitForTimeout(1500);
+  }
+  result.templateDialog = await page.evaluate(visibleTexts, '.p-dialog');
+  result.brokenThumbnails = await page.evaluate(() => Array.from(document.querySelectorAll('.p-dialog img'))
+    .filter(i => i.complete && i.naturalWidth === 0).map(i => i.src));
+  await page.screenshot({ path: `${outDir}/template_browser.png` });
+  await page.keyboard.press('Escape');
+  await page.waitForTimeout(500);
+
+  for (const name of names) {
+    errors = [];
+    const data = await (await page.request.get(`${url}api/workflow_templates/${pack}/${name}.json`)).json();
+    await page.evaluate(async ([d, n]) => { await window.app.loadGraphData(d, true, true, n); }, [data, name]);
+    await page.waitForTimeout(2000);
+    const info = await page.evaluate(() => {
+      const app = window.app, LG = window.LiteGraph;
+      const nodes = app.graph._nodes;
+      let x0 = 1e9, y0 = 1e9, x1 = -1e9, y1 = -1e9;
+      for (const n of nodes) {
+        x0 = Math.min(x0, n.pos[0]); y0 = Math.min(y0, n.pos[1] - 40);
+        x1 = Math.max(x1, n.pos[0] + n.size[0]); y1 = Math.max(y1, n.pos[1] + n.size[1]);
+      }
+      for (const g of app.graph._groups) {
+        const [gx, gy, gw, gh] = g._bounding;
+        x0 = Math.min(x0, gx); y0 = Math.min(y0, gy); x1 = Math.max(x1, gx + gw); y1 = Math.max(y1, gy + gh);
+      }
+      return {
+        unknownTypes: nodes.filter(n => !LG.registered_node_types[n.type]).map(n => n.type),
+        badWidgets: nodes.flatMap(n => (n.widgets || []).filter(w => w.value === undefined || Number.isNaN(w.value))
+                                        .map(w => `${n.type}.${w.name}`)),
+        packNodes: nodes.filter(n => (n.constructor.nodeData?.category || '').startsWith('Infusion'))
+                        .map(n => ({ id: n.id, type: n.type, widget: (n.widgets || []).find(w => w.type !== 'button')?.name })),
+        bounds: [x0, y0, x1, y1],
+      };
+    });
+    info.dialogs = await page.evaluate(visibleTexts, '.p-dialog');
+    info.toasts = await page.evaluate(visibleTexts, '.p-toast-message');
+
+    // Hover the first setting of each pack node: its tooltip must show.
+    info.tooltips = {};
+    for (const node of info.packNodes.filter(n => n.widget)) {
+      const at = await page.evaluate(([id, widgetName]) => {
+        const c = window.app.canvas, n = window.app.graph.getNodeById(id);
+        const w = n.widgets.find(x => x.name === widgetName);
+        c.ds.scale = 1; c.ds.offset = [200 - n.pos[0], 200 - n.pos[1]]; c.setDirty(true, true);
+        const r = c.canvas.getBoundingClientRect();
+        return [r.left + 200 + n.size[0] / 3, r.top + 200 + (w.last_y ?? w.y ?? 0) + 10];
+      }, [node.id, node.widget]);
+      await page.waitForTimeout(300);
+      await page.mouse.move(at[0] - 30, at[1] - 30);
+      await page.mouse.move(at[0], at[1], { steps: 5 });
+      await page.waitForTimeout(1500);
+      info.tooltips[`${node.type}.${node.widget}`] = (await page.evaluate(visibleTexts, '.node-tooltip')).join(' ');
+      await page.screenshot({ path: `${outDir}/${name}_tooltip_${node.type}.png` });
+      await page.mouse.move(5, 500);
+    }
+
+    // The whole graph at 80% (text stays rendered), cropped to the canvas.
+    const [x0, y0, x1, y1] = info.bounds, scale = 0.8, margin = 40;
+    await page.setViewportSize({ width: Math.ceil((x1 - x0) * scale + 2 * margin + 80),
+                                 height: Math.ceil((y1 - y0) * scale + 2 * margin + 120) });
+    await page.evaluate(([x0, y0, s, m]) => {
+      const c = window.app.canvas; c.ds.scale = s; c.ds.offset = [m / s - x0, m / s - y0]; c.setDirty(true, true);
+    }, [x0, y0, scale, margin]);
+    await page.waitForTimeout(800);
+    await page.locator('canvas#graph-canvas').screenshot({ path: `${outDir}/${name}.png` });
+    await page.setViewportSize({ width: 1600, height: 1000 });
+    info.pageErrors = errors;
+    result.workflows[name] = info;
+  }
+  await browser.close();
+  fs.writeFileSync(`${outDir}/result.json`, JSON.stringify(result, null, 2));
+})().catch(e => { console.error(e); process.exit(1); });
+"""
+
+
+def _node_path() -> str | None:
+    """NODE_PATH under which `require('playwright-core')` resolves, or None."""
+    node = shutil.which("node")
+    if node is None:
+        return None
+    paths = [p for p in os.environ.get("NODE_PATH", "").split(os.pathsep) if p]
+    npm = shutil.which("npm")
+    if npm:
+        done = subprocess.run([npm, "root", "-g"], capture_output=True, text=True, timeout=60)
+        paths.append(done.stdout.strip())
+    node_path = os.pathsep.join(paths)
+    done = subprocess.run([node, "-e", "require.resolve('playwright-core')"], capture_output=True, timeout=60,
+                          env={**os.environ, "NODE_PATH": node_path})
+    return node_path if done.returncode == 0 else None
+
+
+def _missing_parts() -> tuple[str | None, str | None, str]:
+    chromium = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    node_path = _node_path()
+    missing = []
+    if not chromium:
+        missing.append("Chromium (apt-get install chromium, or set CHROMIUM)")
+    if node_path is None:
+        missing.append("Node.js with playwright-core (npm install playwright-core; NODE_PATH=<folder>/node_modules)")
+    if importlib.util.find_spec("comfyui_frontend_package") is None:
+        missing.append(f"the frontend ({sys.executable} -m pip install comfyui-frontend-package)")
+    return chromium, node_path, "; ".join(missing)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(url: str, server: subprocess.Popen, log_path: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            break
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(1)
+    with open(log_path) as f:
+        pytest.fail(f"ComfyUI did not serve {url}:\n{f.read()[-4000:]}")
+
+
+@pytest.fixture(scope="module")
+def server(comfy_path, tmp_path_factory):
+    """A real ComfyUI server with only this pack, in a temporary base directory, and the model
+    files the examples name (empty: the UI only lists them)."""
+    chromium, node_path, missing = _missing_parts()
+    if missing:
+        pytest.skip(f"browser check needs {missing}")
+    base = tmp_path_factory.mktemp("comfyui_browser")
+    os.makedirs(base / "custom_nodes")
+    os.symlink(h.PACK_ROOT, base / "custom_nodes" / PACK_DIR_NAME)
+    for name in workflows.example_names():
+        for node in workflows.load(workflows.resolve(name))["nodes"]:
+            if node["type"] in MODEL_FOLDERS:
+                folder = base / "models" / MODEL_FOLDERS[node["type"]]
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / node["widgets_values"][0]).touch()
+    port = _free_port()
+    log_path = str(base / "server.log")
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+                                    "--base-directory", str(base), "--disable-auto-launch"],
+                                   cwd=comfy_path, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        _wait_for(url + "object_info/TrainInfusion", process, log_path)
+        yield {"url": url, "chromium": chromium, "node_path": node_path, "log": log_path}
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_template_route_lists_the_examples(server):
+    with urllib.request.urlopen(server["url"] + "workflow_templates") as response:
+        templates = json.load(response)
+    assert sorted(templates.get(PACK_DIR_NAME, [])) == workflows.example_names()
+    with open(server["log"]) as f:
+        timings = [line for line in f if PACK_DIR_NAME in line and " seconds" in line]  # the import-times table
+    assert len(timings) == 1 and "IMPORT FAILED" not in timings[0], timings
+
+
+def test_every_example_loads_cleanly_in_the_browser(server, tmp_path):
+    os.makedirs(SCREENSHOTS, exist_ok=True)
+    script = tmp_path / "browser_check.js"
+    script.write_text(SCRIPT)
+    names = workflows.example_names()
+    done = subprocess.run(["node", str(script), server["chromium"], server["url"], PACK_DIR_NAME, SCREENSHOTS,
+                           json.dumps(names), json.dumps(CHROMIUM_FLAGS)],
+                          env={**os.environ, "NODE_PATH": server["node_path"]}, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    with open(os.path.join(SCREENSHOTS, "result.json")) as f:
+        result = json.load(f)
+    # The pack's category shows its templates (the list renders lazily: the route test checks all four).
+    assert any(name in " ".join(result["templateDialog"]) for name in names), result["templateDialog"]
+    assert result["brokenThumbnails"] == []
+    for name in names:
+        info = result["workflows"][name]
+        problems = {key: info[key] for key in ("unknownTypes", "badWidgets", "dialogs", "toasts", "pageErrors")
+                    if info[key]}
+        assert problems == {}, f"{name}: {problems}"
+        assert info["packNodes"], name
+        empty = [key for key, text in info["tooltips"].items() if len(text) < 10]
+        assert empty == [], f"{name}: no tooltip shown for {empty}"
+        assert os.path.getsize(os.path.join(SCREENSHOTS, f"{name}.png")) > 10_000
+    print(f"\nscreenshots: {SCREENSHOTS}")

@@ -1,0 +1,167 @@
+"""The example workflows on a real ComfyUI.
+
+Registry: every workflow against the live node registry (this pack plus ComfyUI's core and built-in
+extra nodes): node types exist, links join matching types, widget values are valid, and the API
+prompt it converts to passes ComfyUI's own validation.
+
+End to end: each workflow converted to API format and executed by ComfyUI's own executor on a
+tiny random checkpoint that ComfyUI detects as SD1.5 (the smoke check's steps, infusion/cli/smoke.py).
+"""
+import argparse
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import comfy_harness as h
+
+from infusion.cli import smoke as smoke_mod
+from infusion.cli import train, workflows
+from infusion.cli.convert import to_api
+from infusion.cli.executor import Runner
+from infusion.cli.prompts import definitions_for
+from infusion.cli.registry import node_definition, node_definitions
+from infusion.cli.validate import check_workflow
+from infusion.format import load_concept
+
+EXAMPLES = workflows.example_names()
+# Model files the examples name, by loader: created empty so the loaders' lists offer them, as in a
+# user's ComfyUI that has the models.
+MODEL_INPUTS = {"CheckpointLoaderSimple": ("checkpoints", "ckpt_name"), "LoadInfusion": ("infusion", "concept_name"),
+                "CLIPVisionLoader": ("clip_vision", "clip_name")}
+
+
+def quiet(event, data):
+    pass
+
+
+@pytest.fixture(scope="module")
+def registry(pack):
+    """The live registry as a ComfyUI start fills it: core, built-in extra nodes (Preview Any ...), this pack."""
+    import nodes
+    if "PreviewAny" not in nodes.NODE_CLASS_MAPPINGS:
+        asyncio.run(nodes.init_builtin_extra_nodes())
+    return nodes.NODE_CLASS_MAPPINGS
+
+
+@pytest.fixture(scope="module")
+def named_models(registry):
+    import folder_paths
+    made = []
+    for name in EXAMPLES:
+        for node in workflows.load(workflows.resolve(name))["nodes"]:
+            if node["type"] in MODEL_INPUTS:
+                folder = folder_paths.get_folder_paths(MODEL_INPUTS[node["type"]][0])[0]
+                path = os.path.join(folder, node["widgets_values"][0])
+                if not os.path.exists(path):
+                    os.makedirs(folder, exist_ok=True)
+                    open(path, "wb").close()
+                    made.append(path)
+    yield
+    for path in made:
+        os.remove(path)
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_workflow_matches_the_live_node_registry(registry, named_models, name):
+    workflow = workflows.load(workflows.resolve(name))
+    definitions = definitions_for(workflow)
+    assert check_workflow(workflow, definitions) == []
+    prompt = to_api(workflow, definitions)
+    assert Runner(quiet).validate(prompt)  # ComfyUI's own validation: it returns the outputs to run
+
+
+def test_pack_nodes_have_tooltips_on_every_input(registry):
+    from infusion.cli.convert import ordered_inputs
+    kinds = {n["type"] for name in EXAMPLES for n in workflows.load(workflows.resolve(name))["nodes"]}
+    ours = [k for k in kinds if k in registry and "Infusion" in (node_definition(k) or {}).get("category", "")]
+    assert len(ours) >= 5
+    for kind in ours:
+        missing = [name for name, spec in ordered_inputs(node_definition(kind))
+                   if not (len(spec) > 1 and spec[1].get("tooltip"))]
+        assert missing == [], f"{kind} inputs without a tooltip"
+
+
+# ------------------------------------------------------------------ end to end
+
+@pytest.fixture(scope="module")
+def smoke(registry):
+    """Tiny models and photos in the session's ComfyUI folders, removed afterwards with all it wrote."""
+    import folder_paths
+    folders = [folder_paths.get_folder_paths(kind)[0] for kind in ("checkpoints", "clip_vision", "infusion")]
+    folders += [folder_paths.get_input_directory(), folder_paths.get_output_directory()]
+    before = {folder: set(os.listdir(folder)) if os.path.isdir(folder) else set() for folder in folders}
+    yield smoke_mod.Smoke.prepare(Runner(quiet))
+    for folder, names in before.items():
+        for name in set(os.listdir(folder)) - names:
+            path = os.path.join(folder, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+
+@pytest.fixture(scope="module")
+def trained(smoke):
+    """Both concepts trained by the train_concept workflow: {word: (path, losses)}."""
+    return {word: smoke.train(word) for word in smoke_mod.WORDS}
+
+
+def test_train_concept_writes_a_concept_that_loads(trained):
+    for word, (path, losses) in trained.items():
+        concept = load_concept(path)
+        assert concept.word == word and concept.family == "sd1" and len(concept.values) == 16
+        assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_generate_with_concept_gives_an_image_of_the_right_shape(smoke, trained):
+    image = smoke.generate()
+    assert image.shape == (1, smoke_mod.IMAGE_SIZE, smoke_mod.IMAGE_SIZE, 3)
+    assert image.min() >= 0 and image.max() <= 1
+
+
+def test_a_prompt_without_the_word_reproduces_the_base_image_exactly(smoke, trained):
+    text = "a photo of a red car in the city"
+    assert torch.equal(smoke.generate(text), smoke.generate(text, bypass_apply=True))
+    # ...while the prompt with the word does change it (the concept is applied at all).
+    with_word = "a photo of a dog in the city"
+    assert not torch.equal(smoke.generate(with_word), smoke.generate(with_word, bypass_apply=True))
+
+
+def test_multi_concept_applies_both_concepts(smoke, trained):
+    assert smoke.multi().shape == (1, smoke_mod.IMAGE_SIZE, smoke_mod.IMAGE_SIZE, 3)
+
+
+def test_measure_overfitting_metrics_are_finite(smoke, trained):
+    lfd, w2 = smoke.measure()
+    assert lfd == 0.0  # Infusion leaves prompts without the word exactly as they were
+    assert w2 >= 0 and torch.isfinite(torch.tensor(w2))
+
+
+def test_train_command_prompt_uses_the_node_options(smoke, trained):
+    """The train command's prompt, from the live definitions and its own option parser."""
+    import folder_paths
+    definitions = node_definitions([train.CHECKPOINT_NODE, train.PHOTOS_NODE, train.TRAIN_NODE, train.SAVE_NODE])
+    parser = argparse.ArgumentParser()
+    specs = train.add_node_options(parser, definitions[train.TRAIN_NODE])
+    options = parser.parse_args(["--word", "teapot", "--output-name", "cli_teapot", "--no-gradient-checkpointing"]
+                                + [f"--{k.replace('_', '-')}={v}" for k, v in
+                                   smoke_mod.TINY_SETTINGS["TrainInfusion"].items() if k != "gradient_checkpointing"])
+    job = train.job_for(smoke.photos["teapot"], {name: getattr(options, name) for name in specs})
+    result = smoke.runner.run_or_raise(train.train_prompt(definitions, smoke_mod.CHECKPOINT, job))
+    text = train.summary(result, definitions, folder_paths.get_output_directory())
+    path = os.path.join(folder_paths.get_folder_paths("infusion")[0], "cli_teapot.safetensors")
+    assert f"concept:    {path}" in text and load_concept(path).word == "teapot"
+    assert "loss graph: " in text and os.path.isfile(text.split("loss graph: ")[1].strip())
+
+
+def test_check_command_on_this_comfyui(comfy_path, tmp_path):
+    """`python -m infusion check` in a fresh process: finds ComfyUI, loads it and the pack, checks every example
+    (ComfyUI's folders in a temporary base directory, so its own stay untouched)."""
+    env = {**os.environ, "COMFYUI_PATH": comfy_path}
+    done = subprocess.run([sys.executable, "-m", "infusion", "check", "--", "--base-directory", str(tmp_path)],
+                          cwd=h.PACK_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for name in EXAMPLES:
+        assert f"ok     {name}" in done.stdout

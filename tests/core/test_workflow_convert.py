@@ -1,0 +1,299 @@
+"""The headless runner's ComfyUI-free parts: UI -> API conversion, workflow checks, overrides,
+batch files, finding ComfyUI, and the shipped example workflows' structure."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from infusion.cli import convert, locate, overrides, train, validate, workflows
+
+# Node definitions in ComfyUI's /object_info format (V1 combos as lists, V3 as "COMBO" + options).
+DEFS = {
+    "Loader": {"input": {"required": {"ckpt_name": [["a.safetensors", "b.safetensors"], {}]}},
+               "output": ["MODEL", "CLIP"], "output_name": ["MODEL", "CLIP"], "display_name": "Loader"},
+    "Encode": {"input": {"required": {"text": ["STRING", {"multiline": True}], "clip": ["CLIP", {}]}},
+               "input_order": {"required": ["text", "clip"]}, "output": ["CONDITIONING"], "display_name": "Encode"},
+    "Sampler": {"input": {"required": {"model": ["MODEL", {}], "seed": ["INT", {"default": 0, "min": 0, "max": 99}],
+                                       "steps": ["INT", {"default": 20, "min": 1, "max": 100}],
+                                       "positive": ["CONDITIONING", {}],
+                                       "mode": ["COMBO", {"options": ["x", "y"], "control_after_generate": True}]},
+                          "optional": {"strength": ["FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0}],
+                                       "fast": ["BOOLEAN", {"default": False}]}},
+                "input_order": {"required": ["model", "seed", "steps", "positive", "mode"],
+                                "optional": ["strength", "fast"]},
+                "output": ["LATENT"], "display_name": "Sampler"},
+    "Patch": {"input": {"required": {"model": ["MODEL", {}], "clip": ["CLIP", {}],
+                                     "seed": ["INT", {"default": 0, "control_after_generate": False}]}},
+              "output": ["MODEL", "CLIP"], "display_name": "Patch"},
+}
+
+
+def node(node_id, kind, widgets=(), inputs=(), mode=0, title=None):
+    out = {"id": node_id, "type": kind, "mode": mode, "widgets_values": list(widgets),
+           "inputs": [{"name": n, "type": t, "link": link} for n, t, link in inputs]}
+    if title:
+        out["title"] = title
+    return out
+
+
+def graph(*nodes, links=()):
+    return {"nodes": list(nodes), "links": [list(link) for link in links], "version": 0.4}
+
+
+def basic(sampler_mode=0, patch_mode=0):
+    """Loader -> Patch -> Sampler, Encode (clip from Patch) -> Sampler.positive, plus a note."""
+    return graph(
+        node(1, "Loader", ["a.safetensors"]),
+        node(2, "Patch", [7], [("model", "MODEL", 1), ("clip", "CLIP", 2)], mode=patch_mode),
+        node(3, "Encode", ["a dog"], [("clip", "CLIP", 3)], title="Prompt"),
+        node(4, "Sampler", [5, "fixed", 10, "x", "fixed", "", 1.5, True],
+             [("model", "MODEL", 4), ("positive", "CONDITIONING", 5)], mode=sampler_mode),
+        node(5, "MarkdownNote", ["# hello"]),
+        links=[(1, 1, 0, 2, 0, "MODEL"), (2, 1, 1, 2, 1, "CLIP"), (3, 2, 1, 3, 0, "CLIP"),
+               (4, 2, 0, 4, 0, "MODEL"), (5, 3, 0, 4, 1, "CONDITIONING")])
+
+
+# ------------------------------------------------------------------ conversion
+
+def test_widgets_follow_definition_order_with_control_values_skipped():
+    prompt = convert.to_api(basic(), DEFS)
+    assert set(prompt) == {"1", "2", "3", "4"}  # the note is frontend-only
+    assert prompt["4"] == {"class_type": "Sampler", "_meta": {"title": "Sampler"},
+                           "inputs": {"model": ["2", 0], "seed": 5, "steps": 10, "positive": ["3", 0], "mode": "x",
+                                      "strength": 1.5, "fast": True}}
+    assert prompt["3"]["inputs"] == {"text": "a dog", "clip": ["2", 1]} and prompt["3"]["_meta"]["title"] == "Prompt"
+    # control_after_generate=False on a 'seed' overrides the frontend's seed-name convention: no control value
+    assert prompt["2"]["inputs"]["seed"] == 7
+
+
+def test_control_counts_match_the_frontend():
+    assert convert.control_count("seed", ["INT", {}]) == 1
+    assert convert.control_count("noise_seed", ["INT", {}]) == 1
+    assert convert.control_count("seed", ["INT", {"control_after_generate": False}]) == 0
+    assert convert.control_count("steps", ["INT", {"control_after_generate": True}]) == 1
+    assert convert.control_count("mode", ["COMBO", {"options": ["x"], "control_after_generate": True}]) == 2
+    assert convert.control_count("mode", [["x"], {}]) == 0
+    assert not convert.has_widget(["INT", {"forceInput": True}])
+
+
+def test_a_linked_widget_input_takes_the_link():
+    wf = basic()
+    wf["nodes"].append(node(6, "Loader", ["b.safetensors"]))
+    sampler = wf["nodes"][3]
+    sampler["inputs"].append({"name": "steps", "type": "INT", "link": 6, "widget": {"name": "steps"}})
+    wf["nodes"].append(node(7, "PrimitiveNode", [42]))
+    wf["links"].append([6, 7, 0, 4, 2, "INT"])
+    assert convert.to_api(wf, DEFS)["4"]["inputs"]["steps"] == 42
+
+
+def test_reroutes_are_followed_and_muted_nodes_dropped():
+    wf = basic()
+    wf["nodes"].append(node(8, "Reroute", [], [("", "*", 6)]))
+    wf["nodes"][2]["inputs"][0]["link"] = 7  # Encode.clip now comes through the reroute
+    wf["links"] += [[6, 2, 1, 8, 0, "CLIP"], [7, 8, 0, 3, 0, "CLIP"]]
+    assert convert.to_api(wf, DEFS)["3"]["inputs"]["clip"] == ["2", 1]
+    muted = convert.to_api(basic(sampler_mode=convert.MODE_MUTED), DEFS)
+    assert "4" not in muted
+
+
+def test_bypassed_nodes_pass_inputs_of_the_same_type_through():
+    prompt = convert.to_api(basic(patch_mode=convert.MODE_BYPASSED), DEFS)
+    assert "2" not in prompt
+    assert prompt["4"]["inputs"]["model"] == ["1", 0]
+    assert prompt["3"]["inputs"]["clip"] == ["1", 1]
+
+
+def test_clear_errors_for_missing_nodes_stale_widgets_and_subgraphs():
+    wf = basic()
+    wf["nodes"].append(node(9, "FancyNode"))
+    with pytest.raises(convert.WorkflowError, match="no node type FancyNode"):
+        convert.to_api(wf, DEFS)
+    wf = basic()
+    wf["nodes"][3]["widgets_values"] = [5, "fixed", 10]
+    with pytest.raises(convert.WorkflowError, match=r"node #4 \(Sampler\) has 3 widget values but its definition "
+                                                    r"has 8 .*save it again"):
+        convert.to_api(wf, DEFS)
+    wf = basic()
+    wf["definitions"] = {"subgraphs": [{"id": "abc-123"}]}
+    wf["nodes"].append(node(10, "abc-123"))
+    with pytest.raises(convert.WorkflowError, match="subgraph"):
+        convert.to_api(wf, DEFS)
+
+
+def test_links_saved_as_objects_are_read_too():
+    wf = basic()
+    keys = ("id", "origin_id", "origin_slot", "target_id", "target_slot", "type")
+    wf["links"] = [dict(zip(keys, link)) for link in wf["links"]]
+    assert convert.to_api(wf, DEFS) == convert.to_api(basic(), DEFS)
+
+
+# ------------------------------------------------------------------ checking
+
+def test_a_good_workflow_has_no_problems():
+    assert validate.check_workflow(basic(), DEFS) == []
+
+
+def test_problems_are_found_and_named():
+    wf = basic()
+    wf["nodes"][0]["widgets_values"] = ["missing.safetensors"]
+    wf["nodes"][3]["widgets_values"] = [5, "sometimes", 500, "z", "fixed", "", 1.5, "yes"]
+    wf["links"][4][5] = "LATENT"  # a CONDITIONING link declared as LATENT
+    wf["nodes"][1]["inputs"][0]["link"] = None  # Patch.model no longer connected
+    problems = validate.check_workflow(wf, DEFS)
+    text = "\n".join(map(str, problems))
+    assert [p.kind for p in problems if "missing.safetensors" in p.message] == ["model"]
+    assert "steps 500 is above its maximum 100" in text
+    assert "mode 'z' is not one of its options" in text
+    assert "fast 'yes' is not a BOOLEAN" in text
+    assert "control of seed is 'sometimes'" in text
+    assert "required input model is not connected" in text
+    assert "link 5 is LATENT but the output of node #3 (Encode, 'Prompt') is CONDITIONING" in text
+
+
+def test_type_matching_follows_comfyui():
+    assert validate.types_match("*", "MODEL") and validate.types_match("IMAGE,MASK", "MASK")
+    assert not validate.types_match("IMAGE", "LATENT")
+
+
+# ------------------------------------------------------------------ overrides
+
+def test_set_by_id_title_or_type_and_values_typed_by_the_input():
+    prompt = convert.to_api(basic(), DEFS)
+    assert overrides.set_input(prompt, DEFS, "Sampler", "steps", "30") == ["4"]
+    assert overrides.set_input(prompt, DEFS, "Prompt", "text", "a cat") == ["3"]
+    overrides.set_input(prompt, DEFS, "4", "fast", "false")
+    overrides.set_input(prompt, DEFS, "4", "strength", "0.25")
+    assert prompt["4"]["inputs"]["steps"] == 30 and prompt["4"]["inputs"]["fast"] is False
+    assert prompt["4"]["inputs"]["strength"] == 0.25 and prompt["3"]["inputs"]["text"] == "a cat"
+    with pytest.raises(overrides.OverrideError, match="no node 'KSampler'"):
+        overrides.set_input(prompt, DEFS, "KSampler", "steps", "3")
+    with pytest.raises(overrides.OverrideError, match="has no setting 'cfg'; its settings are: seed, steps, mode"):
+        overrides.set_input(prompt, DEFS, "4", "cfg", "3")
+    with pytest.raises(overrides.OverrideError, match="'many' is not an INT"):
+        overrides.set_input(prompt, DEFS, "4", "steps", "many")
+    assert overrides.parse_assignment("Load Infusion (first concept).concept_name=x.safetensors") == (
+        "Load Infusion (first concept)", "concept_name", "x.safetensors")
+    with pytest.raises(overrides.OverrideError, match="TARGET.INPUT=VALUE"):
+        overrides.parse_assignment("steps=3")
+
+
+def test_shortcuts_find_their_settings_or_say_they_are_absent():
+    prompt = convert.to_api(basic(), DEFS)
+    assert overrides.set_shortcut(prompt, DEFS, "checkpoint", "ckpt_name", "b.safetensors") == ["1"]
+    assert overrides.set_prompt(prompt, DEFS, "a teapot") == ["3"]
+    assert prompt["1"]["inputs"]["ckpt_name"] == "b.safetensors" and prompt["3"]["inputs"]["text"] == "a teapot"
+    with pytest.raises(overrides.OverrideError, match="--word: this workflow has no 'word' setting"):
+        overrides.set_shortcut(prompt, DEFS, "word", "word", "dog")
+
+
+# ------------------------------------------------------------------ train command options and batch files
+
+TRAIN_DEF = {"input": {"required": {
+    "model": ["MODEL", {}], "word": ["STRING", {"default": "dog"}], "output_name": ["STRING", {"default": "c"}],
+    "steps": ["INT", {"default": 500, "min": 1}], "flip": ["BOOLEAN", {"default": True}],
+    "variant": ["COMBO", {"options": ["value", "key+value"], "default": "value"}],
+    "templates": ["STRING", {"default": "{}", "multiline": True}]}}, "output": ["INFUSION"]}
+
+
+def test_node_settings_become_typed_options():
+    import argparse
+    parser = argparse.ArgumentParser()
+    specs = train.add_node_options(parser, TRAIN_DEF)
+    assert list(specs) == ["word", "output_name", "steps", "flip", "variant", "templates"]
+    args = parser.parse_args(["--steps", "20", "--no-flip", "--variant", "key+value"])
+    assert (args.steps, args.flip, args.variant, args.word) == (20, False, "key+value", None)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--variant", "keys"])
+
+
+def test_batch_file_rows_become_jobs(tmp_path):
+    import argparse
+    specs = train.add_node_options(argparse.ArgumentParser(), TRAIN_DEF)
+    (tmp_path / "captions.txt").write_text("a photo of a {}\n{}")
+    csv_file = tmp_path / "concepts.csv"
+    csv_file.write_text(f"photos,word,steps,flip,templates\nphotos/rex,dog,,false,@{tmp_path / 'captions.txt'}\n"
+                        "photos/pot,teapot,50,,\n")
+    jobs = train.batch_jobs(str(csv_file), specs, {"steps": 100})
+    assert [j.photos for j in jobs] == [str(tmp_path / "photos" / "rex"), str(tmp_path / "photos" / "pot")]
+    assert jobs[0].settings == {"steps": 100, "word": "dog", "flip": False, "templates": "a photo of a {}\n{}",
+                                "output_name": "rex"}
+    assert jobs[1].settings == {"steps": 50, "word": "teapot", "output_name": "pot"}
+    csv_file.write_text("photos,word,color\nrex,dog,red\n")
+    with pytest.raises(ValueError, match="line 2: unknown column 'color'"):
+        train.batch_jobs(str(csv_file), specs, {})
+    csv_file.write_text("photos,steps\nrex,10\n")
+    with pytest.raises(ValueError, match="no class word"):
+        train.batch_jobs(str(csv_file), specs, {})
+
+
+# ------------------------------------------------------------------ finding ComfyUI
+
+def fake_comfyui(root):
+    (root / "comfy").mkdir(parents=True)
+    (root / "nodes.py").write_text("")
+    return root
+
+
+def test_find_comfyui_from_the_environment_or_custom_nodes(tmp_path):
+    root = fake_comfyui(tmp_path / "ComfyUI")
+    pack = root / "custom_nodes" / "ComfyUI-Infusion"
+    pack.mkdir(parents=True)
+    assert locate.find_comfyui(str(tmp_path), {"COMFYUI_PATH": str(root)}) == str(root)
+    assert locate.find_comfyui(str(pack), {}) == str(root)
+    with pytest.raises(locate.ComfyUINotFound, match="has no nodes.py"):
+        (root / "nodes.py").unlink()
+        locate.find_comfyui(str(tmp_path), {"COMFYUI_PATH": str(root)})
+    with pytest.raises(locate.ComfyUINotFound, match="COMFYUI_PATH is not set and this pack .* is not inside"):
+        locate.find_comfyui(str(tmp_path / "elsewhere"), {})
+
+
+def test_requirements_are_read_by_distribution_name(tmp_path):
+    text = "comfyui-frontend-package==1.27.10\ntorch\nnumpy>=1.25.0\n#non essential:\nkornia>=0.7.1 ; python_version>'3'\n"
+    assert locate.requirement_names(text) == ["comfyui-frontend-package", "torch", "numpy", "kornia"]
+    root = fake_comfyui(tmp_path / "ComfyUI")
+    (root / "requirements.txt").write_text(text + "surely-not-installed-package-xyz\n")
+    assert locate.missing_requirements(str(root)) == [
+        n for n in ("torch", "numpy", "kornia") if not _installed(n)] + ["surely-not-installed-package-xyz"]
+
+
+def _installed(name):
+    import importlib.metadata
+    try:
+        importlib.metadata.distribution(name)
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+def test_the_runner_says_what_is_missing(tmp_path):
+    env = {**os.environ, "COMFYUI_PATH": str(tmp_path / "nowhere")}
+    done = subprocess.run([sys.executable, "-m", "infusion", "check"], cwd=locate.PACK_ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert f"COMFYUI_PATH={tmp_path / 'nowhere'} does not exist" in done.stderr
+
+
+# ------------------------------------------------------------------ the shipped example workflows
+
+EXAMPLES = workflows.example_names()
+
+
+def test_the_four_examples_are_shipped_where_comfyui_serves_templates():
+    assert EXAMPLES == ["generate_with_concept", "measure_overfitting", "multi_concept", "train_concept"]
+    assert os.path.basename(workflows.WORKFLOWS_DIR) == "example_workflows"
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_example_is_a_consistent_ui_workflow_with_a_note(name):
+    wf = workflows.load(workflows.resolve(name))
+    assert not workflows.is_api_format(wf) and wf["version"] == 0.4
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    notes = [n for n in nodes.values() if n["type"] in convert.NOTE_TYPES]
+    assert len(notes) == 1 and len(notes[0]["widgets_values"][0]) > 200
+    for link in convert.links_of(wf).values():
+        assert nodes[link.origin_id]["outputs"][link.origin_slot]["type"] == link.type
+        assert link.id in nodes[link.origin_id]["outputs"][link.origin_slot]["links"]
+        assert nodes[link.target_id]["inputs"][link.target_slot]["link"] == link.id
+    assert all(n.get("mode", 0) == 0 for n in nodes.values())
