@@ -205,5 +205,5 @@ class Runner:
             e = result.error or {}
             title = prompt.get(str(e.get("node_id")), {}).get("_meta", {}).get("title") or e.get("node_type")
             raise RunFailed(f"{title} (#{e.get('node_id')}) failed: {e.get('exception_type', 'error')}: "
-                            f"{e.get('exception_message', '').strip()}")
+                            f"{e.get('exception_message', '').strip()} (--verbose shows ComfyUI's traceback)")
         return result

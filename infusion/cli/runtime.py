@@ -40,6 +40,12 @@ def _captured_warnings() -> Iterator[_Capture]:
         root.setLevel(old_level)
 
 
+def _executor_errors(record: logging.LogRecord) -> bool:
+    """Drops the executor's own report of a failing node (message and traceback): the runner
+    names the node and the error itself; --verbose keeps ComfyUI's full log."""
+    return not (record.levelno >= logging.ERROR and os.path.basename(record.pathname) == "execution.py")
+
+
 def _put_first_on_path(comfy_root: str) -> None:
     # ComfyUI's root must come first: run from the pack's folder, `import nodes` would
     # otherwise find the pack's nodes/ package instead of ComfyUI's nodes.py.
@@ -116,6 +122,9 @@ def start(comfy_args: Sequence[str] = (), *, all_custom_nodes: bool = False, ver
     comfy_root = find_comfyui(pack_root)
     _put_first_on_path(comfy_root)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+    if not verbose:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_executor_errors)
     try:
         import comfy.options
         # ComfyUI parses its options at import; hand it exactly the ComfyUI ones.

@@ -195,8 +195,8 @@ def train_all(runner: Runner, definitions: Mapping[str, Mapping[str, Any]], chec
             raise RunFailed("cancelled")
         if not result.success:
             error = result.error or {}
-            print(f"  failed: {error.get('exception_type', 'error')}: {error.get('exception_message', '').strip()}",
-                  flush=True)
+            print(f"  failed: {error.get('exception_type', 'error')}: {error.get('exception_message', '').strip()} "
+                  "(--verbose shows ComfyUI's traceback)", flush=True)
             failed += 1
             continue
         print(summary(result, definitions, folder_paths.get_output_directory()), flush=True)
