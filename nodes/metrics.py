@@ -125,7 +125,7 @@ class InfusionLatentFisherDivergence(io.ComfyNode):
                              tooltip="Latent/noise draws per (prompt, timestep). Reference latents are used "
                                      "in turn, each equally often. Cost: 2 UNet evaluations per draw, per "
                                      "prompt and timestep."),
-                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff,
+                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=False,
                              tooltip="Seed of every random draw (latent choice, timesteps, noise); keep it "
                                      "fixed to compare several customized models on the same draws."),
                 io.Combo.Input("weighting", options=["epsilon", "fisher"], default="epsilon",
@@ -138,9 +138,9 @@ class InfusionLatentFisherDivergence(io.ComfyNode):
                                      "samples of a (prompt, timestep) in one call."),
             ],
             outputs=[
-                io.Float.Output("lfd", tooltip="The Latent Fisher divergence per latent element."),
-                io.Float.Output("std_error", tooltip="Its standard error over the latent/noise draws."),
-                io.String.Output("report", tooltip="Readable summary with the per-timestep breakdown."),
+                io.Float.Output("lfd", display_name="lfd", tooltip="The Latent Fisher divergence per latent element."),
+                io.Float.Output("std_error", display_name="std_error", tooltip="Its standard error over the latent/noise draws."),
+                io.String.Output("report", display_name="report", tooltip="Readable summary with the per-timestep breakdown."),
             ],
         )
 
@@ -198,8 +198,8 @@ class InfusionWasserstein(io.ComfyNode):
                                          "CLIP similarity uses)."),
             ],
             outputs=[
-                io.Float.Output("w2", tooltip="Wasserstein-2 between Gaussian fits of the two feature sets."),
-                io.String.Output("report", tooltip="Readable summary, with the empirical W2."),
+                io.Float.Output("w2", display_name="w2", tooltip="Wasserstein-2 between Gaussian fits of the two feature sets."),
+                io.String.Output("report", display_name="report", tooltip="Readable summary, with the empirical W2."),
             ],
         )
 

@@ -12,6 +12,18 @@ def node(name):
     return nodes.NODE_CLASS_MAPPINGS[name]
 
 
+@pytest.fixture
+def infusion_dir(pack):
+    """models/infusion, with whatever a test writes there removed afterwards."""
+    import folder_paths
+    folder = os.path.join(folder_paths.models_dir, "infusion")
+    os.makedirs(folder, exist_ok=True)
+    before = set(os.listdir(folder))
+    yield folder
+    for name in set(os.listdir(folder)) - before:
+        os.remove(os.path.join(folder, name))
+
+
 def save(pack, model, path, word="dog"):
     concept_mod = h.pack_submodule(pack, "infusion.concept")
     fmt = h.pack_submodule(pack, "infusion.format")
@@ -23,9 +35,9 @@ def save(pack, model, path, word="dog"):
     return c
 
 
-def test_models_infusion_folder_is_registered_and_loadable(pack, sd15, tmp_path):
+def test_models_infusion_folder_is_registered_and_loadable(pack, sd15, infusion_dir):
     import folder_paths
-    folder = os.path.join(folder_paths.models_dir, "infusion")
+    folder = infusion_dir
     assert folder in folder_paths.get_folder_paths("infusion")
     saved = save(pack, sd15[0], os.path.join(folder, "rex.safetensors"))
     open(os.path.join(folder, "notes.txt"), "w").write("not a concept")
@@ -40,17 +52,17 @@ def test_models_infusion_folder_is_registered_and_loadable(pack, sd15, tmp_path)
 def test_extra_model_paths_folder_is_listed(pack, sd15, tmp_path):
     import folder_paths
     folder_paths.add_model_folder_path("infusion", str(tmp_path))  # what extra_model_paths.yaml does
-    save(pack, sd15[0], tmp_path / "elsewhere.safetensors", word="teapot")
-    assert "elsewhere.safetensors" in folder_paths.get_filename_list("infusion")
-    assert node("LoadInfusion").execute("elsewhere.safetensors").result[0].word == "teapot"
+    try:
+        save(pack, sd15[0], tmp_path / "elsewhere.safetensors", word="teapot")
+        assert "elsewhere.safetensors" in folder_paths.get_filename_list("infusion")
+        assert node("LoadInfusion").execute("elsewhere.safetensors").result[0].word == "teapot"
+    finally:
+        folder_paths.folder_names_and_paths["infusion"][0].remove(str(tmp_path))
 
 
-def test_loader_refuses_a_lora_with_a_clear_message(pack, tmp_path):
-    import folder_paths
+def test_loader_refuses_a_lora_with_a_clear_message(pack, infusion_dir):
     from safetensors.torch import save_file
-    folder = os.path.join(folder_paths.models_dir, "infusion")
-    os.makedirs(folder, exist_ok=True)
-    save_file({"lora_unet_x.lora_up.weight": torch.zeros(2, 2)}, os.path.join(folder, "a_lora.safetensors"))
+    save_file({"lora_unet_x.lora_up.weight": torch.zeros(2, 2)}, os.path.join(infusion_dir, "a_lora.safetensors"))
     with pytest.raises(ValueError, match="looks like a LoRA"):
         node("LoadInfusion").execute("a_lora.safetensors")
 
