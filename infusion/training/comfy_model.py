@@ -138,16 +138,34 @@ def _clone_tensors(value: Any) -> Any:
 
 
 class _LoopSampler:
-    """A ComfyUI Sampler (duck-typed) whose sample() runs the training loop inside the guider."""
+    """A ComfyUI Sampler (duck-typed) whose sample() runs a function (the training loop) inside the guider."""
 
-    def __init__(self, run: Callable[[Any, dict], TrainingState]):
+    def __init__(self, run: Callable[[Any, dict], Any]):
         self.run = run
-        self.state: TrainingState | None = None
+        self.result: Any = None
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
-        self.state = self.run(model_wrap, extra_args["model_options"])
+        self.result = self.run(model_wrap, extra_args["model_options"])
         return torch.zeros_like(noise)
+
+
+def in_sampling(patcher: Any, conditionings: Sequence[list], shape: Sequence[int], seed: int,
+                run: Callable[[Any, dict], Any]) -> Any:
+    """`run(model_wrap, model_options)` inside ComfyUI's sampling setup of `patcher`, with one
+    conditioning per caption (keys caption0, caption1, ...) prepared for latents of `shape`."""
+    import comfy.model_management
+    import comfy.samplers
+
+    guider = comfy.samplers.CFGGuider(patcher)
+    guider.inner_set_conds({_caption_key(i): _clone_tensors(c) for i, c in enumerate(conditionings)})
+    sampler = _LoopSampler(run)
+    # Everything else in memory can go: training needs far more room than inference.
+    comfy.model_management.load_models_gpu([patcher], memory_required=1e20, force_full_load=True)
+    schedule = patcher.get_model_object("model_sampling").sigmas
+    sigmas = torch.cat([schedule.flip(0), schedule.new_zeros(1)])  # seen by patches as sample_sigmas
+    guider.sample(torch.zeros(shape), torch.zeros(shape), sampler, sigmas, seed=seed)
+    return sampler.result
 
 
 def train_on_model(model: Any, start: InfusionConcept, conditionings: Sequence[list], photos: PhotoLatents,
@@ -162,11 +180,11 @@ def train_on_model(model: Any, start: InfusionConcept, conditionings: Sequence[l
     `model` is never modified: the residual goes on a clone, the weights are restored bit for
     bit and the block forwards unpatched, on success, cancel or error alike.
     """
-    import comfy.model_management
     import comfy.model_patcher
     import comfy.sampler_helpers
-    import comfy.samplers
 
+    if teacher is not None and teacher.model is not model.model:
+        raise ValueError("the teacher must be a clone of the model being trained")
     with torch.inference_mode(False):
         residual = InfusionResidual(start, trainable=True)
         patcher = model.clone()
@@ -174,10 +192,6 @@ def train_on_model(model: Any, start: InfusionConcept, conditionings: Sequence[l
             patcher.set_model_compute_dtype(torch.float32)  # "fp32" means fp32 even for a half model
         patcher.set_model_attn2_patch(residual)
         install_position_carrier(patcher)
-        guider = comfy.samplers.CFGGuider(patcher)
-        guider.inner_set_conds({_caption_key(i): _clone_tensors(c) for i, c in enumerate(conditionings)})
-        if teacher is not None and teacher.model is not model.model:
-            raise ValueError("the teacher must be a clone of the model being trained")
 
         def loop(model_wrap: Any, model_options: dict) -> TrainingState:
             device = patcher.load_device
@@ -195,11 +209,5 @@ def train_on_model(model: Any, start: InfusionConcept, conditionings: Sequence[l
                 return train(named_vectors(residual), denoiser, photos, len(conditionings), settings, hooks,
                              run, resume)
 
-        sampler = _LoopSampler(loop)
         shape = (settings.batch_size,) + tuple(photos.latents.shape[1:])
-        # Everything else in memory can go: training needs far more room than inference.
-        comfy.model_management.load_models_gpu([patcher], memory_required=1e20, force_full_load=True)
-        schedule = patcher.get_model_object("model_sampling").sigmas
-        sigmas = torch.cat([schedule.flip(0), schedule.new_zeros(1)])  # seen by patches as sample_sigmas
-        guider.sample(torch.zeros(shape), torch.zeros(shape), sampler, sigmas, seed=settings.seed)
-        return sampler.state
+        return in_sampling(patcher, conditionings, shape, settings.seed, loop)

@@ -141,6 +141,8 @@ def train(vectors: Mapping[str, torch.nn.Parameter], model: Denoiser, photos: Ph
     state must match it and the settings' trajectory.
     """
     hooks = hooks or TrainingHooks()
+    if settings.flip and photos.flipped is None:
+        raise ValueError("flip is on but the photos were encoded without their mirror images")
     run = {**(run or {}), "settings": settings.trajectory()}
     names, params = list(vectors), list(vectors.values())
     device = model.device

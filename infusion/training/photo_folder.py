@@ -20,8 +20,11 @@ def photo_files(folder: str) -> list[str]:
     """The image files in `folder`, sorted by name (a fixed order keeps the photo hash stable)."""
     if not os.path.isdir(folder):
         raise ValueError(f"photo folder not found: {folder}")
-    names = sorted(n for n in os.listdir(folder)
-                   if n.lower().endswith(PHOTO_EXTENSIONS) and os.path.isfile(os.path.join(folder, n)))
+    try:
+        entries = os.listdir(folder)
+    except OSError as e:
+        raise ValueError(f"cannot read the photo folder {folder}: {e.strerror}") from None
+    names = sorted(n for n in entries if n.lower().endswith(PHOTO_EXTENSIONS) and os.path.isfile(os.path.join(folder, n)))
     if not names:
         raise ValueError(f"no photos in {folder}: put the concept's photos there "
                          f"({', '.join(e[1:] for e in PHOTO_EXTENSIONS)})")

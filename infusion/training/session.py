@@ -80,9 +80,9 @@ def native_resolution(model: Any, family: str) -> int:
 
 
 class _FileHooks(TrainingHooks):
-    def __init__(self, request: TrainingRequest, start: InfusionConcept, describe: Callable[[TrainingState, str], dict],
+    def __init__(self, folder: str, name: str, start: InfusionConcept, describe: Callable[[TrainingState, str], dict],
                  on_step: Callable[[int, int, list[float]], None] | None, check_cancel: Callable[[], None] | None):
-        self.request, self.start, self.describe = request, start, describe
+        self.folder, self.name, self.start, self.describe = folder, name, start, describe
         self._on_step, self._check_cancel = on_step, check_cancel
         self.last_saved: tuple[str, int] | None = None
 
@@ -95,11 +95,10 @@ class _FileHooks(TrainingHooks):
             self._on_step(step, total, losses)
 
     def save(self, state: TrainingState, reason: str) -> None:
-        r = self.request
-        path = concept_path(r.folder, r.name, state.step if reason == "checkpoint" else None)
+        path = concept_path(self.folder, self.name, state.step if reason == "checkpoint" else None)
         concept = trained_concept(self.start, state.vectors, self.describe(state, reason))
         save_concept(concept, path, dtype=FILE_DTYPE)
-        save_state(state, resume_path(r.folder, r.name))
+        save_state(state, resume_path(self.folder, self.name))
         self.last_saved = (path, state.step)
 
 
@@ -109,7 +108,6 @@ def train_concept(model: Any, clip: Any, vae: Any, photos: torch.Tensor, masks: 
     """Encode the photos and captions once, train, save; returns the concept as saved."""
     word = normalize_word(request.word)
     name = check_name(request.name)
-    request.name = name
     settings = request.settings
     layers, family = model_layers(model)
     resolution = request.resolution or native_resolution(model, family.name)
@@ -138,7 +136,7 @@ def train_concept(model: Any, clip: Any, vae: Any, photos: torch.Tensor, masks: 
     resume = load_state(resume_path(request.folder, name)) if request.resume else None
     latents = encode_photos(vae, model, photos, masks, resolution, settings.flip)
     conditionings = encode_captions(clip, word, captions)
-    hooks = _FileHooks(request, start, describe, on_step, check_cancel)
+    hooks = _FileHooks(request.folder, name, start, describe, on_step, check_cancel)
     try:
         state = train_on_model(model, start, conditionings, latents, settings, hooks, run, resume,
                                request.gradient_checkpointing)

@@ -1,0 +1,113 @@
+"""Training step time / forward time on the same batch (goal: <= 2.3 without gradient checkpointing).
+
+Only the residual vectors need gradients, so a step is one forward plus a backward that
+computes activation gradients only (no weight gradients): about 2 forwards is the floor.
+With gradient checkpointing the backward also recomputes the forward (about 3).
+SD1.5-shaped random UNet (ComfyUI's classes) on CPU; both timings through the same ComfyUI
+sampling setup and batched model call; medians after warm-up. Usage:
+    COMFYUI_PATH=/path/to/ComfyUI python benchmarks/train_step_ratio.py [--channels 64 --size 256 --batch 2]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "comfy"))
+import comfy_harness as h  # noqa: E402
+
+
+def random_sd15(channels: int):
+    import comfy.supported_models
+    unet = comfy.supported_models.SD15({**h.sd15_unet_config(), "model_channels": channels}).get_model({})
+    h.init_weights(unet)
+    return h._patcher(unet)
+
+
+def forward_times(pack, model, conds, latents, batch: int, repeats: int) -> list[float]:
+    """Seconds per no-grad forward of the model with a zero residual applied, same batch."""
+    import torch
+    P = lambda name: h.pack_submodule(pack, name)  # noqa: E731
+    cm, residual_mod, patching = P("infusion.training.comfy_model"), P("infusion.residual"), P("infusion.patching")
+    concept = P("infusion.concept").InfusionConcept.zeros("dog", *_layers(pack, model))
+    patcher = model.clone()
+    patcher.set_model_attn2_patch(residual_mod.InfusionResidual(concept, trainable=True))
+    patching.install_position_carrier(patcher)
+
+    def run(model_wrap, options):
+        den = cm.ComfyDenoiser(model_wrap, options, len(conds), torch.device("cpu"))
+        g = torch.Generator().manual_seed(0)
+        x0 = latents.latents[:batch]
+        sigma = den.sigma(torch.randint(1000, (batch,), generator=g))
+        x = den.noised(x0, torch.randn(x0.shape, generator=g), sigma)
+        times = []
+        with torch.no_grad():
+            for _ in range(repeats + 2):
+                t = time.perf_counter()
+                den.denoise(x, sigma, 0)
+                times.append(time.perf_counter() - t)
+        return times[2:]
+
+    return cm.in_sampling(patcher, conds, (batch,) + tuple(latents.latents.shape[1:]), 0, run)
+
+
+def _layers(pack, model):
+    layers, family = h.pack_submodule(pack, "infusion.patching").model_layers(model)
+    return layers, family.name
+
+
+def step_times(pack, model, conds, latents, batch: int, repeats: int, checkpointing: bool) -> list[float]:
+    """Seconds per training step (draws, forward, loss, backward, AdamW), accumulation 1."""
+    P = lambda name: h.pack_submodule(pack, name)  # noqa: E731
+    loop, cm = P("infusion.training.loop"), P("infusion.training.comfy_model")
+    start = P("infusion.concept").InfusionConcept.zeros("dog", *_layers(pack, model))
+    stamps = []
+
+    class Clock(loop.TrainingHooks):
+        def on_step(self, step, total, losses):
+            stamps.append(time.perf_counter())
+
+    settings = loop.TrainingSettings(steps=repeats + 3, batch_size=batch, gradient_accumulation=1, flip=False,
+                                     precision="fp32")
+    cm.train_on_model(model, start, conds, latents, settings, Clock(), gradient_checkpointing_on=checkpointing)
+    return [b - a for a, b in zip(stamps[2:], stamps[3:])]
+
+
+def setup(channels: int, size: int, photos: int = 4):
+    """(pack, model, caption conditionings, photo latents) for a random SD1.5-shaped model."""
+    import torch
+    h.setup_comfy()
+    pack = h.load_pack()
+    P = lambda name: h.pack_submodule(pack, name)  # noqa: E731
+    model = random_sd15(channels)
+    _, clip = h.tiny_sd15()
+    templates = P("infusion.training.templates")
+    with h.executor_mode():
+        conds = P("infusion.training.encoding").encode_captions(
+            clip, "dog", [templates.fill(t, "dog") for t in templates.AUTHOR_TEMPLATES])
+    latents = P("infusion.training.loop").PhotoLatents(
+        torch.randn(photos, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(0)))
+    return pack, model, conds, latents
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--channels", type=int, default=64, help="UNet model_channels (SD1.5: 320)")
+    parser.add_argument("--size", type=int, default=256, help="image size in pixels")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=10)
+    args = parser.parse_args()
+    pack, model, conds, latents = setup(args.channels, args.size)
+    forward = statistics.median(forward_times(pack, model, conds, latents, args.batch, args.repeats))
+    plain = statistics.median(step_times(pack, model, conds, latents, args.batch, args.repeats, False))
+    checkpointed = statistics.median(step_times(pack, model, conds, latents, args.batch, args.repeats, True))
+    print(f"SD1.5-shaped UNet, {args.channels} channels, {args.size} px, batch {args.batch}, CPU fp32")
+    print(f"forward (no grad)                   {1000 * forward:8.1f} ms")
+    print(f"training step                       {1000 * plain:8.1f} ms   ratio {plain / forward:.2f} (goal <= 2.3)")
+    print(f"training step, gradient checkpoints {1000 * checkpointed:8.1f} ms   ratio {checkpointed / forward:.2f}")
+
+
+if __name__ == "__main__":
+    main()

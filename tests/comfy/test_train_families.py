@@ -1,0 +1,51 @@
+"""SD1.5-, SD2-v- and SDXL-shaped tiny models each train a few steps through the node (eps,
+v-prediction, SDXL's extra conditioning) and the result applies through Apply Infusion to Model."""
+import pytest
+import torch
+
+import comfy_harness as h
+
+FAMILIES = [("sd15", "sd1", "eps"), ("sd2v", "sd2", "v"), ("sdxl", "sdxl", "eps")]
+SETTINGS = dict(word="dog", steps=1, learning_rate=0.05, batch_size=2, gradient_accumulation=1, resolution=64,
+                seed=0, templates="a photo of a {}", flip=False, save_every=0, resume=False, variant="value",
+                precision="fp32", gradient_checkpointing=True)
+
+
+def train(pack, model, clip, vae, name, **overrides):
+    node = h.pack_submodule(pack, "nodes.train").TrainInfusion.PREPARE_CLASS_CLONE({"UNIQUE_ID": "1"})
+    photos = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(1))
+    return h.run_node(node, model, clip, vae, photos, output_name=name, **{**SETTINGS, **overrides}).result
+
+
+@pytest.mark.parametrize("fixture, family, prediction", FAMILIES)
+def test_trains_and_applies(request, pack, vae, fixture, family, prediction):
+    import nodes
+    model, clip = request.getfixturevalue(fixture)
+    before = {k: v.clone() for k, v in model.model.state_dict().items()}
+    concept, loss, _, _ = train(pack, model, clip, vae, f"fam_{fixture}")
+    assert concept.family == family and len(loss["loss"]) == 1
+    assert concept.metadata["provenance"]["prediction"] == prediction
+    # one AdamW step moves exactly the vectors that received a gradient: all of them
+    assert all(v.abs().sum() > 0 for v in concept.values.values())
+    after = model.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+    applied, word_clip = nodes.NODE_CLASS_MAPPINGS["ApplyInfusion"].execute(model, clip, concept, 1.0).result
+    negative = h.encode(word_clip, "")
+    with_word = h.sample(applied, h.encode(word_clip, "a photo of a dog"), negative)["samples"]
+    base = h.sample(model, h.encode(clip, "a photo of a dog"), h.encode(clip, ""))["samples"]
+    assert not torch.equal(with_word, base)
+    without = h.sample(applied, h.encode(word_clip, "a photo of a cat"), negative)["samples"]
+    assert torch.equal(without, h.sample(model, h.encode(clip, "a photo of a cat"), h.encode(clip, ""))["samples"])
+
+
+def test_key_value_variant_and_masks_train(pack, sd15, vae):
+    model, clip = sd15
+    masks = torch.zeros(2, 64, 64)
+    masks[:, 16:48, 16:48] = 1.0
+    node = h.pack_submodule(pack, "nodes.train").TrainInfusion.PREPARE_CLASS_CLONE({"UNIQUE_ID": "1"})
+    photos = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(1))
+    concept, loss, _, _ = h.run_node(node, model, clip, vae, photos, masks=masks, output_name="kv",
+                                     **{**SETTINGS, "variant": "key+value"}).result
+    assert concept.variant == "key+value" and all(k.abs().sum() > 0 for k in concept.keys.values())
+    assert concept.metadata["training"]["masked"] is True
