@@ -98,7 +98,8 @@ def _checkpointed(forward: Callable) -> Callable:
         # call's values, so it gets its own copy.
         args = tuple(dict(a) if isinstance(a, dict) else a for a in args)
         kwargs = {k: dict(v) if isinstance(v, dict) else v for k, v in kwargs.items()}
-        return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, preserve_rng_state=False, **kwargs)
+        return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, preserve_rng_state=False,
+                                                 **kwargs)
     return run
 
 

@@ -130,6 +130,10 @@ class TrainingHooks:
         pass
 
 
+def _all_finite(tensors: list[torch.Tensor]) -> bool:
+    return not tensors or bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+
 def train(vectors: Mapping[str, torch.nn.Parameter], model: Denoiser, photos: PhotoLatents, captions: int,
           settings: TrainingSettings, hooks: TrainingHooks | None = None, run: Mapping[str, Any] | None = None,
           resume: TrainingState | None = None) -> TrainingState:
@@ -174,9 +178,10 @@ def train(vectors: Mapping[str, torch.nn.Parameter], model: Denoiser, photos: Ph
     def snapshot(at: tuple[torch.Tensor, torch.Tensor, int]) -> TrainingState:
         opt = {i: {k: v.detach().to("cpu", copy=True) for k, v in s.items()}
                for i, s in optimizer.state_dict()["state"].items()}
-        return TrainingState(step=step, vectors={n: p.detach().to("cpu", torch.float32, copy=True) for n, p in zip(names, params)},
-                             optimizer=opt, generator=at[0], order=at[1], cursor=at[2], losses=list(losses),
-                             run=dict(run), scaler=scaler.state_dict() if scaler.is_enabled() else None)
+        vecs = {n: p.detach().to("cpu", torch.float32, copy=True) for n, p in zip(names, params)}
+        return TrainingState(step=step, vectors=vecs, optimizer=opt, generator=at[0], order=at[1], cursor=at[2],
+                             losses=list(losses), run=dict(run),
+                             scaler=scaler.state_dict() if scaler.is_enabled() else None)
 
     autocast = (torch.autocast(device.type, dtype=PRECISIONS[settings.precision])
                 if PRECISIONS[settings.precision] is not None else nullcontext())
@@ -207,7 +212,8 @@ def train(vectors: Mapping[str, torch.nn.Parameter], model: Denoiser, photos: Ph
             mean = total.item() / accumulation
             if not math.isfinite(mean):
                 raise NonFiniteLossError(f"the loss became {mean} at step {step + 1}")
-            if not scaler.is_enabled() and not torch.stack([torch.isfinite(p.grad).all() for p in params if p.grad is not None]).all():
+            # (with fp16 the gradient scaler skips such steps itself and lowers its scale)
+            if not scaler.is_enabled() and not _all_finite([p.grad for p in params if p.grad is not None]):
                 raise NonFiniteLossError(f"the gradient became non-finite at step {step + 1}")
             scaler.step(optimizer)
             scaler.update()

@@ -24,7 +24,8 @@ def photo_files(folder: str) -> list[str]:
         entries = os.listdir(folder)
     except OSError as e:
         raise ValueError(f"cannot read the photo folder {folder}: {e.strerror}") from None
-    names = sorted(n for n in entries if n.lower().endswith(PHOTO_EXTENSIONS) and os.path.isfile(os.path.join(folder, n)))
+    names = sorted(n for n in entries
+                   if n.lower().endswith(PHOTO_EXTENSIONS) and os.path.isfile(os.path.join(folder, n)))
     if not names:
         raise ValueError(f"no photos in {folder}: put the concept's photos there "
                          f"({', '.join(e[1:] for e in PHOTO_EXTENSIONS)})")

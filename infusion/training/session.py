@@ -30,7 +30,8 @@ from .state import RESUME_SUFFIX, TrainingState, load_state, save_state
 from .templates import AUTHOR_TEMPLATES, fill
 from .vectors import FILE_DTYPE, trained_concept
 
-STATUS = {"final": "complete", "checkpoint": "checkpoint", "interrupted": "interrupted", "non-finite": "stopped: non-finite loss"}
+STATUS = {"final": "complete", "checkpoint": "checkpoint", "interrupted": "interrupted",
+          "non-finite": "stopped: non-finite loss"}
 
 
 @dataclass
@@ -141,9 +142,10 @@ def train_concept(model: Any, clip: Any, vae: Any, photos: torch.Tensor, masks: 
         state = train_on_model(model, start, conditionings, latents, settings, hooks, run, resume,
                                request.gradient_checkpointing)
     except NonFiniteLossError as e:
-        kept = (f"the last good state (step {hooks.last_saved[1]}) is kept in {hooks.last_saved[0]} and its .resume file"
-                if hooks.last_saved else "no step had completed, nothing was saved")
-        raise NonFiniteLossError(f"{e}; {kept}. Lower the learning rate, or train with fp32 or bf16 precision") from None
+        kept = (f"the last good state (step {hooks.last_saved[1]}) is kept in {hooks.last_saved[0]} "
+                "and its .resume file" if hooks.last_saved else "no step had completed, nothing was saved")
+        raise NonFiniteLossError(f"{e}; {kept}. Lower the learning rate, or train with fp32 or bf16 "
+                                 "precision") from None
     path = concept_path(request.folder, name)
     concept = trained_concept(start, state.vectors, describe(state, "final"))
     return TrainingResult(concept, list(state.losses), path, state)

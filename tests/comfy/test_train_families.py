@@ -39,13 +39,13 @@ def test_trains_and_applies(request, pack, vae, fixture, family, prediction):
     assert torch.equal(without, h.sample(model, h.encode(clip, "a photo of a cat"), h.encode(clip, ""))["samples"])
 
 
-def test_key_value_variant_and_masks_train(pack, sd15, vae):
+def test_key_value_variant_masks_and_fp16_autocast_train(pack, sd15, vae):
     model, clip = sd15
     masks = torch.zeros(2, 64, 64)
     masks[:, 16:48, 16:48] = 1.0
     node = h.pack_submodule(pack, "nodes.train").TrainInfusion.PREPARE_CLASS_CLONE({"UNIQUE_ID": "1"})
     photos = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(1))
     concept, loss, _, _ = h.run_node(node, model, clip, vae, photos, masks=masks, output_name="kv",
-                                     **{**SETTINGS, "variant": "key+value"}).result
+                                     **{**SETTINGS, "variant": "key+value", "precision": "fp16"}).result
     assert concept.variant == "key+value" and all(k.abs().sum() > 0 for k in concept.keys.values())
-    assert concept.metadata["training"]["masked"] is True
+    assert concept.metadata["training"]["masked"] is True and concept.metadata["training"]["precision"] == "fp16"
