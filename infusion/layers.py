@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Mapping
 
 import torch
 
@@ -32,13 +32,6 @@ class LayerId:
             return cls(block, int(number), int(index))
         except ValueError:
             raise ValueError(f"'{key}' is not a cross-attention layer name (expected e.g. 'input.1.0')") from None
-
-    @classmethod
-    def from_extra_options(cls, extra_options: Mapping[str, Any]) -> "LayerId | None":
-        block = extra_options.get("block")
-        if block is None:
-            return None
-        return cls(block[0], int(block[1]), int(extra_options.get("block_index", 0)))
 
 
 @dataclass(frozen=True)

@@ -139,10 +139,3 @@ class InfusionResidual(torch.nn.Module):
         if self.keys is not None:
             context = context.index_put(rows, (self.strength * self.keys[i]).to(context), accumulate=True)
         return n, context, value
-
-    def residuals(self) -> dict[str, dict[LayerId, torch.Tensor]]:
-        """The current residuals (detached fp32 copies), e.g. to save a trained concept."""
-        out = {"values": {l: p.detach().clone() for l, p in zip(self.layers, self.values)}}
-        if self.keys is not None:
-            out["keys"] = {l: p.detach().clone() for l, p in zip(self.layers, self.keys)}
-        return out

@@ -42,19 +42,6 @@ def flat_ids(chunks: Iterable[TokenChunk]) -> list:
     return [item[0] for chunk in chunks for item in chunk]
 
 
-def word_ids(chunk: TokenChunk, start_token: int | None, end_token: int) -> tuple[int, ...]:
-    """The token ids of a word tokenized on its own: everything between BOS and the first EOS."""
-    ids = [item[0] for item in chunk]
-    if start_token is not None and ids and ids[0] == start_token:
-        ids = ids[1:]
-    out = []
-    for i in ids:
-        if i == end_token:
-            break
-        out.append(int(i))
-    return tuple(out)
-
-
 def find_word(ids: Sequence, word: Sequence[int], ends_word: Callable[[int], bool]) -> list[int]:
     """Every position of every token of `word` where it occurs as a whole word in `ids`.
 

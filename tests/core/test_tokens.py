@@ -1,4 +1,4 @@
-from infusion.tokens import WordPositions, find_word, word_ids
+from infusion.tokens import WordPositions, find_word
 
 # A toy vocabulary: ids >= 100 end a word ("...</w>"), ids < 100 are word pieces that continue.
 BOS, EOS = 1000, 1001
@@ -31,12 +31,6 @@ def test_first_token_and_embeddings_count_as_boundaries():
 def test_no_word_no_positions():
     assert find_word([BOS, 200, 300, EOS], [101], ends) == []
     assert find_word([BOS, 101], [], ends) == []
-
-
-def test_word_ids_strip_bos_and_stop_at_eos():
-    chunk = [(BOS, 1.0), (5, 1.0), (106, 1.0), (EOS, 1.0), (EOS, 1.0)]
-    assert word_ids(chunk, BOS, EOS) == (5, 106)
-    assert word_ids(chunk[1:], None, EOS) == (5, 106)
 
 
 def test_rows_repeat_when_comfy_tiles_a_shorter_prompt():
