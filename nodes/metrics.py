@@ -1,26 +1,18 @@
 """Infusion Metrics nodes: Latent Fisher divergence and Wasserstein-2.
 
-Thin wrappers: the estimators live in ../infusion/metrics. Here ComfyUI supplies the
-noise predictions (through its own sampling setup, so LoRA weights, attention patches,
-wrappers, hooks and SDXL's extra conds all apply as in a KSampler) and the CLIP
-vision features.
+Thin wrappers: the estimators and their evaluation on ComfyUI models live in
+../infusion/metrics.
 """
 from __future__ import annotations
 
-import math
-
 import comfy.model_management
-import comfy.model_sampling
-import comfy.samplers
 import comfy.utils
-import torch
 from comfy_api.latest import io, ui
 
-from ..infusion.metrics import (DEFAULT_SIGMA_FLOOR, LFDPlan, check_weighting, compare, evaluate,
-                                feature_wasserstein, make_plan)
+from ..infusion.metrics import DEFAULT_SIGMA_FLOOR
+from ..infusion.metrics.comfy_eval import image_wasserstein, latent_fisher_divergence_between
 
 _CACHE_NOTE = " ComfyUI caches the result: the same inputs do not re-run the node."
-_IMAGE_CHUNK = 16  # images per CLIP vision call
 
 
 class _Progress:
@@ -32,66 +24,6 @@ class _Progress:
     def __call__(self) -> None:
         self.bar.update(1)
         comfy.model_management.throw_exception_if_processing_interrupted()
-
-
-class _EvaluateSampler(comfy.samplers.Sampler):
-    """Stands in for a sampler inside ComfyUI's sampling setup of one model and, instead
-    of sampling, evaluates that model's noise prediction on every draw of an LFD plan.
-
-    ComfyUI has then loaded the model (with its LoRA weights), registered its hooks
-    and wrappers, and built every prompt's model conds (SDXL's ``y``) for this latent
-    size; ``calc_cond_batch`` runs one UNet call per (prompt, timestep) batch.
-    """
-
-    def __init__(self, plan: LFDPlan, on_batch: _Progress) -> None:
-        self.plan = plan
-        self.on_batch = on_batch
-        self.table: list[torch.Tensor] = []
-
-    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
-               disable_pbar=False):
-        model = model_wrap.inner_model
-        conds = model_wrap.conds["positive"]
-        options = extra_args["model_options"]
-
-        def eps(x: torch.Tensor, sigma: torch.Tensor, prompt: int) -> torch.Tensor:
-            x, sigma = x.to(noise.device), sigma.to(noise.device)
-            denoised = comfy.samplers.calc_cond_batch(model, [[conds[prompt]]], x, sigma, options)[0]
-            # apply_model returns x0 for eps and v models alike; x_t = x0 + sigma * eps.
-            return (x - denoised) / sigma.view((-1,) + (1,) * (x.ndim - 1))
-
-        self.table = evaluate(self.plan, eps, self.on_batch)
-        return latent_image
-
-
-def _model_sampling(model, name: str):
-    sampling = model.get_model_object("model_sampling")
-    # EPS covers eps, v-prediction and EDM models: all use x_t = x0 + sigma * eps.
-    if not isinstance(sampling, comfy.model_sampling.EPS) or not hasattr(sampling, "sigmas"):
-        raise ValueError(f"{name}: the Latent Fisher divergence needs a discrete-time eps or v-prediction "
-                         f"model (SD1.x, SD2.x, SDXL); got {type(sampling).__name__}")
-    return sampling
-
-
-def _reference_latents(base_model, custom_model, latent: dict) -> torch.Tensor:
-    base_format = base_model.get_model_object("latent_format")
-    if type(base_format) is not type(custom_model.get_model_object("latent_format")):
-        raise ValueError("the base and customized models use different latent spaces: compare models of one family")
-    return base_format.process_in(latent["samples"].float())
-
-
-def _model_table(model, conditioning: list, plan: LFDPlan, progress: _Progress) -> list[torch.Tensor]:
-    """One model's noise predictions on every draw of the plan."""
-    sampler = _EvaluateSampler(plan, progress)
-    guider = comfy.samplers.CFGGuider(model)
-    guider.inner_set_conds({"positive": conditioning})
-    # A zero latent: the guider then skips process_latent_in (the plan's latents are
-    # already in model space); its shape sets the batch and SDXL's default size conds.
-    blank = torch.zeros((plan.batch_size,) + tuple(plan.latents.shape[1:]))
-    # Patches that look at the schedule see the sigmas this run evaluates.
-    sigmas = torch.cat([plan.sigma.flatten().unique().flip(0), torch.zeros(1)])
-    guider.sample(blank, blank, sampler, sigmas, seed=plan.seed)
-    return sampler.table
 
 
 class InfusionLatentFisherDivergence(io.ComfyNode):
@@ -147,28 +79,11 @@ class InfusionLatentFisherDivergence(io.ComfyNode):
     @classmethod
     def execute(cls, base_model, custom_model, conditioning, reference_latent, timesteps, samples, seed,
                 weighting, batch_size=0) -> io.NodeOutput:
-        check_weighting(weighting, DEFAULT_SIGMA_FLOOR)
-        sampling = _model_sampling(base_model, "base_model")
-        _model_sampling(custom_model, "custom_model")
-        plan = make_plan(_reference_latents(base_model, custom_model, reference_latent), sampling.sigmas,
-                         len(conditioning), n_timesteps=timesteps, n_samples=samples, seed=seed,
-                         batch_size=batch_size or None)
-        progress = _Progress(2 * plan.n_batches)
-        base = _model_table(base_model, conditioning, plan, progress)
-        custom = _model_table(custom_model, conditioning, plan, progress)
-        result = compare(plan, base, custom, weighting, DEFAULT_SIGMA_FLOOR)
+        result = latent_fisher_divergence_between(
+            base_model, custom_model, conditioning, reference_latent, n_timesteps=timesteps, n_samples=samples,
+            seed=seed, weighting=weighting, batch_size=batch_size or None, progress=_Progress)
         report = result.report()
         return io.NodeOutput(result.value, result.stderr, report, ui=ui.PreviewText(report))
-
-
-def _clip_features(clip_vision, images: torch.Tensor, normalize: bool, progress: _Progress) -> torch.Tensor:
-    chunks = []
-    for start in range(0, images.shape[0], _IMAGE_CHUNK):
-        out = clip_vision.encode_image(images[start:start + _IMAGE_CHUNK], crop=True)
-        chunks.append(out["image_embeds"].float().cpu())
-        progress()
-    features = torch.cat(chunks)
-    return torch.nn.functional.normalize(features, dim=-1) if normalize else features
 
 
 class InfusionWasserstein(io.ComfyNode):
@@ -205,11 +120,7 @@ class InfusionWasserstein(io.ComfyNode):
 
     @classmethod
     def execute(cls, custom_images, base_images, clip_vision, normalize) -> io.NodeOutput:
-        progress = _Progress(math.ceil(custom_images.shape[0] / _IMAGE_CHUNK)
-                             + math.ceil(base_images.shape[0] / _IMAGE_CHUNK))
-        custom = _clip_features(clip_vision, custom_images, normalize, progress)
-        base = _clip_features(clip_vision, base_images, normalize, progress)
-        result = feature_wasserstein(custom, base)
+        result = image_wasserstein(custom_images, base_images, clip_vision, normalize, progress=_Progress)
         report = result.report()
         return io.NodeOutput(result.gaussian, report, ui=ui.PreviewText(report))
 

@@ -16,6 +16,7 @@ import torch
 from ..concept import InfusionConcept
 from ..patching import install_position_carrier
 from ..residual import InfusionResidual
+from ..sampling import inside_sampling
 from .loop import PhotoLatents, TrainingHooks, TrainingSettings, train
 from .state import TrainingState
 from .vectors import named_vectors
@@ -138,35 +139,18 @@ def _clone_tensors(value: Any) -> Any:
     return value
 
 
-class _LoopSampler:
-    """A ComfyUI Sampler (duck-typed) whose sample() runs a function (the training loop) inside the guider."""
-
-    def __init__(self, run: Callable[[Any, dict], Any]):
-        self.run = run
-        self.result: Any = None
-
-    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
-               disable_pbar=False):
-        self.result = self.run(model_wrap, extra_args["model_options"])
-        return torch.zeros_like(noise)
-
-
 def in_sampling(patcher: Any, conditionings: Sequence[list], shape: Sequence[int], seed: int,
                 run: Callable[[Any, dict], Any]) -> Any:
     """`run(model_wrap, model_options)` inside ComfyUI's sampling setup of `patcher`, with one
     conditioning per caption (keys caption0, caption1, ...) prepared for latents of `shape`."""
     import comfy.model_management
-    import comfy.samplers
 
-    guider = comfy.samplers.CFGGuider(patcher)
-    guider.inner_set_conds({_caption_key(i): _clone_tensors(c) for i, c in enumerate(conditionings)})
-    sampler = _LoopSampler(run)
     # Everything else in memory can go: training needs far more room than inference.
     comfy.model_management.load_models_gpu([patcher], memory_required=1e20, force_full_load=True)
     schedule = patcher.get_model_object("model_sampling").sigmas
     sigmas = torch.cat([schedule.flip(0), schedule.new_zeros(1)])  # seen by patches as sample_sigmas
-    guider.sample(torch.zeros(shape), torch.zeros(shape), sampler, sigmas, seed=seed)
-    return sampler.result
+    conds = {_caption_key(i): _clone_tensors(c) for i, c in enumerate(conditionings)}
+    return inside_sampling(patcher, conds, shape, sigmas, seed, run)
 
 
 def train_on_model(model: Any, start: InfusionConcept, conditionings: Sequence[list], photos: PhotoLatents,
