@@ -46,7 +46,7 @@ def _executor_errors(record: logging.LogRecord) -> bool:
     return not (record.levelno >= logging.ERROR and os.path.basename(record.pathname) == "execution.py")
 
 
-def _put_first_on_path(comfy_root: str) -> None:
+def put_comfyui_first_on_path(comfy_root: str) -> None:
     # ComfyUI's root must come first: run from the pack's folder, `import nodes` would
     # otherwise find the pack's nodes/ package instead of ComfyUI's nodes.py.
     while comfy_root in sys.path:
@@ -120,7 +120,7 @@ def start(comfy_args: Sequence[str] = (), *, all_custom_nodes: bool = False, ver
     --output-directory, ...). Call once per process, before anything imports ComfyUI.
     """
     comfy_root = find_comfyui(pack_root)
-    _put_first_on_path(comfy_root)
+    put_comfyui_first_on_path(comfy_root)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
     if not verbose:
         for handler in logging.getLogger().handlers:

@@ -68,16 +68,12 @@ def setup_comfy(path: str | None = None) -> str:
     if not is_comfyui_root(path):
         raise RuntimeError(absent_reason())
 
-    # ComfyUI's root must come before the pack root (pytest pythonpath=["."]):
-    # the pack has its own `nodes/` package, ComfyUI needs `import nodes` -> nodes.py.
-    if path in sys.path:
-        sys.path.remove(path)
-    sys.path.insert(0, path)
-    stale = sys.modules.get("nodes")
-    if stale is not None and os.path.dirname(os.path.abspath(getattr(stale, "__file__", "") or "")) != path:
-        # Someone (e.g. a core test) imported the pack's `nodes` package as top-level
-        # `nodes`; ComfyUI's modules do `import nodes` and must get ComfyUI's.
-        del sys.modules["nodes"]
+    # ComfyUI's root must come before the pack root (pytest pythonpath=["."]): the pack has its
+    # own `nodes/` package, ComfyUI needs `import nodes` -> nodes.py.
+    if PACK_ROOT not in sys.path:
+        sys.path.append(PACK_ROOT)  # after ComfyUI's root, for scripts that import this harness
+    from infusion.cli.runtime import put_comfyui_first_on_path
+    put_comfyui_first_on_path(path)
 
     import comfy.options
     # Default is off already; keep it off so ComfyUI never parses pytest's argv.
