@@ -36,19 +36,6 @@ from typing import Callable, Literal
 
 import torch
 
-__all__ = [
-    "DEFAULT_SIGMA_FLOOR",
-    "EpsFn",
-    "LFDPlan",
-    "LFDResult",
-    "TimestepRow",
-    "Weighting",
-    "check_weighting",
-    "compare",
-    "evaluate",
-    "latent_fisher_divergence",
-    "make_plan",
-]
 
 Weighting = Literal["epsilon", "fisher"]
 # eps(x_t, sigma, prompt_index) -> predicted noise, same shape as x_t; x_t is (b, ...)

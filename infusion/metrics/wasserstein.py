@@ -17,15 +17,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = [
-    "W2Result",
-    "empirical_w2",
-    "gaussian_w2",
-    "gaussian_w2_from_stats",
-    "linear_assignment",
-    "sqrtm_psd",
-    "feature_wasserstein",
-]
 
 
 def _as_features(x: torch.Tensor | np.ndarray, name: str) -> torch.Tensor:
