@@ -20,6 +20,10 @@ HARNESS_DIR = os.path.dirname(os.path.abspath(__file__))
 # The pack root is two levels above tests/comfy; abspath (not realpath) so a pack
 # symlinked into ComfyUI/custom_nodes is still seen at its custom_nodes location.
 PACK_ROOT = os.path.dirname(os.path.dirname(HARNESS_DIR))
+if PACK_ROOT not in sys.path:
+    sys.path.append(PACK_ROOT)  # after ComfyUI's root, for scripts that import this harness
+
+from infusion.cli import locate  # noqa: E402  (imports neither torch nor ComfyUI)
 
 SEED = 1234
 # Small everywhere: 64x64 px images -> 8x8 latents.
@@ -31,27 +35,18 @@ _state: dict[str, Any] = {}
 
 # --------------------------------------------------------------------------- discovery
 
-def is_comfyui_root(path: str | None) -> bool:
-    return bool(path) and os.path.isdir(os.path.join(path, "comfy")) and os.path.isfile(os.path.join(path, "nodes.py"))
-
-
 def find_comfyui(pack_root: str = PACK_ROOT) -> str | None:
     """ComfyUI root from $COMFYUI_PATH, else the ComfyUI that holds this pack in
-    <ComfyUI>/custom_nodes/<pack>; None when neither is a ComfyUI tree."""
-    env = os.environ.get("COMFYUI_PATH")
-    if env:
-        env = os.path.abspath(os.path.expanduser(env))
-        return env if is_comfyui_root(env) else None
-    for root in dict.fromkeys([os.path.abspath(pack_root), os.path.realpath(pack_root)]):
-        parent = os.path.dirname(root)
-        if os.path.basename(parent) == "custom_nodes" and is_comfyui_root(os.path.dirname(parent)):
-            return os.path.dirname(parent)
-    return None
+    <ComfyUI>/custom_nodes/<pack>; None when neither is a ComfyUI tree (the runner's lookup)."""
+    try:
+        return locate.find_comfyui(pack_root)
+    except locate.ComfyUINotFound:
+        return None
 
 
 def absent_reason() -> str:
     env = os.environ.get("COMFYUI_PATH")
-    if env and not is_comfyui_root(os.path.abspath(os.path.expanduser(env))):
+    if env and not locate.is_comfyui_root(os.path.abspath(os.path.expanduser(env))):
         return f"real ComfyUI not found: COMFYUI_PATH={env} has no comfy/ and nodes.py"
     return "real ComfyUI not found: set COMFYUI_PATH=/path/to/ComfyUI or place this pack in ComfyUI/custom_nodes"
 
@@ -65,13 +60,11 @@ def setup_comfy(path: str | None = None) -> str:
     if "comfy_root" in _state:
         return _state["comfy_root"]
     path = os.path.abspath(path or find_comfyui() or "")
-    if not is_comfyui_root(path):
+    if not locate.is_comfyui_root(path):
         raise RuntimeError(absent_reason())
 
     # ComfyUI's root must come before the pack root (pytest pythonpath=["."]): the pack has its
     # own `nodes/` package, ComfyUI needs `import nodes` -> nodes.py.
-    if PACK_ROOT not in sys.path:
-        sys.path.append(PACK_ROOT)  # after ComfyUI's root, for scripts that import this harness
     from infusion.cli.runtime import put_comfyui_first_on_path
     put_comfyui_first_on_path(path)
 
@@ -191,8 +184,6 @@ def pack_submodule(pack: Any, name: str) -> Any:
 
 def _tiny_models() -> Any:
     """The pack's tiny-model builders (infusion/tiny_models.py; imports torch, so not at module level)."""
-    if PACK_ROOT not in sys.path:
-        sys.path.append(PACK_ROOT)
     from infusion import tiny_models
     return tiny_models
 
