@@ -11,11 +11,11 @@ import json
 import os
 import struct
 import tempfile
-from typing import Any
+from typing import Any, Sequence
 
 import torch
+import safetensors.torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from .concept import VARIANTS, InfusionConcept
 from .layers import FAMILIES, LayerId
@@ -87,27 +87,79 @@ def write_safetensors(tensors: dict[str, torch.Tensor], path: str, metadata: dic
     return path
 
 
-def _header(path: str) -> dict[str, Any]:
-    """Read and sanity-check the safetensors header, so a wrong file gets a precise message."""
+# Concept files are kilobytes (SDXL key+value in fp32: about 1.2 MB); a bigger file is something else,
+# and reading it whole would cost memory its content cannot justify.
+MAX_CONCEPT_BYTES = 16 * 2**20
+# safetensors' own limit on a header; only a big file's header is read on its own (for the hint).
+_MAX_HEADER_BYTES = 100_000_000
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"duplicate keys {sorted({k for k in keys if keys.count(k) > 1})}")
+    return dict(pairs)
+
+
+def _parse_header(raw: bytes, name: str) -> dict[str, Any]:
+    try:
+        header = json.loads(raw, object_pairs_hook=_no_duplicate_keys)
+    except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
+        raise ConceptFileError(f"{name} is not a safetensors file (unreadable header: {e})") from None
+    if not isinstance(header, dict):
+        raise ConceptFileError(f"{name} is not a safetensors file (its header is not a JSON object)")
+    return header
+
+
+def _read(path: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The file's header and tensors, read once into memory (never mapped: a file that shrinks
+    under a mapping crashes the process). safetensors validates offsets, dtypes and shapes."""
     name = os.path.basename(path)
-    size = os.path.getsize(path)
     with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
         head = f.read(8)
         if len(head) < 8:
             raise ConceptFileError(f"{name} is not a safetensors file (only {size} bytes)")
         n = struct.unpack("<Q", head)[0]
-        if n > min(size - 8, 100_000_000):
-            raise ConceptFileError(f"{name} is not a safetensors file, or it is truncated "
-                                   "(header longer than the file); Infusion concepts are .safetensors files")
-        try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise ConceptFileError(f"{name} is not a safetensors file (unreadable header)") from None
-    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
-    if 8 + n + end > size:
-        raise ConceptFileError(f"{name} is truncated: {size} bytes, its header promises {8 + n + end}; "
-                               "re-download or re-train it")
-    return header
+        if n > size - 8:
+            raise ConceptFileError(f"{name} is not a safetensors file, or it is truncated (its header claims "
+                                   f"{n} bytes, the file has {size}); Infusion concepts are .safetensors files")
+        if size > MAX_CONCEPT_BYTES:
+            hint = _not_infusion_hint(list(_parse_header(f.read(n), name))) if n <= _MAX_HEADER_BYTES else ""
+            raise ConceptFileError(f"{name} is {size / 2**20:.0f} MB, too large for an Infusion concept (a few "
+                                   f"hundred KB at most).{hint}")
+        data = head + f.read(size - 8 + 1)  # one byte more than expected shows a file that grew
+    if len(data) != size:
+        raise ConceptFileError(f"{name} changed while it was read ({size} bytes, then {len(data)}); "
+                               "wait until it is completely written, then load it again")
+    header = _parse_header(data[8:8 + n], name)
+    try:
+        tensors = safetensors.torch.load(data)
+    except SafetensorError as e:
+        promised = 8 + n + _data_end(header)
+        if promised > size:
+            raise ConceptFileError(f"{name} is truncated: {size} bytes, its header promises {promised}; "
+                                   "re-download or re-train it") from None
+        raise ConceptFileError(f"{name} is not a valid safetensors file ({e}); re-download or re-train it") from None
+    return header, tensors
+
+
+def _data_end(header: dict[str, Any]) -> int:
+    """Where the header says the tensor data ends (0 when it cannot say), to tell a cut file apart."""
+    try:
+        return max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError):
+        return 0
+
+
+def _check_within(path: str, folders: Sequence[str]) -> None:
+    """Refuse a link that leads out of the model folders (it could point at any file on the machine)."""
+    real = os.path.realpath(path)
+    roots = [os.path.realpath(folder) for folder in folders]
+    if not any(os.path.commonpath([real, root]) == root for root in roots):
+        raise ConceptFileError(f"{os.path.basename(path)} is a link to {real}, outside the Infusion model folders "
+                               f"({', '.join(roots)}): copy the file into models/infusion, or add its folder under "
+                               "'infusion' in extra_model_paths.yaml")
 
 
 def _not_infusion_hint(keys: list[str]) -> str:
@@ -118,19 +170,35 @@ def _not_infusion_hint(keys: list[str]) -> str:
     return ""
 
 
-def load_concept(path: str) -> InfusionConcept:
-    """Load and fully validate a concept file; raises ConceptFileError with a clear reason."""
+def load_concept(path: str, folders: Sequence[str] | None = None) -> InfusionConcept:
+    """Load and fully validate a concept file; raises ConceptFileError naming the file and what is
+    wrong, and nothing else. With `folders`, the file (after links) must lie inside one of them."""
     name = os.path.basename(path)
     if not os.path.isfile(path):
         raise ConceptFileError(f"concept file not found: {path}")
-    header = _header(path)
-    meta = header.get("__metadata__", {}) or {}
+    if folders is not None:
+        _check_within(path, folders)
+    try:
+        header, tensors = _read(path)
+    except OSError as e:
+        raise ConceptFileError(f"{name} could not be read ({e.strerror or e})") from None
+    meta = header.get("__metadata__") or {}
     keys = [k for k in header if k != "__metadata__"]
     if meta.get("format") != "infusion" or meta.get("method") != "infusion":
         raise ConceptFileError(f"{name} is not an Infusion concept (its metadata does not say format 'infusion')."
                                + _not_infusion_hint(keys))
+    try:
+        return _concept(name, meta, tensors)
+    except ConceptFileError:
+        raise
+    except (ValueError, TypeError, KeyError) as e:
+        raise ConceptFileError(f"{name}: corrupt concept metadata ({e}); re-train it or use an earlier "
+                               "checkpoint") from None
+
+
+def _concept(name: str, meta: dict[str, str], tensors: dict[str, torch.Tensor]) -> InfusionConcept:
     version = meta.get("format_version", "")
-    if not version.isdigit() or int(version) > FORMAT_VERSION or int(version) < 1:
+    if not (version.isascii() and version.isdigit()) or not 1 <= int(version) <= FORMAT_VERSION:
         raise ConceptFileError(f"{name} has Infusion format version '{version}', this pack reads versions "
                                f"1..{FORMAT_VERSION}: update ComfyUI-Infusion")
     family = meta.get("family")
@@ -142,23 +210,21 @@ def load_concept(path: str) -> InfusionConcept:
     variant = meta.get("variant")
     if variant not in VARIANTS:
         raise ConceptFileError(f"{name}: unknown variant '{variant}' (known: {', '.join(VARIANTS)})")
-    try:
-        layers = {LayerId.parse(k): int(w) for k, w in json.loads(meta["layers"])}
-        token_ids = tuple(int(i) for i in json.loads(meta.get("token_ids", "[]")))
-        extra = {k: json.loads(v) for k, v in meta.items() if k not in _RESERVED}
-    except (KeyError, ValueError, TypeError) as e:
-        raise ConceptFileError(f"{name}: corrupt metadata ({e})") from None
+    layer_list = json.loads(meta["layers"])
+    if not isinstance(layer_list, list) or not all(isinstance(e, list) and len(e) == 2 for e in layer_list):
+        raise ValueError("'layers' is not a list of [name, value width] pairs")
+    layers = {LayerId.parse(str(k)): _non_negative_int(w, "a value width") for k, w in layer_list}
+    token_ids = json.loads(meta.get("token_ids", "[]"))
+    if not isinstance(token_ids, list):
+        raise ValueError("'token_ids' is not a list")
+    extra = {k: json.loads(v) for k, v in meta.items() if k not in _RESERVED}
     expected = {f"value.{l.key}" for l in layers} | ({f"key.{l.key}" for l in layers} if variant == "key+value" else set())
-    if set(keys) != expected:
+    if set(tensors) != expected:
         raise ConceptFileError(f"{name}: its tensors do not match its layer list "
-                               f"(missing {sorted(expected - set(keys))}, extra {sorted(set(keys) - expected)})")
+                               f"(missing {sorted(expected - set(tensors))}, extra {sorted(set(tensors) - expected)})")
     if len(layers) != FAMILIES[family].n_layers:
         raise ConceptFileError(f"{name}: {len(layers)} layers, a {FAMILIES[family].label} concept has "
                                f"{FAMILIES[family].n_layers}")
-    try:
-        tensors = load_file(path)
-    except (SafetensorError, OSError, RuntimeError) as e:
-        raise ConceptFileError(f"{name} could not be read as safetensors ({e})") from None
     for k, t in tensors.items():
         if t.dtype not in (torch.float16, torch.float32) or t.shape != (width,):
             raise ConceptFileError(f"{name}: tensor {k} is {t.dtype} {tuple(t.shape)}, expected fp16/fp32 ({width},)")
@@ -171,7 +237,14 @@ def load_concept(path: str) -> InfusionConcept:
         values={l: tensors[f"value.{l.key}"].float() for l in layers},
         keys={l: tensors[f"key.{l.key}"].float() for l in layers} if variant == "key+value" else None,
         value_widths=layers,
-        token_ids=token_ids,
+        token_ids=tuple(_non_negative_int(i, "a token id") for i in token_ids),
         name=meta.get("name") or os.path.splitext(name)[0],
         metadata=extra,
     )
+
+
+def _non_negative_int(value: Any, what: str) -> int:
+    # bool is an int in Python; a JSON true is no width or token id.
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{value!r} is not {what}")
+    return value

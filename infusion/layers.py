@@ -1,10 +1,15 @@
 """Cross-attention layers: their identity in ComfyUI and the model families Infusion supports."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Mapping
 
 import torch
+
+
+# ASCII digits only: int() would also take "-1", " 1" or "1_0", names no layer has.
+_LAYER_KEY = re.compile(r"(input|middle|output)\.([0-9]{1,4})\.([0-9]{1,4})")
 
 
 @dataclass(frozen=True, order=True)
@@ -25,13 +30,10 @@ class LayerId:
 
     @classmethod
     def parse(cls, key: str) -> "LayerId":
-        try:
-            block, number, index = key.split(".")
-            if block not in ("input", "middle", "output"):
-                raise ValueError(block)
-            return cls(block, int(number), int(index))
-        except ValueError:
-            raise ValueError(f"'{key}' is not a cross-attention layer name (expected e.g. 'input.1.0')") from None
+        match = _LAYER_KEY.fullmatch(key)
+        if match is None:
+            raise ValueError(f"'{key}' is not a cross-attention layer name (expected e.g. 'input.1.0')")
+        return cls(match[1], int(match[2]), int(match[3]))
 
 
 @dataclass(frozen=True)

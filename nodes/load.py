@@ -34,7 +34,8 @@ class LoadInfusion(io.ComfyNode):
 
     @classmethod
     def execute(cls, concept_name) -> io.NodeOutput:
-        return io.NodeOutput(load_concept(folder_paths.get_full_path_or_raise("infusion", concept_name)))
+        path = folder_paths.get_full_path_or_raise("infusion", concept_name)
+        return io.NodeOutput(load_concept(path, folders=folder_paths.get_folder_paths("infusion")))
 
 
 NODES: list[type[io.ComfyNode]] = [LoadInfusion]

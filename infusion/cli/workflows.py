@@ -1,4 +1,4 @@
-"""The pack's example workflows (example_workflows/, which ComfyUI serves to its template browser)
+"""The pack's example workflows (workflows/, which ComfyUI serves to its template browser)
 and reading any workflow file: UI format (saved by the frontend) or API format (Export (API))."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 from .locate import PACK_ROOT
 
-WORKFLOWS_DIR = os.path.join(PACK_ROOT, "example_workflows")
+WORKFLOWS_DIR = os.path.join(PACK_ROOT, "workflows")
 
 
 def example_names() -> list[str]:

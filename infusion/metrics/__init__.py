@@ -6,7 +6,7 @@
 from .fisher import (DEFAULT_SIGMA_FLOOR, EpsFn, LFDPlan, LFDResult, TimestepRow, Weighting,
                      check_weighting, compare, evaluate, latent_fisher_divergence, make_plan)
 from .wasserstein import (W2Result, empirical_w2, feature_wasserstein, gaussian_w2,
-                          gaussian_w2_from_stats, linear_assignment, sqrtm_psd)
+                          gaussian_w2_from_stats, sqrtm_psd)
 
 __all__ = [
     "DEFAULT_SIGMA_FLOOR",
@@ -24,7 +24,6 @@ __all__ = [
     "gaussian_w2",
     "gaussian_w2_from_stats",
     "latent_fisher_divergence",
-    "linear_assignment",
     "make_plan",
     "sqrtm_psd",
 ]

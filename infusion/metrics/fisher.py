@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Callable, Literal
 
 import torch
+from einops import rearrange
 
 
 Weighting = Literal["epsilon", "fisher"]
@@ -231,9 +232,9 @@ def compare(plan: LFDPlan, base: list[torch.Tensor], custom: list[torch.Tensor],
     n_strata = len(plan.strata)
     if len(base) != len(custom) or len(base) != plan.n_prompts * n_strata:
         raise ValueError("base and custom tables must both come from evaluate() on this plan")
-    # sq[p, k, j]: mean squared eps difference of draw j, per latent element.
+    # sq[p, k, j]: mean squared eps difference of draw j, per latent element (tables come prompt-major).
     sq = torch.stack([(c.double() - b.double()).square().flatten(1).mean(1) for b, c in zip(base, custom)])
-    sq = sq.view(plan.n_prompts, n_strata, plan.n_samples)
+    sq = rearrange(sq, "(prompt stratum) draw -> prompt stratum draw", prompt=plan.n_prompts)
     per_stratum = (_weights(plan.sigma, weighting, sigma_floor) * sq).mean(0)  # (K, n): mean over prompts
     per_draw = per_stratum.mean(0)  # Y_j
     rows = tuple(

@@ -18,7 +18,6 @@ import numpy as np
 import torch
 
 
-
 def _as_features(x: torch.Tensor | np.ndarray, name: str) -> torch.Tensor:
     """A feature set as an (n, d) float64 CPU tensor; a clear error for bad input."""
     t = torch.as_tensor(x).detach().to("cpu", torch.float64)
@@ -104,54 +103,6 @@ def gaussian_w2(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) -> f
     return float(w2_sq.clamp_min(0.0).sqrt())
 
 
-def linear_assignment(cost: np.ndarray) -> np.ndarray:
-    """Minimum-cost perfect matching of a square cost matrix.
-
-    Returns ``col`` with row i assigned to column ``col[i]``. Shortest augmenting
-    paths with dual potentials (Hungarian method, Jonker-Volgenant style), O(n^3);
-    the inner scans are vectorised over columns.
-    """
-    a = np.asarray(cost, dtype=np.float64)
-    if a.ndim != 2 or a.shape[0] != a.shape[1]:
-        raise ValueError(f"expected a square cost matrix, got shape {a.shape}")
-    if not np.isfinite(a).all():
-        raise ValueError("cost matrix contains NaN or infinity")
-    n = a.shape[0]
-    # Index 0 is a virtual column that roots each augmenting path; rows are 1-based.
-    u = np.zeros(n + 1)
-    v = np.zeros(n + 1)
-    row_of = np.zeros(n + 1, dtype=np.int64)  # row_of[j]: row matched to column j (0 = none)
-    prev = np.zeros(n + 1, dtype=np.int64)  # previous column on the shortest path
-    for i in range(1, n + 1):
-        row_of[0] = i
-        j0 = 0
-        min_slack = np.full(n + 1, np.inf)
-        used = np.zeros(n + 1, dtype=bool)
-        while row_of[j0] != 0:
-            used[j0] = True
-            i0 = row_of[j0]
-            free = ~used
-            free[0] = False
-            slack = a[i0 - 1] - u[i0] - v[1:]
-            better = free[1:] & (slack < min_slack[1:])
-            min_slack[1:][better] = slack[better]
-            prev[1:][better] = j0
-            candidates = np.where(free, min_slack, np.inf)
-            j1 = int(np.argmin(candidates))
-            delta = candidates[j1]
-            u[row_of[used]] += delta
-            v[used] -= delta
-            min_slack[free] -= delta
-            j0 = j1
-        while j0 != 0:  # flip the matching along the augmenting path
-            j1 = prev[j0]
-            row_of[j0] = row_of[j1]
-            j0 = j1
-    col = np.empty(n, dtype=np.int64)
-    col[row_of[1:] - 1] = np.arange(n)
-    return col
-
-
 def empirical_w2(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) -> float:
     """Exact W2 between the empirical distributions of two equal-size (n, d) sets."""
     x, y = _as_features(x, "x"), _as_features(y, "y")
@@ -160,8 +111,10 @@ def empirical_w2(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) -> 
         raise ValueError(f"empirical W2 needs equal-size sets, got {x.shape[0]} and {y.shape[0]}")
     # Exact differences, not |x|^2 + |y|^2 - 2 x.y: identical points must cost exactly 0.
     cost = torch.cdist(x, y, compute_mode="donot_use_mm_for_euclid_dist").square().numpy()
-    col = linear_assignment(cost)
-    return float(np.sqrt(cost[np.arange(len(col)), col].mean()))
+    # SciPy is one of ComfyUI's own requirements; imported here so the rest of the metrics need only torch.
+    from scipy.optimize import linear_sum_assignment
+    rows, cols = linear_sum_assignment(cost)
+    return float(np.sqrt(cost[rows, cols].mean()))
 
 
 @dataclass(frozen=True)

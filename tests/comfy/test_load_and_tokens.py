@@ -99,3 +99,15 @@ def test_multi_token_word_and_long_prompt(pack, sd15):
     assert positions.length == 154
     found = positions.words["axolotl"]
     assert len(found) == len(ids) and list(found) == list(range(found[0], found[0] + len(ids))) and found[0] > 77
+
+
+def test_a_link_out_of_the_model_folders_is_refused(pack, sd15, infusion_dir, tmp_path):
+    outside = tmp_path / "outside.safetensors"
+    save(pack, sd15[0], outside)
+    os.symlink(outside, os.path.join(infusion_dir, "linked_out.safetensors"))
+    with pytest.raises(ValueError, match="linked_out.safetensors is a link to .*outside the Infusion model folders"):
+        node("LoadInfusion").execute("linked_out.safetensors")
+    # A link that stays inside the folders is an ordinary file to the user.
+    save(pack, sd15[0], os.path.join(infusion_dir, "inside.safetensors"))
+    os.symlink(os.path.join(infusion_dir, "inside.safetensors"), os.path.join(infusion_dir, "alias.safetensors"))
+    assert node("LoadInfusion").execute("alias.safetensors").result[0].word == "dog"

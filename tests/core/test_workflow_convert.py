@@ -282,7 +282,7 @@ EXAMPLES = workflows.example_names()
 
 def test_the_four_examples_are_shipped_where_comfyui_serves_templates():
     assert EXAMPLES == ["generate_with_concept", "measure_overfitting", "multi_concept", "train_concept"]
-    assert os.path.basename(workflows.WORKFLOWS_DIR) == "example_workflows"
+    assert os.path.basename(workflows.WORKFLOWS_DIR) == "workflows"
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
