@@ -47,7 +47,7 @@ def main() -> None:
     variants = {"unpatched": (model, clip)}
     m, c = model, clip
     for i, word in enumerate(("dog", "barn", "hat")):
-        concept = concept_mod.InfusionConcept.zeros(word, layers, family.name)
+        concept = concept_mod.InfusionConcept.zeros(word, layers, family)
         for layer in concept.values:
             concept.values[layer] = torch.randn(concept.values[layer].shape) * 0.1
         m, c = apply.execute(m, c, concept, 1.0).result

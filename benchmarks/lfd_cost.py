@@ -58,7 +58,7 @@ def customized_models(pack, model, clip):
     concept_mod = h.pack_submodule(pack, "infusion.concept")
     patching = h.pack_submodule(pack, "infusion.patching")
     layers, family = patching.model_layers(model)
-    concept = concept_mod.InfusionConcept.zeros("dog", layers, family.name)
+    concept = concept_mod.InfusionConcept.zeros("dog", layers, family)
     g = torch.Generator().manual_seed(0)
     for layer in concept.values:
         concept.values[layer] = torch.randn(concept.values[layer].shape, generator=g)

@@ -55,7 +55,7 @@ def forward_times(pack, model, conds, latents, batch: int, repeats: int) -> list
 
 def _layers(pack, model):
     layers, family = h.pack_submodule(pack, "infusion.patching").model_layers(model)
-    return layers, family.name
+    return layers, family
 
 
 def step_times(pack, model, conds, latents, batch: int, repeats: int, checkpointing: bool) -> list[float]:

@@ -35,7 +35,7 @@ def infusion_run(pack, model, conds, latents, steps: int, batch: int, checkpoint
     import comfy_harness as h
     P = lambda name: h.pack_submodule(pack, name)  # noqa: E731
     layers, family = P("infusion.patching").model_layers(model)
-    start = P("infusion.concept").InfusionConcept.zeros("dog", layers, family.name)
+    start = P("infusion.concept").InfusionConcept.zeros("dog", layers, family)
     settings = P("infusion.training.loop").TrainingSettings(steps=steps, batch_size=batch, gradient_accumulation=1,
                                                             flip=False, precision="fp32")
     P("infusion.training.comfy_model").train_on_model(model, start, conds, latents, settings,
@@ -43,9 +43,11 @@ def infusion_run(pack, model, conds, latents, steps: int, batch: int, checkpoint
 
 
 def lora_run(pack, model, conds, latents, steps: int, batch: int, checkpointing: bool) -> None:
-    import comfy_extras.nodes_train as native
-    native.TrainLoraNode().train(model, {"samples": latents.latents}, conds[0], batch, steps, 1, 0.0005, 1, "AdamW",
-                                 "MSE", 0, "fp32", "fp32", "LoRA", checkpointing, "[None]")
+    import comfy_harness as h
+    h.pack_submodule(pack, "infusion.compat").train_lora(
+        model, {"samples": latents.latents}, conds[0], batch_size=batch, steps=steps, grad_accumulation_steps=1,
+        learning_rate=0.0005, rank=1, optimizer="AdamW", loss_function="MSE", seed=0, training_dtype="fp32",
+        lora_dtype="fp32", algorithm="LoRA", gradient_checkpointing=checkpointing, existing_lora="[None]")
 
 
 def measure(trainer: str, channels: int, size: int, batch: int, steps: tuple[int, int], checkpointing: bool) -> dict:

@@ -6,7 +6,7 @@ from typing import Any, Mapping
 
 import torch
 
-from .layers import FAMILIES, LayerId
+from .layers import LayerId
 
 VARIANTS = ("value", "key+value")
 
@@ -23,10 +23,18 @@ def normalize_word(word: str) -> str:
     return cleaned
 
 
+Layers = Mapping[LayerId, tuple[int, int]]  # {layer: (text width, value width)}, as cross_attention_layers gives
+
+
 @dataclass
 class InfusionConcept:
     """Residuals live in text-encoding space: u_l in R^{text width}, added to the value input of
-    layer l at the class word's positions, so the layer's value there is W_v (c + s u_l)."""
+    layer l at the class word's positions, so the layer's value there is W_v (c + s u_l).
+
+    It fits a model whose cross-attention layers are exactly its layers (name, text width, value
+    width). `family` is ComfyUI's name for the model it was made on (SD15, SDXL, SSD1B, ...), or
+    "custom": a label for messages, never what decides the fit.
+    """
 
     word: str
     family: str
@@ -39,8 +47,10 @@ class InfusionConcept:
 
     def __post_init__(self) -> None:
         self.word = normalize_word(self.word)
-        if self.family not in FAMILIES:
-            raise ValueError(f"unknown model family '{self.family}' (known: {', '.join(FAMILIES)})")
+        if not self.values:
+            raise ValueError("a concept needs at least one layer")
+        if len({v.numel() for v in self.values.values()}) != 1:
+            raise ValueError("a concept's residuals must all have the model's one text width")
         if self.keys is not None and set(self.keys) != set(self.values):
             raise ValueError("a key+value concept needs a key residual for exactly the layers of its value residuals")
 
@@ -50,14 +60,18 @@ class InfusionConcept:
 
     @property
     def text_width(self) -> int:
-        return FAMILIES[self.family].text_width
+        return next(iter(self.values.values())).numel()
+
+    @property
+    def layers(self) -> dict[LayerId, tuple[int, int]]:
+        return {layer: (self.text_width, self.value_widths.get(layer, 0)) for layer in sorted(self.values)}
 
     @property
     def label(self) -> str:
         return f"'{self.name or self.word}' (word '{self.word}')"
 
     @classmethod
-    def zeros(cls, word: str, layers: Mapping[LayerId, tuple[int, int]], family: str,
+    def zeros(cls, word: str, layers: Layers, family: str,
               variant: str = "value", **kwargs: Any) -> "InfusionConcept":
         """A fresh concept for training: every residual starts at zero, as in the paper."""
         if variant not in VARIANTS:
@@ -67,20 +81,24 @@ class InfusionConcept:
         widths = {layer: value for layer, (_, value) in layers.items()}
         return cls(word=word, family=family, values=values, keys=keys, value_widths=widths, **kwargs)
 
-    def check_fits(self, layers: Mapping[LayerId, tuple[int, int]], family: str) -> None:
-        """Raise ConceptMismatchError unless this concept was made for a model of this shape."""
-        if family != self.family:
-            raise ConceptMismatchError(
-                f"concept {self.label} was made for {FAMILIES[self.family].label} "
-                f"(text width {self.text_width}) but the model is {FAMILIES[family].label} "
-                f"(text width {FAMILIES[family].text_width}); train it on this model's family")
-        missing = sorted(set(layers) - set(self.values))
-        extra = sorted(set(self.values) - set(layers))
-        if missing or extra:
-            raise ConceptMismatchError(
-                f"concept {self.label} does not match the model's cross-attention layers: "
-                f"missing {[l.key for l in missing]}, extra {[l.key for l in extra]}")
-        for layer, (text, _) in layers.items():
-            if self.values[layer].numel() != text:
-                raise ConceptMismatchError(f"concept {self.label}: layer {layer.key} has width "
-                                           f"{self.values[layer].numel()}, the model's text width is {text}")
+    def check_fits(self, layers: Layers, family: str) -> None:
+        """Raise ConceptMismatchError unless the model's cross-attention layers are this concept's."""
+        ours, theirs = self.layers, dict(sorted(layers.items()))
+        if ours == theirs:
+            return
+        differ = [layer for layer in sorted(set(ours) | set(theirs)) if ours.get(layer) != theirs.get(layer)]
+        shown = "; ".join(f"{layer.key}: concept {_describe(ours.get(layer))}, model {_describe(theirs.get(layer))}"
+                          for layer in differ[:3])
+        raise ConceptMismatchError(
+            f"concept {self.label} was made for a {self.family} model ({_summary(ours)}) but this model is "
+            f"{family} ({_summary(theirs)}); first layers that differ: {shown}"
+            f"{f' (and {len(differ) - 3} more)' if len(differ) > 3 else ''}. Train the concept on this model")
+
+
+def _describe(widths: tuple[int, int] | None) -> str:
+    return "has no such layer" if widths is None else f"text {widths[0]} -> value {widths[1]}"
+
+
+def _summary(layers: Layers) -> str:
+    texts = sorted({text for text, _ in layers.values()})
+    return f"{len(layers)} cross-attention layers, text width {'/'.join(map(str, texts))}"

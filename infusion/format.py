@@ -1,9 +1,10 @@
 """The concept file: safetensors only (never pickle), validated before anything is applied.
 
 Tensors: "value.<layer>" (and "key.<layer>" for the key+value variant), each a text-space
-residual of the family's text width, fp16 or fp32. Metadata (all strings, JSON where
-structured): format "infusion", format_version, method, variant, family, text_width, word,
-token_ids, layers ([name, value width] pairs), training, provenance.
+residual of the model's text width, fp16 or fp32. Metadata (all strings, JSON where
+structured): format "infusion", format_version, method, variant, family (ComfyUI's name for the
+base model, a label), text_width, word, token_ids, layers ([name, value width] pairs), training,
+provenance.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import safetensors.torch
 from safetensors import SafetensorError
 
 from .concept import VARIANTS, InfusionConcept
-from .layers import FAMILIES, LayerId
+from .layers import LayerId
 
 FORMAT_VERSION = 1
 _DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
@@ -201,12 +202,8 @@ def _concept(name: str, meta: dict[str, str], tensors: dict[str, torch.Tensor]) 
     if not (version.isascii() and version.isdigit()) or not 1 <= int(version) <= FORMAT_VERSION:
         raise ConceptFileError(f"{name} has Infusion format version '{version}', this pack reads versions "
                                f"1..{FORMAT_VERSION}: update ComfyUI-Infusion")
-    family = meta.get("family")
-    if family not in FAMILIES:
-        raise ConceptFileError(f"{name}: unknown model family '{family}' (known: {', '.join(FAMILIES)})")
-    width = FAMILIES[family].text_width
-    if meta.get("text_width") != str(width):
-        raise ConceptFileError(f"{name}: text width {meta.get('text_width')} does not match family {family} ({width})")
+    family = meta.get("family", "")
+    width = _decimal(meta.get("text_width", ""), "text_width")
     variant = meta.get("variant")
     if variant not in VARIANTS:
         raise ConceptFileError(f"{name}: unknown variant '{variant}' (known: {', '.join(VARIANTS)})")
@@ -222,10 +219,7 @@ def _concept(name: str, meta: dict[str, str], tensors: dict[str, torch.Tensor]) 
     if set(tensors) != expected:
         raise ConceptFileError(f"{name}: its tensors do not match its layer list "
                                f"(missing {sorted(expected - set(tensors))}, extra {sorted(set(tensors) - expected)})")
-    if len(layers) != FAMILIES[family].n_layers:
-        raise ConceptFileError(f"{name}: {len(layers)} layers, a {FAMILIES[family].label} concept has "
-                               f"{FAMILIES[family].n_layers}")
-    for k, t in tensors.items():
+    for k, t in sorted(tensors.items()):
         if t.dtype not in (torch.float16, torch.float32) or t.shape != (width,):
             raise ConceptFileError(f"{name}: tensor {k} is {t.dtype} {tuple(t.shape)}, expected fp16/fp32 ({width},)")
         if not torch.isfinite(t).all():
@@ -241,6 +235,12 @@ def _concept(name: str, meta: dict[str, str], tensors: dict[str, torch.Tensor]) 
         name=meta.get("name") or os.path.splitext(name)[0],
         metadata=extra,
     )
+
+
+def _decimal(text: str, what: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) == 0:
+        raise ValueError(f"{what} '{text}' is not a positive whole number")
+    return int(text)
 
 
 def _non_negative_int(value: Any, what: str) -> int:

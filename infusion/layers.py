@@ -1,12 +1,10 @@
-"""Cross-attention layers: their identity in ComfyUI and the model families Infusion supports."""
+"""Cross-attention layers: their identity in ComfyUI, and the layer set of a UNet."""
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Mapping
 
 import torch
-
 
 # ASCII digits only: int() would also take "-1", " 1" or "1_0", names no layer has.
 _LAYER_KEY = re.compile(r"(input|middle|output)\.([0-9]{1,4})\.([0-9]{1,4})")
@@ -36,31 +34,15 @@ class LayerId:
         return cls(match[1], int(match[2]), int(match[3]))
 
 
-@dataclass(frozen=True)
-class Family:
-    name: str
-    label: str
-    text_width: int
-    n_layers: int
-
-
-FAMILIES: dict[str, Family] = {
-    f.name: f
-    for f in (
-        Family("sd1", "SD1.x", 768, 16),
-        Family("sd2", "SD2.x", 1024, 16),
-        Family("sdxl", "SDXL", 2048, 70),
-    )
-}
-
-
 def cross_attention_layers(unet: torch.nn.Module) -> dict[LayerId, tuple[int, int]]:
     """Every cross-attention layer of a ComfyUI UNetModel: {layer: (text width, value width)}.
 
     Mirrors how the UNet forward labels blocks (`transformer_options["block"]`): position in
-    input_blocks / output_blocks, and ("middle", 0) for the whole middle block.
+    input_blocks / output_blocks, and ("middle", 0) for the whole middle block (which distilled
+    UNets such as KOALA do without).
     """
-    groups = [("input", list(unet.input_blocks)), ("middle", [unet.middle_block]), ("output", list(unet.output_blocks))]
+    middle = [unet.middle_block] if unet.middle_block is not None else []
+    groups = [("input", list(unet.input_blocks)), ("middle", middle), ("output", list(unet.output_blocks))]
     layers: dict[LayerId, tuple[int, int]] = {}
     for block, modules in groups:
         for number, module in enumerate(modules):
@@ -70,17 +52,3 @@ def cross_attention_layers(unet: torch.nn.Module) -> dict[LayerId, tuple[int, in
                     if attn2 is not None:
                         layers[LayerId(block, number, index)] = (attn2.to_v.in_features, attn2.to_v.out_features)
     return layers
-
-
-def family_of(layers: Mapping[LayerId, tuple[int, int]]) -> Family:
-    """The family a UNet belongs to, from its text width and number of cross-attention layers."""
-    widths = {text for text, _ in layers.values()}
-    if len(widths) != 1:
-        raise ValueError(f"this model has no single text width (found {sorted(widths) or 'none'}); "
-                         "Infusion supports SD1.x, SD2.x and SDXL UNets")
-    width = widths.pop()
-    for family in FAMILIES.values():
-        if family.text_width == width and family.n_layers == len(layers):
-            return family
-    raise ValueError(f"unsupported model: text width {width} with {len(layers)} cross-attention layers; "
-                     "Infusion supports SD1.x (768, 16), SD2.x (1024, 16) and SDXL (2048, 70)")

@@ -4,19 +4,39 @@ from __future__ import annotations
 from typing import Any
 
 from .concept import InfusionConcept
-from .layers import Family, LayerId, cross_attention_layers, family_of
+from .layers import LayerId, cross_attention_layers
 from .residual import InfusionResidual, carry_word_positions
 
 WRAPPER_KEY = "infusion_word_positions"
 
 
-def model_layers(model: Any) -> tuple[dict[LayerId, tuple[int, int]], Family]:
-    """The cross-attention layers and family of the UNet inside a ModelPatcher."""
+def model_family(model: Any) -> str:
+    """ComfyUI's name for the model (its config class: SD15, SD20, SDXL, SSD1B, Segmind_Vega, KOALA_700M,
+    Flux, ...), or "custom" when the model has no config or does not match the one it was built with."""
+    config = getattr(model.model, "model_config", None)
+    if config is None:
+        return "custom"
+    matches = getattr(type(config), "matches", None)
+    if matches is not None and not matches(getattr(config, "unet_config", {})):
+        return "custom"
+    return type(config).__name__
+
+
+def model_layers(model: Any) -> tuple[dict[LayerId, tuple[int, int]], str]:
+    """The cross-attention layers of the UNet inside a ModelPatcher, and the model's family."""
+    family = model_family(model)
     unet = model.get_model_object("diffusion_model")
     if not all(hasattr(unet, a) for a in ("input_blocks", "middle_block", "output_blocks")):
-        raise ValueError(f"{type(unet).__name__} is not a UNet: Infusion supports SD1.x, SD2.x and SDXL models")
+        raise ValueError(f"this is a {family} model ({type(unet).__name__}), which has no UNet cross-attention: "
+                         "Infusion works on UNet models (SD1.x, SD2.x, SDXL and its distilled variants)")
     layers = cross_attention_layers(unet)
-    return layers, family_of(layers)
+    if not layers:
+        raise ValueError(f"this {family} UNet has no cross-attention layers: nothing for Infusion to patch")
+    widths = sorted({text for text, _ in layers.values()})
+    if len(widths) != 1:
+        raise ValueError(f"this {family} UNet's cross-attention layers read text of several widths {widths}; "
+                         "Infusion needs one text encoding")
+    return layers, family
 
 
 def applied_residuals(model: Any) -> list[InfusionResidual]:
@@ -53,7 +73,7 @@ def apply_concept(model: Any, concept: InfusionConcept, strength: float = 1.0,
                   start_percent: float = 0.0, end_percent: float = 1.0) -> Any:
     """A clone of `model` with the concept's residuals added at its word; `model` is not touched."""
     layers, family = model_layers(model)
-    concept.check_fits(layers, family.name)
+    concept.check_fits(layers, family)
     check_word_free(model, concept)
     patched = model.clone()
     patched.set_model_attn2_patch(InfusionResidual(concept, strength, sigma_range(model, start_percent, end_percent)))

@@ -65,13 +65,14 @@ def _as_encoded(c: Mapping[str, Any]) -> WordPositions:
     return replace(positions, length=cross_attn.shape[1])
 
 
-def carry_word_positions(executor, model, conds, x_in, timestep, model_options):
-    """CALC_COND_BATCH wrapper: hands the word positions of this step's conditionings to the patches."""
+def carry_word_positions(executor, model, conds, x_in, timestep, model_options, *args, **kwargs):
+    """CALC_COND_BATCH wrapper: hands the word positions of this step's conditionings to the patches
+    (and passes on whatever else a ComfyUI version gives a wrapper)."""
     by_uuid = {c["uuid"]: _as_encoded(c) for group in conds if group for c in group
                if CONDITIONING_KEY in c and "uuid" in c}
     options = dict(model_options)
     options["transformer_options"] = {**model_options.get("transformer_options", {}), BATCH_KEY: BatchPositions(by_uuid)}
-    return executor(model, conds, x_in, timestep, options)
+    return executor(model, conds, x_in, timestep, options, *args, **kwargs)
 
 
 class InfusionResidual(torch.nn.Module):

@@ -21,8 +21,9 @@ class _BodySampler:
         self.body = body
         self.result: Any = None
 
-    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
-               disable_pbar=False):
+    # ComfyUI calls sample(model_wrap, sigmas, extra_args, callback, noise, latent_image, denoise_mask,
+    # disable_pbar); whatever a later version adds is accepted and unused.
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, *args, **kwargs):
         self.result = self.body(model_wrap, extra_args["model_options"])
         return torch.zeros_like(noise)
 

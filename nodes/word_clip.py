@@ -6,6 +6,8 @@ the word keep batching into one UNet call. clone() keeps the subclass, so downst
 """
 from __future__ import annotations
 
+from typing import Any
+
 import comfy.sd
 
 from ..infusion.prompt import word_positions
@@ -23,8 +25,10 @@ class InfusionCLIP(comfy.sd.CLIP):
         out.infusion_words = tuple(getattr(clip, "infusion_words", ())) + (word,)
         return out
 
-    def clone(self) -> "InfusionCLIP":
-        out = super().clone()
+    # Overrides take and pass on whatever ComfyUI adds to these methods' signatures (0.38's
+    # clone(disable_dynamic=...)), so the next signature change cannot break them.
+    def clone(self, *args: Any, **kwargs: Any) -> "InfusionCLIP":
+        out = super().clone(*args, **kwargs)
         out.__class__ = type(self)
         out.infusion_words = self.infusion_words
         return out
@@ -32,14 +36,14 @@ class InfusionCLIP(comfy.sd.CLIP):
     def _positions(self, tokens):
         return word_positions(self.tokenizer, tokens, self.infusion_words)
 
-    def encode_from_tokens(self, tokens, return_pooled=False, return_dict=False):
-        out = super().encode_from_tokens(tokens, return_pooled=return_pooled, return_dict=return_dict)
-        if return_dict:
+    def encode_from_tokens(self, tokens, *args: Any, **kwargs: Any):
+        out = super().encode_from_tokens(tokens, *args, **kwargs)
+        if isinstance(out, dict):  # return_dict=True: the form CLIPTextEncode's path uses
             out[CONDITIONING_KEY] = self._positions(tokens)
         return out
 
-    def encode_from_tokens_scheduled(self, tokens, unprojected=False, add_dict={}, show_pbar=True):
-        out = super().encode_from_tokens_scheduled(tokens, unprojected=unprojected, add_dict=add_dict, show_pbar=show_pbar)
+    def encode_from_tokens_scheduled(self, tokens, *args: Any, **kwargs: Any):
+        out = super().encode_from_tokens_scheduled(tokens, *args, **kwargs)
         positions = self._positions(tokens)
         for _, extras in out:
             extras[CONDITIONING_KEY] = positions

@@ -18,6 +18,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, TextIO
 
+from .. import compat
+
 CLIENT_ID = "infusion-cli"
 
 
@@ -158,9 +160,8 @@ class Runner:
     between prompts, so a checkpoint loaded by one run is reused by the next."""
 
     def __init__(self, report: Any = None):
-        import execution
         self.server = _Server(report or ConsoleReporter())
-        self.executor = execution.PromptExecutor(self.server)
+        self.executor = compat.prompt_executor(self.server)
 
     def validate(self, prompt: Mapping[str, Any]) -> list[str]:
         """ComfyUI's own validation; returns the output node ids to execute, raises PromptInvalid."""
@@ -186,15 +187,18 @@ class Runner:
         extra = {"client_id": CLIENT_ID}
         if extra_pnginfo:
             extra["extra_pnginfo"] = dict(extra_pnginfo)  # SaveImage embeds it, as the UI's workflow
+
+        async def execute() -> dict[str, list]:
+            # One event loop for the run and the reading of its outputs (0.38's cache is async).
+            await self.executor.execute_async(prompt, prompt_id, extra, outputs)
+            return await compat.cached_outputs(self.executor, prompt)
+
         with _progress_hook(self.server):
-            self.executor.execute(prompt, prompt_id, extra, outputs)
+            ran = asyncio.run(execute())
         messages = dict(self.executor.status_messages)
-        cache = self.executor.caches.outputs
-        ran = {node_id: cache.get(node_id) for node_id in prompt}
         return RunResult(prompt_id, self.executor.success and "execution_error" not in messages
                          and "execution_interrupted" not in messages, "execution_interrupted" in messages,
-                         messages.get("execution_error"), self.executor.history_result.get("outputs", {}),
-                         {k: v for k, v in ran.items() if v is not None})
+                         messages.get("execution_error"), self.executor.history_result.get("outputs", {}), ran)
 
     def run_or_raise(self, prompt: dict[str, Any], extra_pnginfo: Mapping[str, Any] | None = None) -> RunResult:
         """run(), raising RunFailed with the failing node and ComfyUI's message."""

@@ -13,6 +13,7 @@ import os
 import sys
 from typing import Iterator, Sequence
 
+from .. import compat
 from .locate import PACK_ROOT, ComfyUINotFound, find_comfyui, import_failure_message
 
 
@@ -97,7 +98,8 @@ def _load_nodes(all_custom_nodes: bool, pack_root: str, verbose: bool) -> None:
             asyncio.run(nodes.init_extra_nodes(init_custom_nodes=all_custom_nodes, init_api_nodes=False))
         finally:
             hook_breaker_ac10a0.restore_functions()
-    failed = [line for line in log.lines if line.startswith("IMPORT FAILED")]
+    failed = [line for line in log.lines if line.startswith("IMPORT FAILED")
+              and not line.rstrip().endswith(compat.HEADLESS_IMPORT_FAILURES)]
     if verbose:
         print("\n".join(log.lines), file=sys.stderr)
     elif failed:

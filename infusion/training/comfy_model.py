@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
+from .. import compat
 from ..concept import InfusionConcept
 from ..patching import install_position_carrier
 from ..residual import InfusionResidual
@@ -170,7 +171,9 @@ def train_on_model(model: Any, start: InfusionConcept, conditionings: Sequence[l
 
     if teacher is not None and teacher.model is not model.model:
         raise ValueError("the teacher must be a clone of the model being trained")
-    with torch.inference_mode(False):
+    model = compat.classic_patcher(model)
+    teacher = compat.classic_patcher(teacher) if teacher is not None else None
+    with torch.inference_mode(False), compat.training_mode():
         residual = InfusionResidual(start, trainable=True)
         patcher = model.clone()
         if settings.precision == "fp32" and patcher.model_dtype() != torch.float32:

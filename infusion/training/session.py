@@ -71,11 +71,14 @@ def check_name(name: str) -> str:
     return name[:-len(".safetensors")] if name.endswith(".safetensors") else name
 
 
-def native_resolution(model: Any, family: str) -> int:
-    """The size the base model was trained at: SD1.x 512, SD2.x 768 (v) or 512 (eps), SDXL 1024."""
-    if family == "sdxl":
+def native_resolution(model: Any, text_width: int) -> int:
+    """The size the base model was trained at: SDXL and its distilled variants 1024, SD2.x 768 (v)
+    or 512 (eps), SD1.x and anything else 512."""
+    import comfy.model_base
+
+    if isinstance(model.model, comfy.model_base.SDXL):
         return 1024
-    if family == "sd2" and getattr(model.model.model_type, "name", "") == "V_PREDICTION":
+    if text_width == 1024 and getattr(model.model.model_type, "name", "") == "V_PREDICTION":
         return 768
     return 512
 
@@ -111,14 +114,14 @@ def train_concept(model: Any, clip: Any, vae: Any, photos: torch.Tensor, masks: 
     name = check_name(request.name)
     settings = request.settings
     layers, family = model_layers(model)
-    resolution = request.resolution or native_resolution(model, family.name)
+    resolution = request.resolution or native_resolution(model, next(iter(layers.values()))[0])
     tokens = clip.tokenize(word)
     key = "l" if "l" in tokens else next(iter(tokens))
-    start = InfusionConcept.zeros(word, layers, family.name, variant=request.variant, name=name,
+    start = InfusionConcept.zeros(word, layers, family, variant=request.variant, name=name,
                                   token_ids=word_token_ids(clip.tokenizer, word, key))
     captions = [fill(t, word) for t in request.templates]
     run = {
-        "word": word, "variant": request.variant, "family": family.name, "resolution": resolution,
+        "word": word, "variant": request.variant, "family": family, "resolution": resolution,
         "templates": list(request.templates), "photos": int(photos.shape[0]), "masked": masks is not None,
         "photos_sha256": photo_hash(photos, masks), "base_model": request.base_model_name,
     }

@@ -112,7 +112,7 @@ def setup_comfy(path: str | None = None) -> str:
 def release_models() -> None:
     """Drop the session-cached models (and ComfyUI's loaded-model list)."""
     import gc
-    for fn in (tiny_sd15, tiny_sd2v, tiny_sdxl, tiny_vae):
+    for fn in (tiny_sd15, tiny_sd2v, tiny_sdxl, tiny_custom, tiny_vae):
         fn.cache_clear()
     import comfy.model_management
     comfy.model_management.unload_all_models()
@@ -330,6 +330,25 @@ def tiny_sdxl() -> tuple[Any, Any]:
     clip = _clip(comfy.sdxl_clip.SDXLTokenizer, comfy.sdxl_clip.SDXLClipModel,
                  {"clip_l_model_config": dict(TINY_CLIP_L), "clip_g_model_config": dict(TINY_CLIP_G)}, SEED + 5)
     return _patcher(model), clip
+
+
+def custom_unet_config() -> dict:
+    """A UNet of no ComfyUI family: two levels, one transformer each, 7 cross-attention layers."""
+    import torch
+    return {**_unet_base(torch), "adm_in_channels": None, "model_channels": 32,
+            "num_res_blocks": [1, 1], "channel_mult": [1, 2], "transformer_depth": [1, 1],
+            "transformer_depth_middle": 1, "transformer_depth_output": [1, 1, 1, 1],
+            "use_linear_in_transformer": True, "context_dim": 768}
+
+
+@_built_in_comfy
+def tiny_custom() -> tuple[Any, Any]:
+    """(ModelPatcher, CLIP): a custom-layout eps UNet in ComfyUI's SD15 model class, with SD1.5's CLIP."""
+    import comfy.supported_models
+
+    model = comfy.supported_models.SD15(custom_unet_config()).get_model({})
+    init_weights(model, SEED + 8)
+    return _patcher(model), tiny_sd15()[1]
 
 
 # SD's KL autoencoder (8x down via 4 levels, 4 latent channels) at ch 32 instead of 128.

@@ -103,6 +103,13 @@ def sdxl(comfy_path):
 
 
 @pytest.fixture
+def custom(comfy_path):
+    """(ModelPatcher, CLIP): a tiny UNet of no ComfyUI family (7 cross-attn blocks, context 768)."""
+    model, clip = comfy_harness.tiny_custom()
+    return model.clone(), clip.clone()
+
+
+@pytest.fixture
 def vae(comfy_path):
     """comfy.sd.VAE: tiny KL autoencoder, 8x down, 4 latent channels (shared, stateless)."""
     return comfy_harness.tiny_vae()

@@ -27,7 +27,7 @@ def make_concept(pack, model, word="dog", seed=0, scale=1.0, name=""):
     concept_mod = h.pack_submodule(pack, "infusion.concept")
     patching = h.pack_submodule(pack, "infusion.patching")
     layers, family = patching.model_layers(model)
-    c = concept_mod.InfusionConcept.zeros(word, layers, family.name, name=name)
+    c = concept_mod.InfusionConcept.zeros(word, layers, family, name=name)
     g = torch.Generator().manual_seed(seed)
     for layer in sorted(c.values):
         c.values[layer] = torch.randn(c.values[layer].shape, generator=g) * scale
@@ -293,7 +293,8 @@ def test_two_concepts_on_one_word_are_refused_naming_both(pack, sd15):
 
 
 def test_concept_for_another_family_is_refused(pack, sd15, sdxl):
-    with pytest.raises(ValueError, match="made for SD1.x .* model is SDXL"):
+    with pytest.raises(ValueError, match="made for a custom model \\(16 cross-attention layers, text width 768\\) but "
+                                         "this model is custom \\(70 cross-attention layers, text width 2048\\)"):
         apply(*sdxl, make_concept(pack, sd15[0]))
 
 

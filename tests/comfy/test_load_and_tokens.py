@@ -28,7 +28,7 @@ def save(pack, model, path, word="dog"):
     concept_mod = h.pack_submodule(pack, "infusion.concept")
     fmt = h.pack_submodule(pack, "infusion.format")
     layers, family = h.pack_submodule(pack, "infusion.patching").model_layers(model)
-    c = concept_mod.InfusionConcept.zeros(word, layers, family.name)
+    c = concept_mod.InfusionConcept.zeros(word, layers, family)
     for layer in c.values:
         c.values[layer] = torch.randn(c.values[layer].shape)
     fmt.save_concept(c, str(path))
@@ -44,7 +44,7 @@ def test_models_infusion_folder_is_registered_and_loadable(pack, sd15, infusion_
     assert "rex.safetensors" in folder_paths.get_filename_list("infusion")
     assert "notes.txt" not in folder_paths.get_filename_list("infusion")
     loaded = node("LoadInfusion").execute("rex.safetensors").result[0]
-    assert loaded.word == "dog" and loaded.family == "sd1"
+    assert loaded.word == "dog" and loaded.family == "custom"
     for layer, v in saved.values.items():
         assert torch.equal(loaded.values[layer], v.half().float())
 

@@ -53,7 +53,7 @@ def concept(pack, model, word="dog", seed=0):
     concept_mod = h.pack_submodule(pack, "infusion.concept")
     patching = h.pack_submodule(pack, "infusion.patching")
     layers, family = patching.model_layers(model)
-    c = concept_mod.InfusionConcept.zeros(word, layers, family.name)
+    c = concept_mod.InfusionConcept.zeros(word, layers, family)
     g = torch.Generator().manual_seed(seed)
     for layer in sorted(c.values):
         c.values[layer] = torch.randn(c.values[layer].shape, generator=g)

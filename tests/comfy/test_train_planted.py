@@ -42,10 +42,10 @@ def planted_setup(pack, model, clip, seed: int = 0, latent: int = LATENT):
     encoding, templates = P("infusion.training.encoding"), P("infusion.training.templates")
     layers, family = patching.model_layers(model)
     g = torch.Generator().manual_seed(seed)
-    planted = concept_mod.InfusionConcept.zeros("dog", layers, family.name)
+    planted = concept_mod.InfusionConcept.zeros("dog", layers, family)
     for layer in sorted(planted.values):
         planted.values[layer] = torch.randn(planted.values[layer].shape, generator=g)
-    start = concept_mod.InfusionConcept.zeros("dog", layers, family.name)
+    start = concept_mod.InfusionConcept.zeros("dog", layers, family)
     with h.executor_mode():
         conds = encoding.encode_captions(clip, "dog", [templates.fill(t, "dog") for t in templates.AUTHOR_TEMPLATES])
     latents = loop.PhotoLatents(torch.randn(4, 4, latent, latent, generator=g))

@@ -111,7 +111,7 @@ def trained(smoke):
 def test_train_concept_writes_a_concept_that_loads(trained):
     for word, (path, losses) in trained.items():
         concept = load_concept(path)
-        assert concept.word == word and concept.family == "sd1" and len(concept.values) == 16
+        assert concept.word == word and concept.family == "SD15" and len(concept.values) == 16
         assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
 
 

@@ -16,7 +16,7 @@ def sd15_layers() -> dict[LayerId, tuple[int, int]]:
 
 def random_concept(word: str = "dog", variant: str = "value", seed: int = 0) -> InfusionConcept:
     g = torch.Generator().manual_seed(seed)
-    c = InfusionConcept.zeros(word, sd15_layers(), "sd1", variant=variant, name="rex", token_ids=(1929,))
+    c = InfusionConcept.zeros(word, sd15_layers(), "SD15", variant=variant, name="rex", token_ids=(1929,))
     for vectors in (c.values, c.keys or {}):
         for layer in vectors:
             vectors[layer] = torch.randn(768, generator=g)

@@ -16,7 +16,7 @@ from core_helpers import random_concept, sd15_layers
 def test_round_trip_fp32_is_exact(tmp_path, concept):
     path = save_concept(concept, str(tmp_path / "rex.safetensors"), dtype="fp32")
     loaded = load_concept(path)
-    assert loaded.word == "dog" and loaded.family == "sd1" and loaded.variant == "value"
+    assert loaded.word == "dog" and loaded.family == "SD15" and loaded.variant == "value"
     assert loaded.token_ids == (1929,) and loaded.name == "rex"
     assert loaded.value_widths == {l: w for l, (_, w) in sd15_layers().items()}
     for layer, v in concept.values.items():
@@ -75,7 +75,7 @@ def _rewrite(path, tensors=None, meta_update=None, drop=()):
     ("nan", "non-finite"),
     ("missing_layer", "do not match its layer list"),
     ("extra_tensor", "do not match its layer list"),
-    ("family", "unknown model family"),
+    ("text_width", "tensor value.input.1.0 is torch.float16 \\(768,\\), expected fp16/fp32 \\(1024,\\)"),
 ])
 def test_bad_files_are_rejected_with_a_clear_message(tmp_path, concept, case, message):
     path = tmp_path / "bad.safetensors"
@@ -102,18 +102,27 @@ def test_bad_files_are_rejected_with_a_clear_message(tmp_path, concept, case, me
         t = load_file(str(path))
         t["value.output.12.0"] = torch.zeros(768, dtype=torch.float16)
         _rewrite(path, tensors=t)
-    elif case == "family":
-        _rewrite(path, meta_update={"family": "flux"})
+    elif case == "text_width":
+        _rewrite(path, meta_update={"text_width": "1024"})
     with pytest.raises(ConceptFileError, match=message):
         load_concept(str(path))
 
 
-def test_wrong_family_and_layers_are_refused_by_check_fits(concept):
+def test_a_concept_fits_exactly_the_layers_it_was_made_for(concept):
+    concept.check_fits(sd15_layers(), "SD15")
+    # An SDXL-like model: other text width, other layers. The message names both families and the layers.
     sdxl_like = {LayerId("input", 4, i): (2048, 640) for i in range(70)}
-    with pytest.raises(ConceptMismatchError, match="made for SD1.x .* model is SDXL"):
-        concept.check_fits(sdxl_like, "sdxl")
+    with pytest.raises(ConceptMismatchError, match="made for a SD15 model \\(16 cross-attention layers, text width "
+                       "768\\) but this model is SDXL \\(70 cross-attention layers, text width 2048\\); first layers "
+                       "that differ: input.1.0: concept text 768 -> value 320, model has no such layer"):
+        concept.check_fits(sdxl_like, "SDXL")
+    # Same names, one value width changed: the family label does not matter, the layers do.
+    wider = dict(sd15_layers())
+    wider[LayerId("output", 9, 0)] = (768, 640)
+    with pytest.raises(ConceptMismatchError, match="differ: output.9.0: concept text 768 -> value 320, model text "
+                       "768 -> value 640. Train"):
+        concept.check_fits(wider, "SD15")
     fewer = dict(sd15_layers())
     fewer.pop(LayerId("middle", 0, 0))
-    with pytest.raises(ConceptMismatchError, match="extra \\['middle.0.0'\\]"):
-        concept.check_fits(fewer, "sd1")
-    concept.check_fits(sd15_layers(), "sd1")
+    with pytest.raises(ConceptMismatchError, match="middle.0.0: concept text 768 -> value 1280, model has no such"):
+        concept.check_fits(fewer, "custom")

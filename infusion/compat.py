@@ -1,0 +1,117 @@
+"""Every place where the pack depends on a ComfyUI version, and nowhere else.
+
+Tested: ComfyUI 0.3.64 (real, in CI). Reviewed by reading: 0.38.x (Comfy-Org/ComfyUI up to 0.38.1).
+Each function says which versions each branch serves. ComfyUI is imported inside functions only.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+from typing import Any, Iterable, Iterator
+
+
+def prompt_executor(server: Any) -> Any:
+    """An execution.PromptExecutor with the classic cache, which keeps every output of a prompt
+    until the next one (the runner reads them back afterwards, and reuses a loaded checkpoint).
+
+    0.3.64: PromptExecutor(server, cache_type, cache_size). 0.38: (server, cache_type, cache_args)
+    with cache_args subscripted on every run ("ram", "ram_inactive") whatever the cache type: main.py
+    passes zeros with --cache-classic, so do we.
+    """
+    import execution
+
+    options: dict[str, Any] = {"cache_type": execution.CacheType.CLASSIC}
+    if "cache_args" in inspect.signature(execution.PromptExecutor).parameters:
+        options["cache_args"] = {"lru": 0, "ram": 0, "ram_inactive": 0}
+    return execution.PromptExecutor(server, **options)
+
+
+async def cached_outputs(executor: Any, node_ids: Iterable[str]) -> dict[str, list]:
+    """The output slots of each node the executor holds in its output cache.
+
+    0.3.64: caches.outputs.get(id) returns the list of slots. 0.38: it is a coroutine returning a
+    CacheEntry(ui, outputs) (a NamedTuple: indexing it would silently give `ui`).
+    """
+    found = {}
+    for node_id in node_ids:
+        value = executor.caches.outputs.get(node_id)
+        if inspect.isawaitable(value):
+            value = await value
+        if value is not None:
+            found[node_id] = getattr(value, "outputs", value)
+    return found
+
+
+# Built-in node files that fail to import when ComfyUI runs without its server: 0.38's
+# nodes_replacements.py registers node replacements on PromptServer.instance in on_load.
+# It defines no nodes, so a headless run loses nothing.
+HEADLESS_IMPORT_FAILURES = ("nodes_replacements.py",)
+
+
+def classic_patcher(model: Any) -> Any:
+    """A ModelPatcher with ComfyUI's classic weight loading, for training (backpropagation through
+    the frozen model).
+
+    0.38 on NVIDIA (and recent ROCm) loads models through ModelPatcherDynamic ("dynamic VRAM"):
+    weights stay in RAM and the ops serve them as views of a shared GPU buffer that is reused from
+    op to op and unpinned after each. Autograd keeps the weights a layer used for its backward, so
+    gradients could be computed from overwritten views; and force_full_load is ignored there. So
+    training asks for the model's non-dynamic delegate (ComfyUI's own way: the same weights
+    reloaded into a classic ModelPatcher, cached on the patcher; CFGGuider does the same for hooked
+    conditioning). Sampling and the metrics keep whatever the user's ComfyUI chose.
+    0.3.64, and 0.38 on CPU or with --disable-dynamic-vram: already classic, returned as is.
+    """
+    is_dynamic = getattr(model, "is_dynamic", None)
+    if not (callable(is_dynamic) and is_dynamic()):
+        return model
+    try:
+        return model.get_non_dynamic_delegate()
+    except RuntimeError as e:  # a model built without ComfyUI's loaders cannot be reloaded
+        raise RuntimeError(f"this model cannot be switched to classic loading for training ({e}); "
+                           "start ComfyUI with --disable-dynamic-vram") from e
+
+
+@contextlib.contextmanager
+def training_mode() -> Iterator[None]:
+    """0.38: comfy.model_management.in_training turns off fast kernels that have no backward
+    (ComfyUI's own trainer sets it around its loop). 0.3.64 has no such switch."""
+    import comfy.model_management as mm
+
+    if not hasattr(mm, "in_training"):
+        yield
+        return
+    previous = mm.in_training
+    mm.in_training = True
+    try:
+        yield
+    finally:
+        mm.in_training = previous
+
+
+def train_lora(model: Any, latents: dict, positive: list, **inputs: Any) -> dict:
+    """ComfyUI's own Train LoRA node on `model`; returns the LoRA state dict.
+
+    `inputs`: the node's other inputs by name (batch_size, steps, learning_rate, rank, ...).
+    0.3.64: a V1 node, TrainLoraNode().train(...) -> (model, lora, loss, steps). 0.38: a V3 node
+    with is_input_list, TrainLoraNode.execute(...) with every input a one-item list
+    -> (lora, loss, steps), newer inputs (checkpoint_depth, offloading, bypass_mode, ...) at their
+    defaults.
+    """
+    import comfy_extras.nodes_train as native
+
+    node = native.TrainLoraNode
+    values = {"model": model, "latents": latents, "positive": positive, **inputs}
+    if hasattr(node, "train"):
+        names = list(inspect.signature(node.train).parameters)[1:]  # after self
+        return node().train(**{name: values[name] for name in names})[1]
+    defaults = {i.id: i.default for i in node.define_schema().inputs if getattr(i, "default", None) is not None}
+    accepted = inspect.signature(node.execute).parameters
+    output = node.execute(**{name: [value] for name, value in {**defaults, **values}.items() if name in accepted})
+    return output.result[0]
+
+
+def apply_lora(model: Any, lora: dict, strength: float) -> Any:
+    """A clone of `model` with a LoRA state dict applied (what LoraModelLoader does, in every version)."""
+    import comfy.sd
+
+    return comfy.sd.load_lora_for_models(model, None, lora, strength, 0)[0]

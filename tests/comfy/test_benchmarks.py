@@ -1,0 +1,29 @@
+"""Every benchmark script runs to its report on this ComfyUI (at toy sizes: this checks that they
+work, never what they measure)."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+import comfy_harness as h
+
+BENCHMARKS = os.path.join(h.PACK_ROOT, "benchmarks")
+RUNS = {
+    "apply_overhead.py": (["--channels", "32", "--size", "64", "--steps", "1", "--repeats", "1"], "ratio"),
+    "train_step_ratio.py": (["--channels", "32", "--size", "64", "--batch", "1", "--repeats", "1"], "ratio"),
+    "train_vs_lora.py": (["--channels", "32", "--size", "64", "--batch", "1", "--steps", "1", "2"], "ratio"),
+    "planted_concept.py": (["--steps", "2", "--batch", "1"], "cosine"),
+    "lfd_cost.py": (["--latent-size", "8", "--samples", "1", "--prompts", "1", "--timesteps", "1", "--repeats", "1"],
+                    "ratio"),
+    "gpu_train.py": (["--smoke", "--steps", "1"], "peak"),
+}
+
+
+@pytest.mark.parametrize("script", sorted(RUNS))
+def test_benchmark_runs_to_its_report(comfy_path, script):
+    args, expected = RUNS[script]
+    done = subprocess.run([sys.executable, os.path.join(BENCHMARKS, script), *args], capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "COMFYUI_PATH": comfy_path, "OUT": ""})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert expected in done.stdout.lower(), done.stdout[-3000:]

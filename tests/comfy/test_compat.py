@@ -1,0 +1,164 @@
+"""The ComfyUI-version seams (infusion/compat.py and the pack's overrides of ComfyUI methods).
+
+On the real 0.3.64 every 0.3.64 path runs for real; the 0.38 paths (found by reading its code) run
+against stand-ins shaped as 0.38's objects are, so a branch is never left untried.
+"""
+import asyncio
+import inspect
+from typing import NamedTuple
+
+import pytest
+import torch
+
+import comfy_harness as h
+
+
+@pytest.fixture
+def compat(pack):
+    return h.pack_submodule(pack, "infusion.compat")
+
+
+def _passes_on_unknown_arguments(fn) -> bool:
+    kinds = {p.kind for p in inspect.signature(fn).parameters.values()}
+    return {inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD} <= kinds
+
+
+def test_every_override_of_a_comfyui_method_accepts_unknown_arguments(pack):
+    word_clip = h.pack_submodule(pack, "nodes.word_clip").InfusionCLIP
+    overrides = [word_clip.clone, word_clip.encode_from_tokens, word_clip.encode_from_tokens_scheduled,
+                 h.pack_submodule(pack, "infusion.sampling")._BodySampler.sample,
+                 h.pack_submodule(pack, "infusion.residual").carry_word_positions]
+    assert [f.__qualname__ for f in overrides if not _passes_on_unknown_arguments(f)] == []
+
+
+def test_clip_overrides_pass_new_arguments_on_to_comfyui(pack, sd15, monkeypatch):
+    """As 0.38's CLIP.clone(disable_dynamic=...): what ComfyUI adds reaches ComfyUI."""
+    import comfy.sd
+    seen = {}
+    original_clone, original_scheduled = comfy.sd.CLIP.clone, comfy.sd.CLIP.encode_from_tokens_scheduled
+
+    def clone(self, disable_dynamic=False):
+        seen["clone"] = disable_dynamic
+        return original_clone(self)
+
+    def scheduled(self, tokens, unprojected=False, add_dict={}, show_pbar=True, future_option=None):
+        seen["scheduled"] = future_option
+        return original_scheduled(self, tokens, unprojected, add_dict, show_pbar)
+
+    monkeypatch.setattr(comfy.sd.CLIP, "clone", clone)
+    monkeypatch.setattr(comfy.sd.CLIP, "encode_from_tokens_scheduled", scheduled)
+    word_clip = h.pack_submodule(pack, "nodes.word_clip").InfusionCLIP.with_word(sd15[1], "dog")
+    copy = word_clip.clone(disable_dynamic=True)
+    assert seen["clone"] is True and type(copy) is type(word_clip) and copy.infusion_words == ("dog",)
+    with h.executor_mode():
+        out = copy.encode_from_tokens_scheduled(copy.tokenize("a dog"), future_option="x")
+    assert seen["scheduled"] == "x" and out[0][1]["infusion_words"].words == {"dog": (2,)}
+
+
+def test_the_runner_gets_the_classic_cache(compat):
+    import execution
+    executor = compat.prompt_executor(server=None)
+    assert type(executor.caches.outputs).__name__ == "HierarchicalCache"  # CacheType.CLASSIC's cache
+    assert execution.CacheType.CLASSIC.name == "CLASSIC"
+
+
+class _CacheEntry(NamedTuple):  # 0.38's execution.CacheEntry
+    ui: dict
+    outputs: list
+
+
+class _AsyncCache:  # 0.38: async get, CacheEntry values
+    def __init__(self, values):
+        self.values = values
+
+    async def get(self, node_id):
+        return self.values.get(node_id)
+
+
+class _SyncCache(_AsyncCache):  # 0.3.64: plain get, the output slots themselves
+    def get(self, node_id):
+        return self.values.get(node_id)
+
+
+@pytest.mark.parametrize("cache", [_SyncCache({"1": [["a"]], "2": [[3]]}),
+                                   _AsyncCache({"1": _CacheEntry({"x": 1}, [["a"]]), "2": _CacheEntry({}, [[3]])})])
+def test_cached_outputs_reads_both_cache_kinds(compat, cache):
+    class Executor:
+        caches = type("Caches", (), {"outputs": cache})
+    assert asyncio.run(compat.cached_outputs(Executor, ["1", "2", "3"])) == {"1": [["a"]], "2": [[3]]}
+
+
+def test_training_asks_for_classic_loading_of_a_dynamic_model(compat, sd15):
+    model = sd15[0]
+    assert compat.classic_patcher(model) is model  # 0.3.64 (and 0.38 on CPU): already classic
+
+    class Dynamic:  # 0.38's ModelPatcherDynamic, as far as the pack uses it
+        def __init__(self, delegate):
+            self.delegate = delegate
+
+        def is_dynamic(self):
+            return True
+
+        def get_non_dynamic_delegate(self):
+            if self.delegate is None:
+                raise RuntimeError("Cannot create non-dynamic delegate: cached_patcher_init is not initialized.")
+            return self.delegate
+
+    assert compat.classic_patcher(Dynamic(model)) is model
+    with pytest.raises(RuntimeError, match="start ComfyUI with --disable-dynamic-vram"):
+        compat.classic_patcher(Dynamic(None))
+
+
+def test_training_mode_sets_the_switch_where_comfyui_has_one(compat, monkeypatch):
+    import comfy.model_management as mm
+    if not hasattr(mm, "in_training"):  # 0.3.64: no switch, nothing to do
+        with compat.training_mode():
+            assert not hasattr(mm, "in_training")
+    monkeypatch.setattr(mm, "in_training", False, raising=False)  # 0.38
+    with pytest.raises(KeyError):
+        with compat.training_mode():
+            assert mm.in_training is True
+            raise KeyError("a failing step")
+    assert mm.in_training is False
+
+
+LORA_INPUTS = dict(batch_size=1, steps=1, grad_accumulation_steps=1, learning_rate=0.01, rank=1, optimizer="AdamW",
+                   loss_function="MSE", seed=0, training_dtype="fp32", lora_dtype="fp32", algorithm="LoRA",
+                   gradient_checkpointing=False, existing_lora="[None]")
+
+
+def test_train_lora_runs_comfyuis_own_node_and_its_lora_applies(compat, sd15):
+    model, clip = sd15
+    latents = {"samples": torch.randn(1, 4, h.LATENT_SIZE, h.LATENT_SIZE, generator=torch.Generator().manual_seed(0))}
+    positive = h.encode(clip, "a photo of a dog")
+    with h.executor_mode():
+        lora = compat.train_lora(model, latents, positive, **LORA_INPUTS)
+    assert lora and all(isinstance(v, torch.Tensor) for v in lora.values())
+    negative = h.encode(clip, "")
+    base = h.sample(model, positive, negative)["samples"]
+    assert not torch.equal(h.sample(compat.apply_lora(model, lora, 1.0), positive, negative)["samples"], base)
+    assert torch.equal(h.sample(model, positive, negative)["samples"], base)  # the input model is untouched
+
+
+def test_train_lora_calls_a_v3_node_with_lists_and_its_defaults(compat, monkeypatch):
+    """0.38's TrainLoraNode: a V3 node with is_input_list (every input a one-item list), newer inputs
+    at their schema defaults, result (lora, loss, steps)."""
+    import comfy_extras.nodes_train as native
+    from comfy_api.latest import io
+    received = {}
+
+    class TrainLoraNode(io.ComfyNode):
+        @classmethod
+        def define_schema(cls):
+            return io.Schema(node_id="TrainLoraNodeV3Standin", is_input_list=True, inputs=[
+                io.Model.Input("model"), io.Int.Input("steps", default=16), io.Int.Input("checkpoint_depth", default=1),
+                io.Boolean.Input("offloading", default=False)], outputs=[])
+
+        @classmethod
+        def execute(cls, model, steps, checkpoint_depth, offloading):
+            received.update(model=model, steps=steps, checkpoint_depth=checkpoint_depth, offloading=offloading)
+            return io.NodeOutput({"lora": 1}, {"loss": []}, steps)
+
+    monkeypatch.setattr(native, "TrainLoraNode", TrainLoraNode)
+    assert compat.train_lora("M", {"samples": None}, [], steps=3, rank=1) == {"lora": 1}
+    assert received == {"model": ["M"], "steps": [3], "checkpoint_depth": [1], "offloading": [False]}
