@@ -92,7 +92,7 @@ def measure(family: str, size: int, channels: int, head_channels: int, steps: in
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     model = random_unet(family, channels, head_channels, dtype, device)
     layers, fam = model_layers(model)
-    start = InfusionConcept.zeros("dog", layers, fam.name)
+    start = InfusionConcept.zeros("dog", layers, fam)
     captions = random_captions(family)
     latents = PhotoLatents(torch.randn(4, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(1)))
     cuda = device.type == "cuda"

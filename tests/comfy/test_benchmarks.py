@@ -14,7 +14,7 @@ RUNS = {
     "train_step_ratio.py": (["--channels", "32", "--size", "64", "--batch", "1", "--repeats", "1"], "ratio"),
     "train_vs_lora.py": (["--channels", "32", "--size", "64", "--batch", "1", "--steps", "1", "2"], "ratio"),
     "planted_concept.py": (["--steps", "2", "--batch", "1"], "cosine"),
-    "lfd_cost.py": (["--latent-size", "8", "--samples", "1", "--prompts", "1", "--timesteps", "1", "--repeats", "1"],
+    "lfd_cost.py": (["--latent-size", "8", "--samples", "2", "--prompts", "1", "--timesteps", "1", "--repeats", "1"],
                     "ratio"),
     "gpu_train.py": (["--smoke", "--steps", "1"], "peak"),
 }
