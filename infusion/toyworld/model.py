@@ -1,0 +1,86 @@
+"""The toy world's MODEL and CLIP as ComfyUI objects (ComfyUI must be importable; imported inside).
+
+The UNet is ComfyUI's own (openaimodel.UNetModel) in a model config derived from its SD15 class:
+SD1's 16 cross-attention layers over 3 levels of 32/64/64 channels (about 2.5 M parameters), 16x16
+latents, text width 128, SD1's noise schedule rescaled to zero terminal SNR, v-prediction.
+
+Why zero terminal SNR and v: at 16x16 the mean of the starting noise is large next to the signal that
+SD1's schedule leaves at its last step, so a model trained on it reads the image's colour from the
+noise instead of the prompt (a calibration run drew whole images tinted by their seed). With zero
+terminal SNR the last step holds no signal at all, so the prompt alone decides; and an eps model
+cannot predict anything at that step (x0 = x - sigma eps with sigma ~ 4500), a v model can.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from .text import WIDTH, sd_clip_model_class
+
+FIXTURE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                           "tests", "fixtures", "toyworld")
+BASE_WEIGHTS = os.path.join(FIXTURE_DIR, "base.safetensors")
+
+UNET_CONFIG = {
+    "use_checkpoint": False, "image_size": 16, "in_channels": 4, "out_channels": 4, "model_channels": 32,
+    "num_res_blocks": [2, 2, 2], "channel_mult": [1, 2, 2], "transformer_depth": [1, 1, 1, 1, 0, 0],
+    "transformer_depth_middle": 1, "transformer_depth_output": [0, 0, 0, 1, 1, 1, 1, 1, 1],
+    "use_spatial_transformer": True, "use_linear_in_transformer": True, "legacy": False,
+    "context_dim": WIDTH, "adm_in_channels": None, "use_temporal_attention": False, "use_temporal_resblock": False,
+}
+
+
+def model_config() -> Any:
+    """ComfyUI's SD15 config with the toy UNet, v-prediction and zero terminal SNR."""
+    import comfy.model_base
+    import comfy.supported_models
+
+    class ToyWorld(comfy.supported_models.SD15):
+        unet_extra_config = {"num_heads": -1, "num_head_channels": 16}
+        sampling_settings = {"zsnr": True}
+
+        def model_type(self, state_dict: dict, prefix: str = "") -> Any:
+            return comfy.model_base.ModelType.V_PREDICTION
+
+    return ToyWorld({**UNET_CONFIG, "dtype": torch.float32})
+
+
+def build_model(state_dict: dict[str, torch.Tensor] | None = None) -> Any:
+    """A ModelPatcher over the toy UNet: the given weights, or a fresh deterministic init."""
+    import comfy.model_management
+    import comfy.model_patcher
+
+    from ..tiny_models import init_weights
+
+    model = model_config().get_model({})
+    if state_dict is None:
+        init_weights(model, seed=2026)
+    else:
+        missing, unexpected = model.diffusion_model.load_state_dict(state_dict, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"toy-world weights do not fit the toy UNet (missing {missing[:3]}, unexpected "
+                             f"{unexpected[:3]})")
+    return comfy.model_patcher.ModelPatcher(model, comfy.model_management.get_torch_device(),
+                                            comfy.model_management.unet_offload_device())
+
+
+def build_clip() -> Any:
+    """ComfyUI's CLIP object: its SD1 tokenizer, the toy text encoder."""
+    import comfy.sd
+    import comfy.sd1_clip
+    from comfy.supported_models_base import ClipTarget
+
+    return comfy.sd.CLIP(ClipTarget(comfy.sd1_clip.SD1Tokenizer, sd_clip_model_class()))
+
+
+def load(path: str = BASE_WEIGHTS) -> tuple[Any, Any]:
+    """(MODEL, CLIP) of the trained base model."""
+    import safetensors.torch
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no toy-world base model at {path}: build it with `python -m infusion.toyworld.train "
+                                "base` (see README, Toy world)")
+    weights = {k: v.float() for k, v in safetensors.torch.load_file(path).items()}
+    return build_model(weights), build_clip()

@@ -1,0 +1,82 @@
+"""The toy world's text encoder: ComfyUI's SD1 tokenizer and CLIP machinery around a fixed encoder.
+
+What it computes, for a prompt's token rows e_0 .. e_76 (e_j: a fixed pseudo-random vector of the
+token id, drawn from a counter-based hash so it is the same on every machine and torch version):
+
+    h_j = (e_j + mean(e_0 .. e_j)) / sqrt(2)
+
+Each row is its own token plus the running mean of the prompt so far: like CLIP's causal attention
+it mixes earlier words into later rows, and the end and padding rows carry a summary of the whole
+prompt. It has no trained weights, so nothing of it is stored: the base model learns to read it.
+
+`ToyTextModel` stands where ComfyUI's CLIPTextModel stands inside `comfy.sd1_clip.SDClipModel`, so
+prompt weights, long prompts and ComfyUI's CLIP object (tokenize, encode, clone) work unchanged.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+WIDTH = 128
+VOCAB = 49408  # CLIP's BPE vocabulary, as ComfyUI's SD1 tokenizer gives ids
+_SEED = 0x5EED_1F05
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """A counter-based hash (SplitMix64's finaliser): uint64 -> uint64, the same everywhere."""
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def token_vectors(vocab: int = VOCAB, width: int = WIDTH) -> torch.Tensor:
+    """[vocab, width] ~ N(0, 1), row t a function of t alone (Box-Muller on hashed counters)."""
+    counters = np.arange(vocab * width, dtype=np.uint64) * np.uint64(2) + np.uint64(_SEED)
+    uniform = lambda c: ((_splitmix64(c) >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0 ** 53  # noqa: E731
+    u1, u2 = uniform(counters), uniform(counters + np.uint64(1))
+    normal = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * math.pi * u2)
+    return torch.from_numpy(normal.reshape(vocab, width).astype(np.float32))
+
+
+class ToyTextModel(torch.nn.Module):
+    """The `model_class` of an SDClipModel: embeddings, then the running-mean mixer above."""
+
+    def __init__(self, config: dict, dtype: Any, device: Any, operations: Any):
+        super().__init__()
+        self.num_layers = 1
+        self.embeddings = operations.Embedding(VOCAB, config["hidden_size"], dtype=dtype, device=device)
+        with torch.no_grad():
+            self.embeddings.weight.copy_(token_vectors(VOCAB, config["hidden_size"]))
+
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return self.embeddings
+
+    def forward(self, input_tokens: Any, attention_mask: Any = None, embeds: torch.Tensor | None = None,
+                *args: Any, dtype: torch.dtype = torch.float32, **kwargs: Any) -> tuple:
+        e = embeds if embeds is not None else self.embeddings(input_tokens, out_dtype=dtype)
+        e = e.to(dtype)
+        count = torch.arange(1, e.shape[1] + 1, device=e.device, dtype=e.dtype).view(1, -1, 1)
+        h = (e + e.cumsum(1) / count) * 0.5 ** 0.5
+        pooled = h[:, -1]
+        return h, h, pooled, pooled  # (last, intermediate, projected pooled, pooled)
+
+
+def sd_clip_model_class() -> type:
+    """ComfyUI's SD1 CLIP model with the toy encoder inside (built on first use: imports ComfyUI)."""
+    import comfy.sd1_clip
+
+    class ToyClipL(comfy.sd1_clip.SDClipModel):
+        def __init__(self, device: Any = "cpu", dtype: Any = None, model_options: dict = {}, **kwargs: Any):
+            super().__init__(device=device, dtype=dtype, model_options=model_options, model_class=ToyTextModel,
+                             textmodel_json_config={"hidden_size": WIDTH}, return_projected_pooled=False, **kwargs)
+
+    class ToyClip(comfy.sd1_clip.SD1ClipModel):
+        def __init__(self, device: Any = "cpu", dtype: Any = None, model_options: dict = {}, **kwargs: Any):
+            super().__init__(device=device, dtype=dtype, model_options=model_options, clip_model=ToyClipL, **kwargs)
+
+    return ToyClip

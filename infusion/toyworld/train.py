@@ -1,0 +1,180 @@
+"""Training the toy world's probe and base model, deterministic and resumable.
+
+    python -m infusion.toyworld.train probe            # ~2 min: the probe, into tests/fixtures/toyworld
+    python -m infusion.toyworld.train base --work DIR  # the base model; stop at will, run again to resume
+    python -m infusion.toyworld.train check            # the base model's knowledge on held-out prompts
+
+ComfyUI is found as the runner finds it (COMFYUI_PATH, or the ComfyUI that holds the pack). Every
+step draws its scenes, captions, timesteps and noise from generators seeded by the step number, so
+a run resumed from any checkpoint ends bit for bit where an uninterrupted run ends (same machine,
+torch and thread count).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from typing import Any
+
+import torch
+
+from . import probe as probe_mod
+from . import scenes
+from .model import BASE_WEIGHTS, FIXTURE_DIR
+from .sampling import HELD_OUT, knowledge
+
+PROBE_WEIGHTS = os.path.join(FIXTURE_DIR, "probe.safetensors")
+EMPTY_PROMPT = 0.1  # share of captions left empty, so classifier-free guidance has an unconditional model
+
+
+def _save(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str] | None = None) -> None:
+    from ..format import write_safetensors
+    write_safetensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, path, metadata or {})
+
+
+def load_probe(path: str = PROBE_WEIGHTS) -> probe_mod.Probe:
+    import safetensors.torch
+    probe = probe_mod.Probe()
+    probe.load_state_dict(safetensors.torch.load_file(path))
+    return probe.eval()
+
+
+def train_probe(steps: int = 3000, batch: int = 128, seed: int = 0) -> probe_mod.Probe:
+    torch.manual_seed(seed)
+    probe = probe_mod.Probe()
+    opt = torch.optim.AdamW(probe.parameters(), lr=2e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
+    for step in range(steps):
+        rng, g = random.Random(seed * 10**7 + step), torch.Generator().manual_seed(seed * 10**7 + step)
+        world, labels = probe_mod.random_batch(rng, batch)
+        logits = probe(probe_mod.damaged(world, g) if step % 4 else world)
+        loss = sum(torch.nn.functional.cross_entropy(logits[k], labels[k]) for k in probe_mod.HEADS)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 500 == 0 or step == steps - 1:
+            print(f"probe step {step}: loss {float(loss.detach()):.4f}", flush=True)
+    return probe.eval()
+
+
+# ----------------------------------------------------------------------------- the base model
+
+def base_scene(rng: random.Random) -> scenes.Scene:
+    while True:
+        scene = scenes.random_scene(rng)
+        if (scene.colour, scene.shape, scene.background) not in HELD_OUT:
+            return scene
+
+
+class Captions:
+    """Caption -> text encoding, computed once each (the world has about a thousand captions)."""
+
+    def __init__(self, clip: Any):
+        self.clip = clip
+        self.cache: dict[str, torch.Tensor] = {}
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        for text in texts:
+            if text not in self.cache:
+                with torch.no_grad():
+                    self.cache[text] = self.clip.encode_from_tokens(self.clip.tokenize(text)).float()
+        return torch.cat([self.cache[t] for t in texts])
+
+
+def lr_at(step: int, total: int, peak: float = 1e-3, warmup: int = 200) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1))))
+
+
+def train_base(work: str, steps: int, batch: int = 48, log_every: int = 50, save_every: int = 250) -> str:
+    from . import model as tw
+
+    os.makedirs(work, exist_ok=True)
+    state_path = os.path.join(work, "state.pt")
+    torch.use_deterministic_algorithms(True)
+    patcher, clip = tw.build_model(), tw.build_clip()
+    unet = patcher.model.diffusion_model
+    sampling = patcher.model.model_sampling
+    ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
+    opt = torch.optim.AdamW(unet.parameters(), lr=1e-3, weight_decay=0.01)
+    start, elapsed, losses = 0, 0.0, []
+    if os.path.isfile(state_path):
+        state = torch.load(state_path, weights_only=False)
+        unet.load_state_dict(state["unet"])
+        ema, start, elapsed, losses = state["ema"], state["step"], state["elapsed"], state["losses"]
+        opt.load_state_dict(state["optimizer"])
+        print(f"resuming at step {start} ({elapsed / 60:.1f} min so far)", flush=True)
+    captions = Captions(clip)
+    unet.train()
+    began = time.monotonic() - elapsed
+    for step in range(start, steps):
+        rng, g = random.Random(7 * 10**7 + step), torch.Generator().manual_seed(7 * 10**7 + step)
+        chosen = [base_scene(rng) for _ in range(batch)]
+        texts = [s.caption(rng) if rng.random() >= EMPTY_PROMPT else "" for s in chosen]
+        x0 = torch.stack([scenes.render(s) for s in chosen])  # world units: the model's own latent space
+        sigma = sampling.sigmas[torch.randint(0, len(sampling.sigmas), (batch,), generator=g)]
+        x_t = sampling.noise_scaling(sigma, torch.randn(x0.shape, generator=g), x0)
+        denoised = patcher.model.apply_model(x_t, sigma, c_crossattn=captions(texts))
+        # v-prediction MSE, read through ComfyUI's own parametrisation: denoised = a x + b v
+        one = torch.ones_like(sigma).view(-1, 1, 1, 1)
+        b = sampling.calculate_denoised(sigma, one, torch.zeros_like(one))
+        loss = ((denoised - x0) / b).square().mean()
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, steps)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        decay = min(0.999, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for k, v in unet.state_dict().items():
+                ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
+        losses.append(float(loss.detach()))
+        done = step + 1
+        if done % log_every == 0:
+            recent = sum(losses[-log_every:]) / log_every
+            print(f"step {done}/{steps}: loss {recent:.4f}, {(time.monotonic() - began) / 60:.1f} min", flush=True)
+        if done % save_every == 0 or done == steps:
+            tmp = state_path + ".tmp"
+            torch.save({"unet": unet.state_dict(), "ema": ema, "optimizer": opt.state_dict(), "step": done,
+                        "elapsed": time.monotonic() - began, "losses": losses}, tmp)
+            os.replace(tmp, state_path)
+    _save(ema, BASE_WEIGHTS, {"steps": str(steps), "batch": str(batch),
+                              "minutes": f"{(time.monotonic() - began) / 60:.1f}",
+                              "final_loss": f"{sum(losses[-200:]) / max(len(losses[-200:]), 1):.4f}"})
+    return BASE_WEIGHTS
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=["probe", "base", "check"])
+    parser.add_argument("--work", default=os.path.join("benchmarks", "out", "toyworld_train"),
+                        help="where the base model's resumable state lives")
+    parser.add_argument("--steps", type=int, default=8000)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.what == "probe":
+        probe = train_probe()
+        fresh = probe_mod.accuracy(probe, random.Random(99), 4000)
+        damaged = probe_mod.accuracy(probe, random.Random(98), 4000, torch.Generator().manual_seed(98))
+        print(f"fresh scenes: {json.dumps(fresh)}\ndamaged scenes: {json.dumps(damaged)}")
+        _save(probe.state_dict(), PROBE_WEIGHTS)
+        return
+    from ..cli import runtime
+    runtime.start(["--use-pytorch-cross-attention"])
+    if args.what == "base":
+        print(f"wrote {train_base(args.work, args.steps)}")
+    from . import model as tw
+    model, clip = tw.load()
+    print(f"held-out prompts, probe reads: {json.dumps(knowledge(model, clip, load_probe()))}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
