@@ -9,6 +9,7 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..infusion.concept import VARIANTS
+from ..infusion.training.encoding import ConceptData
 from ..infusion.training.loop import PRECISIONS, TrainingSettings
 from ..infusion.training.loss_plot import loss_curve
 from ..infusion.training.session import TrainingRequest, train_concept
@@ -60,10 +61,13 @@ class TrainInfusion(io.ComfyNode):
                 io.Model.Input("model", tooltip="The base model (SD1.x, SD2.x or SDXL) to train the concept for. "
                                                 "It is not modified."),
                 io.Clip.Input("clip", tooltip="The model's CLIP: encodes every caption once, before training."),
-                io.Vae.Input("vae", tooltip="The model's VAE: encodes every photo once, before training."),
-                io.Image.Input("photos", tooltip="The concept's photos (3-10 is typical), any size and aspect: each is "
-                                                 "scaled and centre-cropped to the training resolution. Load Concept "
-                                                 "Photos reads a whole folder."),
+                io.Vae.Input("vae", optional=True,
+                             tooltip="The model's VAE: encodes every photo once, before training (not needed with "
+                                     "latents)."),
+                io.Image.Input("photos", optional=True,
+                               tooltip="The concept's photos (3-10 is typical), any size and aspect: each is scaled "
+                                       "and centre-cropped to the training resolution. Load Concept Photos reads a "
+                                       "whole folder. Give photos or latents."),
                 io.String.Input("word", default="dog",
                                 tooltip="The concept's plain class word ('dog', 'teapot', 'woman'). Prompts that say "
                                         "this word will draw the concept; no new token is learned."),
@@ -114,6 +118,10 @@ class TrainInfusion(io.ComfyNode):
                 io.Boolean.Input("gradient_checkpointing", default=True,
                                  tooltip="Recompute activations during the backward pass: much less memory for "
                                          "about a third more time (the authors train with it)."),
+                io.Latent.Input("latents", optional=True,
+                                tooltip="Instead of photos: the concept as latents (e.g. from VAE Encode), as ComfyUI's "
+                                        "own Train LoRA takes them; trained at their own size (resolution is "
+                                        "ignored), flips mirror the latents."),
                 io.Mask.Input("masks", optional=True,
                               tooltip="Optional soft foreground masks, one per photo, same size as the photos "
                                       "(1 = the concept, 0 = background): the loss then ignores the background. "
@@ -131,9 +139,9 @@ class TrainInfusion(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, clip, vae, photos, word, output_name, steps, learning_rate, batch_size,
-                gradient_accumulation, resolution, seed, templates, flip, save_every, resume, variant, precision,
-                gradient_checkpointing, masks=None) -> io.NodeOutput:
+    def execute(cls, model, clip, word, output_name, steps, learning_rate, batch_size, gradient_accumulation,
+                resolution, seed, templates, flip, save_every, resume, variant, precision, gradient_checkpointing,
+                vae=None, photos=None, latents=None, masks=None) -> io.NodeOutput:
         import comfy.model_management
         import comfy.utils
 
@@ -149,7 +157,9 @@ class TrainInfusion(io.ComfyNode):
         def on_step(step: int, total: int, losses: list[float]) -> None:
             bar.update_absolute(step, total, ("PNG", loss_curve(losses, total), 512))
 
-        result = train_concept(model, clip, vae, photos, masks, request, on_step,
+        data = ConceptData(photos=photos, vae=vae, latents=None if latents is None else latents["samples"],
+                           masks=masks)
+        result = train_concept(model, clip, data, request, on_step,
                                comfy.model_management.throw_exception_if_processing_interrupted)
         graph = _image(loss_curve(result.losses, steps))
         return io.NodeOutput(result.concept, {"loss": result.losses}, graph, result.path,

@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("what", choices=["probe", "base", "check"])
     parser.add_argument("--work", default=os.path.join("benchmarks", "out", "toyworld_train"),
                         help="where the base model's resumable state lives")
-    parser.add_argument("--steps", type=int, default=8000)
+    parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -3,13 +3,14 @@ After this neither the VAE nor CLIP is needed (ComfyUI may unload them for the t
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 
 from ..prompt import word_positions
 from ..tokens import CONDITIONING_KEY
-from .data import fit_masks, fit_photos, flip, loss_weights
+from .data import fit_masks, fit_photos, flip, loss_weights, photo_hash
 from .loop import PhotoLatents
 
 LATENT_MULTIPLE = 64  # 8x VAE downscale, then the UNet halves the latent three times
@@ -38,6 +39,53 @@ def encode_photos(vae: Any, model: Any, photos: torch.Tensor, masks: torch.Tenso
         return PhotoLatents(latents, weights=weights)
     # Mirrored pixels, not mirrored latents: the VAE is not exactly mirror-symmetric.
     return PhotoLatents(latents, encode(flip(pixels)), weights, None if weights is None else weights.flip(-1))
+
+
+def prepare_latents(model: Any, latents: torch.Tensor, masks: torch.Tensor | None, mirrored: bool) -> PhotoLatents:
+    """Latents given as they are (a LATENT's samples, as VAE Encode gives them, as ComfyUI's own trainer
+    takes them): brought into the model's space; a mirrored photo is the mirrored latent."""
+    if latents.ndim != 4:
+        raise ValueError(f"latents must be a LATENT batch [N, C, h, w], got shape {tuple(latents.shape)}")
+    x0 = model.model.process_latent_in(latents.float()).cpu()
+    weights = None
+    if masks is not None:
+        masks = masks[None] if masks.ndim == 2 else masks
+        if masks.shape[0] != x0.shape[0]:
+            raise ValueError(f"{masks.shape[0]} masks for {x0.shape[0]} latents: give one mask per latent")
+        weights = loss_weights(masks, tuple(x0.shape[-2:]))
+    if not mirrored:
+        return PhotoLatents(x0, weights=weights)
+    return PhotoLatents(x0, x0.flip(-1), weights, None if weights is None else weights.flip(-1))
+
+
+@dataclass
+class ConceptData:
+    """What a concept is learnt from: photos (IMAGE) with the VAE that encodes them, or latents (a
+    LATENT's samples, as ComfyUI's own trainer takes them); optional masks, one per image."""
+
+    photos: torch.Tensor | None = None
+    vae: Any = None
+    latents: torch.Tensor | None = None
+    masks: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if (self.photos is None) == (self.latents is None):
+            raise ValueError("give the concept either as photos (with the VAE that encodes them) or as latents, "
+                             "not both and not neither")
+        if self.photos is not None and self.vae is None:
+            raise ValueError("photos need the model's VAE to encode them: connect vae (or give latents instead)")
+
+    @property
+    def count(self) -> int:
+        return int((self.photos if self.photos is not None else self.latents).shape[0])
+
+    def fingerprint(self) -> str:
+        return photo_hash(self.photos if self.photos is not None else self.latents, self.masks)
+
+    def encode(self, model: Any, resolution: int, mirrored: bool) -> PhotoLatents:
+        if self.latents is not None:
+            return prepare_latents(model, self.latents, self.masks, mirrored)
+        return encode_photos(self.vae, model, self.photos, self.masks, resolution, mirrored)
 
 
 def encode_captions(clip: Any, word: str, captions: Sequence[str]) -> list[list]:

@@ -23,6 +23,12 @@ class NonFiniteLossError(RuntimeError):
     """The loss or its gradient became NaN or infinite; the last good state was kept."""
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    """CUDA's and torch's out-of-memory error (torch.OutOfMemoryError since 2.5), or MPS's RuntimeError."""
+    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+    return isinstance(error, oom) or (isinstance(error, RuntimeError) and "out of memory" in str(error))
+
+
 @dataclass(frozen=True)
 class TrainingSettings:
     """The authors' settings by default: AdamW (weight decay 0.01), constant lr 0.01, batch 4 x
@@ -47,12 +53,18 @@ class TrainingSettings:
         if not self.learning_rate > 0 or self.weight_decay < 0 or self.save_every < 0:
             raise ValueError("learning_rate must be > 0, weight_decay and save_every >= 0")
 
+    @property
+    def effective_batch(self) -> int:
+        return self.batch_size * self.gradient_accumulation
+
     def trajectory(self) -> dict[str, Any]:
-        """The settings that decide the result; a resumed run must keep them (steps and
-        save_every may change)."""
+        """The settings a resumed run must keep. Steps and save_every may change, and so may the split
+        of the effective batch (4 x 4 -> 2 x 8, the answer to running out of memory): the same
+        photos, vectors and optimizer carry on, but the random draws then fall differently than in
+        an uninterrupted run, so such a resume is equivalent rather than bit-identical."""
         out = asdict(self)
-        del out["steps"], out["save_every"]
-        return out
+        del out["steps"], out["save_every"], out["batch_size"], out["gradient_accumulation"]
+        return {**out, "effective_batch": self.effective_batch}
 
 
 class Denoiser(Protocol):
@@ -118,7 +130,7 @@ class PhotoOrder:
 class TrainingHooks:
     """Callbacks from the loop. `check_cancel` raises to stop (before every micro-batch);
     `save` receives the state at a step boundary with reason "checkpoint", "final",
-    "interrupted" or "non-finite"."""
+    "interrupted", "out-of-memory" or "non-finite"."""
 
     def check_cancel(self) -> None:
         pass
@@ -229,10 +241,11 @@ def train(vectors: Mapping[str, torch.nn.Parameter], model: Denoiser, photos: Ph
         if step > 0:
             hooks.save(snapshot(last_good), "non-finite")
         raise
-    except BaseException:
+    except BaseException as e:
+        # Cancel, out of memory, any error: the last completed step is kept, as on a pause.
         optimizer.zero_grad(set_to_none=True)
         if step > 0:
-            hooks.save(snapshot(last_good), "interrupted")
+            hooks.save(snapshot(last_good), "out-of-memory" if is_out_of_memory(e) else "interrupted")
         raise
     final = snapshot(last_good)
     hooks.save(final, "final")

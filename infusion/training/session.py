@@ -23,14 +23,14 @@ from ..format import save_concept
 from ..patching import model_layers
 from ..prompt import word_token_ids
 from .comfy_model import train_on_model
-from .data import photo_hash
-from .encoding import encode_captions, encode_photos
-from .loop import NonFiniteLossError, TrainingHooks, TrainingSettings
+from .encoding import ConceptData, encode_captions
+from .loop import NonFiniteLossError, TrainingHooks, TrainingSettings, is_out_of_memory
 from .state import RESUME_SUFFIX, TrainingState, load_state, save_state
 from .templates import AUTHOR_TEMPLATES, fill
 from .vectors import FILE_DTYPE, trained_concept
 
 STATUS = {"final": "complete", "checkpoint": "checkpoint", "interrupted": "interrupted",
+          "out-of-memory": "paused: out of memory",
           "non-finite": "stopped: non-finite loss"}
 
 
@@ -83,6 +83,28 @@ def native_resolution(model: Any, text_width: int) -> int:
     return 512
 
 
+class OutOfMemoryPause(RuntimeError):
+    """Training ran out of memory; the last completed step was kept, to resume with less memory."""
+
+
+def out_of_memory_advice(request: TrainingRequest, kept: str) -> str:
+    """What to lower, in the order that costs the least: the effective batch is kept, so resume stays valid."""
+    s = request.settings
+    tips = []
+    if s.batch_size > 1:
+        smaller = s.batch_size // 2
+        tips.append(f"batch_size {smaller} with gradient_accumulation {s.effective_batch // smaller} (the same "
+                    f"effective batch of {s.effective_batch})" if s.effective_batch % smaller == 0 else
+                    f"batch_size {smaller}")
+    if not request.gradient_checkpointing:
+        tips.append("gradient_checkpointing on")
+    if s.precision == "fp32":
+        tips.append("precision fp16 or bf16")
+    tips.append("a lower resolution")
+    return (f"training ran out of memory; {kept}. Lower what it needs and run again with resume on: "
+            f"{'; or '.join(tips)}")
+
+
 class _FileHooks(TrainingHooks):
     def __init__(self, folder: str, name: str, start: InfusionConcept, describe: Callable[[TrainingState, str], dict],
                  on_step: Callable[[int, int, list[float]], None] | None, check_cancel: Callable[[], None] | None):
@@ -105,16 +127,23 @@ class _FileHooks(TrainingHooks):
         save_state(state, resume_path(self.folder, self.name))
         self.last_saved = (path, state.step)
 
+    def kept(self, what: str) -> str:
+        if self.last_saved is None:
+            return "no step had completed, nothing was saved"
+        return f"{what} (step {self.last_saved[1]}) is kept in {self.last_saved[0]} and its .resume file"
 
-def train_concept(model: Any, clip: Any, vae: Any, photos: torch.Tensor, masks: torch.Tensor | None,
-                  request: TrainingRequest, on_step: Callable[[int, int, list[float]], None] | None = None,
+
+def train_concept(model: Any, clip: Any, data: ConceptData, request: TrainingRequest,
+                  on_step: Callable[[int, int, list[float]], None] | None = None,
                   check_cancel: Callable[[], None] | None = None) -> TrainingResult:
-    """Encode the photos and captions once, train, save; returns the concept as saved."""
+    """Encode the photos (or take the latents) and captions once, train, save; returns the concept as saved."""
     word = normalize_word(request.word)
     name = check_name(request.name)
     settings = request.settings
     layers, family = model_layers(model)
-    resolution = request.resolution or native_resolution(model, next(iter(layers.values()))[0])
+    # Latents come at their own size; photos are fitted to the resolution.
+    resolution = (request.resolution or native_resolution(model, next(iter(layers.values()))[0])
+                  if data.photos is not None else None)
     tokens = clip.tokenize(word)
     key = "l" if "l" in tokens else next(iter(tokens))
     start = InfusionConcept.zeros(word, layers, family, variant=request.variant, name=name,
@@ -122,33 +151,42 @@ def train_concept(model: Any, clip: Any, vae: Any, photos: torch.Tensor, masks: 
     captions = [fill(t, word) for t in request.templates]
     run = {
         "word": word, "variant": request.variant, "family": family, "resolution": resolution,
-        "templates": list(request.templates), "photos": int(photos.shape[0]), "masked": masks is not None,
-        "photos_sha256": photo_hash(photos, masks), "base_model": request.base_model_name,
+        "templates": list(request.templates), "photos": data.count, "masked": data.masks is not None,
+        "photos_sha256": data.fingerprint(), "base_model": request.base_model_name,
     }
     prediction = getattr(model.model.model_type, "name", "EPS").lower().replace("v_prediction", "v")
 
     def describe(state: TrainingState, reason: str) -> dict:
         training = {**run, **settings.trajectory(), "optimizer": "AdamW", "steps": settings.steps,
                     "steps_done": state.step, "final_loss": state.losses[-1] if state.losses else None,
-                    "effective_batch": settings.batch_size * settings.gradient_accumulation,
+                    "batch_size": settings.batch_size, "gradient_accumulation": settings.gradient_accumulation,
                     "gradient_checkpointing": request.gradient_checkpointing, "status": STATUS[reason],
-                    "loss": f"{prediction}-prediction MSE" + (", mask-weighted" if masks is not None else "")}
+                    "loss": f"{prediction}-prediction MSE" + (", mask-weighted" if data.masks is not None else "")}
         provenance = {"base_model": request.base_model_name, "model_class": type(model.model).__name__,
                       "prediction": prediction, "trainer": "ComfyUI-Infusion Train Infusion Concept"}
         return {"training": training, "provenance": provenance}
 
     resume = load_state(resume_path(request.folder, name)) if request.resume else None
-    latents = encode_photos(vae, model, photos, masks, resolution, settings.flip)
+    latents = data.encode(model, resolution, settings.flip)
     conditionings = encode_captions(clip, word, captions)
     hooks = _FileHooks(request.folder, name, start, describe, on_step, check_cancel)
     try:
         state = train_on_model(model, start, conditionings, latents, settings, hooks, run, resume,
                                request.gradient_checkpointing)
     except NonFiniteLossError as e:
-        kept = (f"the last good state (step {hooks.last_saved[1]}) is kept in {hooks.last_saved[0]} "
-                "and its .resume file" if hooks.last_saved else "no step had completed, nothing was saved")
-        raise NonFiniteLossError(f"{e}; {kept}. Lower the learning rate, or train with fp32 or bf16 "
-                                 "precision") from None
+        raise NonFiniteLossError(f"{e}; {hooks.kept('the last good state')}. Lower the learning rate, or train "
+                                 "with fp32 or bf16 precision") from None
+    except BaseException as e:
+        if not is_out_of_memory(e):
+            raise
+        state = None  # raised below, once the failed step's frames (and their tensors) are gone
+    if state is None:
+        import gc
+
+        import comfy.model_management
+        gc.collect()
+        comfy.model_management.soft_empty_cache()
+        raise OutOfMemoryPause(out_of_memory_advice(request, hooks.kept("the last completed step")))
     path = concept_path(request.folder, name)
     concept = trained_concept(start, state.vectors, describe(state, "final"))
     return TrainingResult(concept, list(state.losses), path, state)

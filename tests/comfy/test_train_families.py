@@ -15,7 +15,7 @@ SETTINGS = dict(word="dog", steps=1, learning_rate=0.05, batch_size=2, gradient_
 def train(pack, model, clip, vae, name, **overrides):
     node = h.pack_submodule(pack, "nodes.train").TrainInfusion.PREPARE_CLASS_CLONE({"UNIQUE_ID": "1"})
     photos = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(1))
-    return h.run_node(node, model, clip, vae, photos, output_name=name, **{**SETTINGS, **overrides}).result
+    return h.run_node(node, model, clip, vae=vae, photos=photos, output_name=name, **{**SETTINGS, **overrides}).result
 
 
 @pytest.mark.parametrize("fixture, family, prediction", FAMILIES)
@@ -46,7 +46,7 @@ def test_key_value_variant_masks_and_fp16_autocast_train(pack, sd15, vae):
     masks[:, 16:48, 16:48] = 1.0
     node = h.pack_submodule(pack, "nodes.train").TrainInfusion.PREPARE_CLASS_CLONE({"UNIQUE_ID": "1"})
     photos = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(1))
-    concept, loss, _, _ = h.run_node(node, model, clip, vae, photos, masks=masks, output_name="kv",
+    concept, loss, _, _ = h.run_node(node, model, clip, vae=vae, photos=photos, masks=masks, output_name="kv",
                                      **{**SETTINGS, "variant": "key+value", "precision": "fp16"}).result
     assert concept.variant == "key+value" and all(k.abs().sum() > 0 for k in concept.keys.values())
     assert concept.metadata["training"]["masked"] is True and concept.metadata["training"]["precision"] == "fp16"

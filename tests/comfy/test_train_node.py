@@ -18,7 +18,7 @@ SETTINGS = dict(word="dog", output_name="rex", steps=3, learning_rate=0.01, batc
 def train(pack, model, clip, vae, photos, masks=None, prompt=None, **overrides):
     node = h.pack_submodule(pack, "nodes.train").TrainInfusion.PREPARE_CLASS_CLONE(
         {"PROMPT": prompt, "UNIQUE_ID": "9"})
-    return h.run_node(node, model, clip, vae, photos, masks=masks, **{**SETTINGS, **overrides})
+    return h.run_node(node, model, clip, vae=vae, photos=photos, masks=masks, **{**SETTINGS, **overrides})
 
 
 @pytest.fixture
@@ -163,3 +163,57 @@ def test_clear_errors_for_bad_inputs(pack, sd15, vae, photos):
         train(pack, model, clip, vae, photos, masks=torch.zeros(3, 72, 64))
     with pytest.raises(ValueError, match="no resume state"):
         train(pack, model, clip, vae, photos, output_name="never", resume=True)
+
+
+def test_latents_train_like_the_photos_they_encode(pack, sd15, vae, photos):
+    """A LATENT (as ComfyUI's own trainer takes it) is the photos' VAE encoding: the same concept, bit for bit,
+    when the photos need no crop and flips are off (mirrored latents are not mirrored photos' latents)."""
+    model, clip = sd15
+    square = photos[:, :64]
+    from_photos = train(pack, model, clip, vae, square, output_name="from_photos", flip=False).result[0]
+    latents = h.vae_encode(vae, square)
+    node = h.pack_submodule(pack, "nodes.train").TrainInfusion.PREPARE_CLASS_CLONE({"UNIQUE_ID": "9"})
+    from_latents = h.run_node(node, model, clip, latents=latents, **{**SETTINGS, "output_name": "from_latents",
+                                                                     "flip": False}).result[0]
+    assert all(torch.equal(from_photos.values[l], from_latents.values[l]) for l in from_photos.values)
+    assert from_latents.metadata["training"]["resolution"] is None
+
+
+@pytest.mark.parametrize("given, message", [
+    (("photos", "latents"), "either as photos .* or as latents, not both"),
+    ((), "either as photos .* or as latents, not both and not neither"),
+    (("photos",), "photos need the model's VAE"),
+])
+def test_photos_or_latents_but_not_both_nor_neither(pack, sd15, vae, photos, given, message):
+    model, clip = sd15
+    inputs = {"photos": photos, "latents": {"samples": torch.zeros(3, 4, 8, 8)}}
+    node = h.pack_submodule(pack, "nodes.train").TrainInfusion.PREPARE_CLASS_CLONE({"UNIQUE_ID": "9"})
+    with pytest.raises(ValueError, match=message):
+        h.run_node(node, model, clip, **{k: inputs[k] for k in given}, **SETTINGS)
+
+
+def test_out_of_memory_pauses_keeps_the_last_step_and_resumes_with_a_smaller_batch(pack, sd15, vae, photos, folder):
+    """A real torch.OutOfMemoryError raised from inside the model call, in the 2nd micro-batch of step 3."""
+    from comfy.patcher_extension import WrappersMP
+    model, clip = sd15
+    calls = []
+
+    def apply_model(executor, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2 * 2 + 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return executor(*args, **kwargs)
+
+    starving = model.clone()
+    starving.add_wrapper_with_key(WrappersMP.APPLY_MODEL, "starve", apply_model)
+    session = h.pack_submodule(pack, "infusion.training.session")
+    with pytest.raises(session.OutOfMemoryPause, match="training ran out of memory; the last completed step "
+                       "\\(step 2\\) is kept in .*rex.safetensors and its .resume file. .*batch_size 1 with "
+                       "gradient_accumulation 4 \\(the same effective batch of 4\\)"):
+        train(pack, starving, clip, vae, photos, steps=4)
+    with safe_open(os.path.join(folder, "rex.safetensors"), "pt") as f:
+        training = json.loads(f.metadata()["training"])
+    assert training["status"] == "paused: out of memory" and training["steps_done"] == 2
+    concept, loss, _, _ = train(pack, model, clip, vae, photos, steps=4, resume=True, batch_size=1,
+                                gradient_accumulation=4).result
+    assert len(loss["loss"]) == 4 and all(torch.isfinite(v).all() for v in concept.values.values())

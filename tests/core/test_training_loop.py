@@ -25,7 +25,7 @@ class ToyDenoiser:
     device = torch.device("cpu")
     num_timesteps = 1000
 
-    def __init__(self, vectors, seed=0, planted=None, nan_at=None):
+    def __init__(self, vectors, seed=0, planted=None, nan_at=None, oom_at=None):
         g = torch.Generator().manual_seed(seed)
         self.vectors = vectors
         self.layers = list(vectors)
@@ -38,7 +38,7 @@ class ToyDenoiser:
         self.w_x = torch.randn(4, 4, generator=g) / 4
         self.sigmas = sd_sigmas()
         self.planted = planted
-        self.nan_at, self.calls = nan_at, 0
+        self.nan_at, self.oom_at, self.calls = nan_at, oom_at, 0
 
     def sigma(self, t):
         return self.sigmas[t]
@@ -68,6 +68,8 @@ class ToyDenoiser:
 
     def denoise(self, x_t, sigma, caption):
         self.calls += 1
+        if self.calls == self.oom_at:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         out = self._denoise(x_t, sigma, caption, self.vectors)
         return out * float("nan") if self.calls == self.nan_at else out
 
@@ -167,6 +169,29 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_good_state(
     assert all(torch.isfinite(v).all() for v in state.vectors.values())
     _, two = run(TrainingSettings(**{**SETTINGS.__dict__, "steps": 2}))
     same_state(two, state)
+
+
+def test_out_of_memory_keeps_the_last_completed_step_like_cancel(tmp_path):
+    hooks = Recorder()
+    with pytest.raises(torch.OutOfMemoryError):
+        run(TrainingSettings(**{**SETTINGS.__dict__, "steps": 8}), hooks=hooks, oom_at=2 * 4 + 2)  # in step 5
+    (reason, state), = hooks.saved
+    assert reason == "out-of-memory" and state.step == 4
+    _, resumed = run(TrainingSettings(**{**SETTINGS.__dict__, "steps": 8}),
+                     resume=load_state(save_state(state, str(tmp_path / "oom.resume"))))
+    _, full = run(TrainingSettings(**{**SETTINGS.__dict__, "steps": 8}))
+    same_state(full, resumed)
+
+
+def test_resume_may_split_the_same_effective_batch_otherwise():
+    _, half = run(TrainingSettings(**{**SETTINGS.__dict__, "steps": 4}))  # 2 x 2
+    _, resumed = run(TrainingSettings(**{**SETTINGS.__dict__, "steps": 8, "batch_size": 1,
+                                        "gradient_accumulation": 4}), resume=half)
+    _, full = run(TrainingSettings(**{**SETTINGS.__dict__, "steps": 8}))
+    assert resumed.step == 8 and resumed.losses[:4] == full.losses[:4]  # the first half is the same run
+    assert resumed.losses[4:] != full.losses[4:]  # then the draws fall differently: equivalent, not identical
+    with pytest.raises(ResumeError, match="effective_batch': 4.*effective_batch': 8"):
+        run(TrainingSettings(**{**SETTINGS.__dict__, "steps": 8, "batch_size": 4}), resume=half)
 
 
 def test_resume_refuses_other_settings_or_data():

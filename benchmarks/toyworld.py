@@ -1,0 +1,175 @@
+"""The customization benchmark on the toy world: Infusion against ComfyUI's own Train LoRA, each through
+its node, on a base model that truly knows its world (infusion/toyworld).
+
+The concept: a purple square with a black dot (the base model never saw purple nor the dot), 5 photos,
+all on stripes, bound to the word "square". Per method and training seed:
+  concept rate   samples of "a square on <background>" (every background) in which the probe sees the concept
+  context rate   in the same samples, how often the probe sees the background asked for (collapse onto the
+                 photos' stripes is the paper's concept-specific overfitting)
+  LFD            the pack's Latent Fisher divergence node, prompts without the word (concept-agnostic overfitting)
+  W2             Wasserstein-2 (Gaussian) between the concept's samples and the base model's samples of "a square
+                 on <background>", in the probe's feature space, through the pack's metric core
+  others         probe accuracy (colour, shape and background all right) on prompts without the word
+  params, file, time   trained numbers, file size, training time as a ratio to Infusion at the defaults
+Writes benchmarks/out/toyworld/{results.md,grid.png} (--docs: also docs/toyworld_grid.png).
+
+    COMFYUI_PATH=/path/to/ComfyUI python benchmarks/toyworld.py [--quick] [--docs]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+OUT = os.path.join(ROOT, "benchmarks", "out", "toyworld")
+
+
+@dataclass
+class Method:
+    name: str
+    train: Callable[[Any, Any, torch.Tensor, int], tuple[Any, Any, int, int]]  # -> model, clip, params, file bytes
+    rows: list[dict[str, float]] = field(default_factory=list)
+
+
+def infusion_method(name: str, **inputs: Any) -> Method:
+    from infusion.toyworld import customize as cz
+
+    def train(model, clip, photos, seed):
+        concept = cz.train_infusion(model, clip, photos, seed=seed, output_name=f"toyworld_{seed}", **inputs)
+        path = os.path.join(_models_folder(), f"toyworld_{seed}.safetensors")
+        applied, word_clip = cz.apply_infusion(model, clip, concept)
+        return applied, word_clip, sum(v.numel() for v in concept.values.values()), os.path.getsize(path)
+    return Method(name, train)
+
+
+def lora_method(name: str, **inputs: Any) -> Method:
+    from infusion.toyworld import customize as cz
+    from safetensors.torch import save_file
+
+    def train(model, clip, photos, seed):
+        captions = [f"a {cz.WORD}"] * len(photos)
+        patched, lora = cz.train_lora(model, clip, photos, captions, seed=seed, **inputs)
+        path = os.path.join(OUT, f"lora_{seed}.safetensors")
+        save_file({k: v.detach().contiguous() for k, v in lora.items()}, path)
+        return patched, clip, sum(v.numel() for v in lora.values()), os.path.getsize(path)
+    return Method(name, train)
+
+
+def _models_folder() -> str:
+    import folder_paths
+    return folder_paths.get_folder_paths("infusion")[0]
+
+
+def spread(values: list[float]) -> str:
+    mean = statistics.fmean(values)
+    return f"{mean:.3g}" if len(values) < 2 else f"{mean:.3g} ± {statistics.stdev(values):.2g}"
+
+
+def grid_png(rows: list[tuple[str, dict[str, torch.Tensor]]], path: str, per_cell: int = 3) -> None:
+    """One row per method, one column per background, `per_cell` samples in each cell, labels on the left."""
+    from PIL import Image, ImageDraw
+    from infusion.toyworld import scenes
+
+    tile, gap, label_width, header = 48, 4, 230, 22
+    cell_width = per_cell * tile + gap
+    width = label_width + len(scenes.BACKGROUNDS) * cell_width
+    canvas = Image.new("RGB", (width, header + len(rows) * (tile + gap)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for j, bg in enumerate(scenes.BACKGROUNDS):
+        draw.text((label_width + j * cell_width + 4, 5), f"a square on {bg}", fill="black")
+    for i, (label, latents) in enumerate(rows):
+        y = header + i * (tile + gap)
+        draw.text((6, y + tile // 2 - 6), label, fill="black")
+        for j, bg in enumerate(scenes.BACKGROUNDS):
+            images = scenes.to_rgb(latents[bg][:per_cell], upscale=tile // scenes.SIZE)
+            for k, image in enumerate(images):
+                canvas.paste(Image.fromarray((image.numpy() * 255).round().astype("uint8")),
+                             (label_width + j * cell_width + k * tile, y))
+    canvas.save(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one seed, fewer steps and samples (about 5 minutes)")
+    parser.add_argument("--docs", action="store_true", help="also copy the grid to docs/toyworld_grid.png")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from infusion.cli import runtime
+    runtime.start(["--use-pytorch-cross-attention"])
+    from infusion.metrics import feature_wasserstein
+    from infusion.toyworld import customize as cz
+    from infusion.toyworld import model as tw
+    from infusion.toyworld.train import load_probe
+
+    os.makedirs(OUT, exist_ok=True)
+    seeds = [0] if args.quick else [0, 1, 2]
+    per_background = 16 if args.quick else 32
+    scale = 0.3 if args.quick else 1.0
+    steps = lambda n: max(1, round(n * scale))  # noqa: E731
+    model, clip = tw.load()
+    probe = load_probe()
+    photos = cz.concept_photos()
+    sample_seed = 1000
+
+    base = cz.context_samples(model, clip, probe, per_background, sample_seed)
+    base_others = cz.other_accuracy(model, clip, probe, 4 if args.quick else 8, sample_seed)
+    base_features = cz.probe_features(probe, base.all_latents())
+    methods = [
+        infusion_method("Infusion, defaults", steps=steps(500)),
+        infusion_method("Infusion, lr 0.05", learning_rate=0.05, steps=steps(300)),
+        infusion_method("Infusion, lr 0.05, captions name the background", learning_rate=0.05, steps=steps(300),
+                        templates="a {} on stripes\n{} on stripes"),
+        lora_method("ComfyUI Train LoRA, rank 4", rank=4, steps=steps(500), learning_rate=0.001),
+    ]
+    grid_rows = [("base model", base.latents)]
+    for method in methods:
+        for seed in seeds:
+            started = time.perf_counter()
+            custom, custom_clip, params, size = method.train(model, clip, photos, seed)
+            seconds = time.perf_counter() - started
+            samples = cz.context_samples(custom, custom_clip, probe, per_background, sample_seed)
+            w2 = feature_wasserstein(cz.probe_features(probe, samples.all_latents()), base_features).gaussian
+            method.rows.append({
+                "concept": samples.concept_rate(), "context": samples.context_rate(),
+                "lfd": cz.latent_fisher_divergence(model, custom, custom_clip, samples=4 if args.quick else 8),
+                "w2": w2, "others": cz.other_accuracy(custom, custom_clip, probe, 4 if args.quick else 8, sample_seed),
+                "params": params, "bytes": size, "seconds": seconds})
+            if seed == seeds[0]:
+                grid_rows.append((method.name, samples.latents))
+            print(f"{method.name}, seed {seed}: {method.rows[-1]}", flush=True)
+
+    reference = statistics.fmean(r["seconds"] for r in methods[0].rows)
+    lines = [f"Toy world, {len(seeds)} training seed(s), {per_background * 4} samples per seed for the rates "
+             f"({'quick' if args.quick else 'full'} run). Mean ± sd over seeds.", "",
+             "| method | concept rate | context rate | LFD (no word) | W2 to base | others right | trained numbers "
+             "| file | training time |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+             f"| base model | {base.concept_rate():.3g} | {base.context_rate():.3g} | 0 | 0 | {base_others:.3g} | - | - "
+             "| - |"]
+    for m in methods:
+        col = lambda key: [r[key] for r in m.rows]  # noqa: E731
+        lines.append(f"| {m.name} | {spread(col('concept'))} | {spread(col('context'))} | {spread(col('lfd'))} | "
+                     f"{spread(col('w2'))} | {spread(col('others'))} | {int(m.rows[0]['params']):,} | "
+                     f"{m.rows[0]['bytes'] / 1024:.1f} KB | {statistics.fmean(col('seconds')) / reference:.2f}x |")
+    table = "\n".join(lines)
+    with open(os.path.join(OUT, "results.md"), "w") as f:
+        f.write(table + "\n")
+    grid_png(grid_rows, os.path.join(OUT, "grid.png"))
+    if args.docs:
+        os.makedirs(os.path.join(ROOT, "docs"), exist_ok=True)
+        shutil.copyfile(os.path.join(OUT, "grid.png"), os.path.join(ROOT, "docs", "toyworld_grid.png"))
+    print(table)
+    print(f"wrote {os.path.join(OUT, 'results.md')} and grid.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""Customizing the toy world's base model, and measuring what it drew afterwards.
+
+The concept is what a user's dog is to Stable Diffusion: a thing the base model cannot draw (a purple
+square with a black dot), shown in a few photos that all share one background (stripes), to be bound
+to its class word ("square"). Each method runs through its ComfyUI node: Train Infusion Concept, and
+ComfyUI's own Train LoRA. Every figure comes from the probe reading samples drawn by ComfyUI's KSampler.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from . import scenes
+from .probe import Probe, Reading, read
+from .sampling import sample
+
+WORD = "square"
+COLOUR = "purple"
+PHOTO_BACKGROUND = "stripes"
+OTHER_SHAPES = tuple(s for s in scenes.SHAPES if s != WORD)
+
+
+def concept_photos(count: int = 5, seed: int = 0) -> torch.Tensor:
+    """The user's photos, as raw latents [count, 4, 16, 16]: the concept, all on one background."""
+    rng = random.Random(seed)
+    chosen = [scenes.random_scene(rng, shapes=(WORD,), colours=(COLOUR,), backgrounds=(PHOTO_BACKGROUND,), mark=True)
+              for _ in range(count)]
+    return scenes.to_latent(torch.stack([scenes.render(s) for s in chosen]))
+
+
+def is_concept(r: Reading) -> bool:
+    return r.colour == COLOUR and r.mark and r.shape == WORD
+
+
+def context_prompt(background: str) -> str:
+    return f"a {WORD} on {background}"
+
+
+@dataclass
+class ContextSamples:
+    """Samples of "a square on <background>" for every background."""
+
+    latents: dict[str, torch.Tensor]
+    readings: dict[str, list[Reading]]
+
+    def concept_rate(self) -> float:
+        found = [is_concept(r) for rs in self.readings.values() for r in rs]
+        return sum(found) / len(found)
+
+    def context_rate(self) -> float:
+        found = [r.background == bg for bg, rs in self.readings.items() for r in rs]
+        return sum(found) / len(found)
+
+    def all_latents(self) -> torch.Tensor:
+        return torch.cat([self.latents[bg] for bg in scenes.BACKGROUNDS])
+
+
+def context_samples(model: Any, clip: Any, probe: Probe, per_background: int, seed: int) -> ContextSamples:
+    latents = {bg: sample(model, clip, context_prompt(bg), per_background, seed + i)
+               for i, bg in enumerate(scenes.BACKGROUNDS)}
+    return ContextSamples(latents, {bg: read(probe, x) for bg, x in latents.items()})
+
+
+def other_prompts() -> list[tuple[str, tuple[str, str, str]]]:
+    """Prompts without the class word, one per (colour, other shape, background) in a fixed sample."""
+    rng = random.Random(11)
+    combos = [(c, s, b) for c in scenes.COLOURS for s in OTHER_SHAPES for b in scenes.BACKGROUNDS]
+    return [(f"a {c} {s} on {b}", (c, s, b)) for c, s, b in rng.sample(combos, 8)]
+
+
+def other_accuracy(model: Any, clip: Any, probe: Probe, per_prompt: int, seed: int) -> float:
+    """How often the probe reads all three asked attributes in samples of prompts without the word."""
+    hits = total = 0
+    for i, (prompt, (colour, shape, background)) in enumerate(other_prompts()):
+        for r in read(probe, sample(model, clip, prompt, per_prompt, seed + i)):
+            hits += (r.colour, r.shape, r.background) == (colour, shape, background)
+            total += 1
+    return hits / total
+
+
+def probe_features(probe: Probe, latents: torch.Tensor) -> torch.Tensor:
+    """The probe's penultimate features: the space the Wasserstein metric is taken in here."""
+    with torch.no_grad():
+        return probe.features(scenes.to_world(latents.float()))
+
+
+def infusion_node_inputs(**overrides: Any) -> dict[str, Any]:
+    """Train Infusion Concept's inputs at their defaults, with what a CPU and this world need changed."""
+    from ..training.templates import AUTHOR_TEMPLATES
+    defaults = dict(word=WORD, output_name="toyworld_square", steps=500, learning_rate=0.01, batch_size=4,
+                    gradient_accumulation=4, resolution=0, seed=0, templates="\n".join(AUTHOR_TEMPLATES), flip=True,
+                    save_every=0, resume=False, variant="value", precision="fp32", gradient_checkpointing=False)
+    return {**defaults, **overrides}
+
+
+def train_infusion(model: Any, clip: Any, photos: torch.Tensor, **inputs: Any) -> Any:
+    """The concept, trained by the Train Infusion Concept node on the photos' latents."""
+    import nodes
+    node = nodes.NODE_CLASS_MAPPINGS["TrainInfusion"].PREPARE_CLASS_CLONE({"UNIQUE_ID": "toyworld"})
+    with torch.inference_mode():
+        return node.execute(model, clip, latents={"samples": photos}, **infusion_node_inputs(**inputs)).result[0]
+
+
+def apply_infusion(model: Any, clip: Any, concept: Any, strength: float = 1.0) -> tuple[Any, Any]:
+    import nodes
+    with torch.inference_mode():
+        return nodes.NODE_CLASS_MAPPINGS["ApplyInfusion"].execute(model, clip, concept, strength).result
+
+
+def lora_node_inputs(**overrides: Any) -> dict[str, Any]:
+    defaults = dict(batch_size=4, steps=500, grad_accumulation_steps=1, learning_rate=0.0005, rank=8,
+                    optimizer="AdamW", loss_function="MSE", seed=0, training_dtype="fp32", lora_dtype="fp32",
+                    algorithm="LoRA", gradient_checkpointing=False, existing_lora="[None]")
+    return {**defaults, **overrides}
+
+
+def train_lora(model: Any, clip: Any, photos: torch.Tensor, captions: Sequence[str], **inputs: Any) -> Any:
+    """ComfyUI's Train LoRA on the photos (one caption per photo, as that node takes them); the patched MODEL."""
+    from .. import compat
+    from .sampling import encode
+    positive = [c for text in captions for c in encode(clip, text)]
+    with torch.inference_mode():
+        lora = compat.train_lora(model, {"samples": photos}, positive, **lora_node_inputs(**inputs))
+    return compat.apply_lora(model, lora, 1.0), lora
+
+
+def latent_fisher_divergence(base: Any, custom: Any, clip: Any, samples: int = 8, timesteps: int = 10,
+                             seed: int = 0) -> float:
+    """The pack's Infusion Latent Fisher Divergence node on prompts without the class word."""
+    import nodes
+    from .sampling import encode
+    conditioning = [c for prompt, _ in other_prompts() for c in encode(clip, prompt)]
+    rng = random.Random(seed)
+    reference = scenes.to_latent(torch.stack([scenes.render(scenes.random_scene(rng, shapes=OTHER_SHAPES))
+                                              for _ in range(16)]))
+    with torch.inference_mode():
+        out = nodes.NODE_CLASS_MAPPINGS["InfusionLatentFisherDivergence"].execute(
+            base, custom, conditioning, {"samples": reference}, timesteps, samples, seed, "epsilon")
+    return float(out.result[0])
