@@ -8,7 +8,10 @@ import os
 
 from comfy_api.latest import io
 
+from ..infusion.training.captions import caption_path
 from ..infusion.training.photo_folder import load_photo_folder, photo_files
+
+CAPTIONS = io.Custom("INFUSION_CAPTIONS")
 
 
 def _resolve(folder: str) -> str:
@@ -24,8 +27,9 @@ class LoadConceptPhotos(io.ComfyNode):
             node_id="LoadConceptPhotos",
             display_name="Load Concept Photos",
             category="Infusion",
-            description="Read every photo in a folder (png, jpg, webp, bmp, tiff; any size and aspect) for Train "
-                        "Infusion Concept. Re-reads when the folder's files change.",
+            description="Read every photo in a folder (png, jpg, webp, bmp, tiff; any size and aspect), and the "
+                        "caption beside each (<photo>.txt), for Train Infusion Concept. Re-reads when the folder's "
+                        "files change.",
             inputs=[
                 io.String.Input("folder", default="concept",
                                 tooltip="The folder of photos: an absolute path, or a folder inside ComfyUI's input "
@@ -39,6 +43,10 @@ class LoadConceptPhotos(io.ComfyNode):
                 io.Mask.Output(display_name="masks", tooltip="Foreground masks from the photos' alpha channels "
                                                              "(1 = opaque = the concept; 1 everywhere for photos "
                                                              "without transparency)."),
+                CAPTIONS.Output(display_name="captions",
+                                tooltip="The caption beside each photo (dog1.txt for dog1.png), for Train Infusion "
+                                        "Concept; each must say the class word (or {} for it). Photos without one "
+                                        "use the templates. Nothing when no photo has a caption."),
             ],
         )
 
@@ -48,12 +56,12 @@ class LoadConceptPhotos(io.ComfyNode):
             files = photo_files(_resolve(folder))
         except ValueError as e:
             return str(e)
-        return size, tuple((f, os.path.getmtime(f), os.path.getsize(f)) for f in files)
+        captions = [caption_path(f) for f in files]
+        return size, tuple((f, os.path.getmtime(f), os.path.getsize(f)) for f in files + captions if os.path.isfile(f))
 
     @classmethod
     def execute(cls, folder, size) -> io.NodeOutput:
-        images, masks = load_photo_folder(_resolve(folder), size)
-        return io.NodeOutput(images, masks)
+        return io.NodeOutput(*load_photo_folder(_resolve(folder), size))
 
 
 NODES: list[type[io.ComfyNode]] = [LoadConceptPhotos]

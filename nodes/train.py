@@ -15,6 +15,7 @@ from ..infusion.training.loss_plot import loss_curve
 from ..infusion.training.session import TrainingRequest, train_concept
 from ..infusion.training.templates import AUTHOR_TEMPLATES, parse_templates
 from .load import INFUSION
+from .photos import CAPTIONS
 
 _RETRAIN = ("ComfyUI reuses the previous result while every input is unchanged: to train again, change the "
             "seed or any setting, or raise steps with resume on.")
@@ -122,6 +123,11 @@ class TrainInfusion(io.ComfyNode):
                                 tooltip="Instead of photos: the concept as latents (e.g. from VAE Encode), as ComfyUI's "
                                         "own Train LoRA takes them; trained at their own size (resolution is "
                                         "ignored), flips mirror the latents."),
+                CAPTIONS.Input("captions", optional=True,
+                               tooltip="Optional: each photo's own caption, from Load Concept Photos (dog1.txt beside "
+                                       "dog1.png). A caption must say the class word (or {} for it); name what else "
+                                       "is in the photo ('a dog on a red sofa') so the base model explains it and "
+                                       "less of it leaks into the concept. Photos without one use the templates."),
                 io.Mask.Input("masks", optional=True,
                               tooltip="Optional soft foreground masks, one per photo, same size as the photos "
                                       "(1 = the concept, 0 = background): the loss then ignores the background. "
@@ -141,7 +147,7 @@ class TrainInfusion(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, word, output_name, steps, learning_rate, batch_size, gradient_accumulation,
                 resolution, seed, templates, flip, save_every, resume, variant, precision, gradient_checkpointing,
-                vae=None, photos=None, latents=None, masks=None) -> io.NodeOutput:
+                vae=None, photos=None, latents=None, captions=None, masks=None) -> io.NodeOutput:
         import comfy.model_management
         import comfy.utils
 
@@ -158,7 +164,7 @@ class TrainInfusion(io.ComfyNode):
             bar.update_absolute(step, total, ("PNG", loss_curve(losses, total), 512))
 
         data = ConceptData(photos=photos, vae=vae, latents=None if latents is None else latents["samples"],
-                           masks=masks)
+                           masks=masks, captions=captions)
         result = train_concept(model, clip, data, request, on_step,
                                comfy.model_management.throw_exception_if_processing_interrupted)
         graph = _image(loss_curve(result.losses, steps))

@@ -157,10 +157,12 @@ def in_sampling(patcher: Any, conditionings: Sequence[list], shape: Sequence[int
 def train_on_model(model: Any, start: InfusionConcept, conditionings: Sequence[list], photos: PhotoLatents,
                    settings: TrainingSettings, hooks: TrainingHooks | None = None,
                    run: Mapping[str, Any] | None = None, resume: TrainingState | None = None,
-                   gradient_checkpointing_on: bool = True, teacher: Any = None) -> TrainingState:
+                   gradient_checkpointing_on: bool = True, teacher: Any = None,
+                   templates: int | None = None) -> TrainingState:
     """Train the concept `start` (zeros, or anything fitting the model) on a clone of `model`.
 
-    `conditionings`: one CONDITIONING per caption, each carrying the word positions.
+    `conditionings`: one CONDITIONING per caption, each carrying the word positions: the first
+    `templates` (default: all) are the templates drawn per micro-batch, the rest photos' own captions.
     `teacher`: optionally a clone of the same base model whose predictions replace the photos
     as targets (distillation; the planted-concept tests use it).
     `model` is never modified: the residual goes on a clone, the weights are restored bit for
@@ -194,8 +196,8 @@ def train_on_model(model: Any, start: InfusionConcept, conditionings: Sequence[l
                 stack.enter_context(autograd_weights(model_wrap.inner_model))
                 stack.enter_context(gradient_checkpointing(model_wrap.inner_model.diffusion_model,
                                                            gradient_checkpointing_on))
-                return train(named_vectors(residual), denoiser, photos, len(conditionings), settings, hooks,
-                             run, resume)
+                return train(named_vectors(residual), denoiser, photos, templates or len(conditionings), settings,
+                             hooks, run, resume)
 
         shape = (settings.batch_size,) + tuple(photos.latents.shape[1:])
         return in_sampling(patcher, conditionings, shape, settings.seed, loop)

@@ -67,9 +67,12 @@ def flip(images: torch.Tensor) -> torch.Tensor:
     return images.flip(-2 if images.ndim == 4 else -1)
 
 
-def photo_hash(photos: torch.Tensor, masks: torch.Tensor | None = None) -> str:
-    """SHA-256 of the photos (and masks) as given: the same pixels give the same hash."""
+def photo_hash(photos: torch.Tensor, masks: torch.Tensor | None = None,
+               captions: list[str | None] | None = None) -> str:
+    """SHA-256 of the photos (and masks, and captions) as given: the same pixels give the same hash."""
     h = hashlib.sha256()
+    if captions is not None:
+        h.update(repr(captions).encode())
     for t in (photos, masks):
         if t is None:
             h.update(b"none")

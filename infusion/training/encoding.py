@@ -10,6 +10,7 @@ import torch
 
 from ..prompt import word_positions
 from ..tokens import CONDITIONING_KEY
+from .captions import PhotoCaptions
 from .data import fit_masks, fit_photos, flip, loss_weights, photo_hash
 from .loop import PhotoLatents
 
@@ -67,6 +68,7 @@ class ConceptData:
     vae: Any = None
     latents: torch.Tensor | None = None
     masks: torch.Tensor | None = None
+    captions: PhotoCaptions | None = None
 
     def __post_init__(self) -> None:
         if (self.photos is None) == (self.latents is None):
@@ -74,13 +76,17 @@ class ConceptData:
                              "not both and not neither")
         if self.photos is not None and self.vae is None:
             raise ValueError("photos need the model's VAE to encode them: connect vae (or give latents instead)")
+        if self.captions is not None and len(self.captions.entries) != self.count:
+            raise ValueError(f"{len(self.captions.entries)} captions for {self.count} photos: connect the captions "
+                             "of the same Load Concept Photos as the photos")
 
     @property
     def count(self) -> int:
         return int((self.photos if self.photos is not None else self.latents).shape[0])
 
     def fingerprint(self) -> str:
-        return photo_hash(self.photos if self.photos is not None else self.latents, self.masks)
+        return photo_hash(self.photos if self.photos is not None else self.latents, self.masks,
+                          None if self.captions is None else [e and e[1] for e in self.captions.entries])
 
     def encode(self, model: Any, resolution: int, mirrored: bool) -> PhotoLatents:
         if self.latents is not None:
@@ -88,15 +94,29 @@ class ConceptData:
         return encode_photos(self.vae, model, self.photos, self.masks, resolution, mirrored)
 
 
-def encode_captions(clip: Any, word: str, captions: Sequence[str]) -> list[list]:
-    """One CONDITIONING per caption, each marked with where the class word stands."""
+def photo_caption_indices(captions: PhotoCaptions, word: str,
+                          first: int) -> tuple[list[str], list[str], torch.Tensor]:
+    """The distinct photo captions (filled with the word), the file each first came from, and each photo's
+    index among all conditionings, the photos' own numbered from `first` (-1 for a photo without one)."""
+    filled = captions.filled(word)
+    texts = list(dict.fromkeys(t for t in filled if t is not None))
+    sources = [captions.source(filled.index(t)) for t in texts]
+    return texts, sources, torch.tensor([-1 if t is None else first + texts.index(t) for t in filled])
+
+
+def encode_captions(clip: Any, word: str, captions: Sequence[str], sources: Sequence[str] = ()) -> list[list]:
+    """One CONDITIONING per caption, each marked with where the class word stands. `sources` names
+    the file each caption came from, for the message when one lacks the word."""
     out = []
-    for text in captions:
+    for i, text in enumerate(captions):
         tokens = clip.tokenize(text)
         positions = word_positions(clip.tokenizer, tokens, [word])
         if word not in positions.words:
-            raise ValueError(f"the caption '{text}' does not contain the class word '{word}' as a whole word "
-                             "(CLIP reads 'dogs' or 'hotdog' as other words): fix the caption template")
+            where = (f"the caption {sources[i]} ('{text}')" if i < len(sources) and sources[i]
+                     else f"the caption '{text}'")
+            fix = "add the word (or {} for it)" if i < len(sources) and sources[i] else "fix the caption template"
+            raise ValueError(f"{where} does not contain the class word '{word}' as a whole word (CLIP reads 'dogs' "
+                             f"or 'hotdog' as other words): {fix}")
         conditioning = clip.encode_from_tokens_scheduled(tokens, show_pbar=False)
         for _, extras in conditioning:
             extras[CONDITIONING_KEY] = positions

@@ -93,10 +93,20 @@ class PhotoLatents:
     flipped: torch.Tensor | None = None
     weights: torch.Tensor | None = None
     flipped_weights: torch.Tensor | None = None
+    captions: torch.Tensor | None = None  # [N] each photo's own caption (a conditioning index), -1 for none
 
     def to(self, device: torch.device) -> "PhotoLatents":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return PhotoLatents(move(self.latents), move(self.flipped), move(self.weights), move(self.flipped_weights))
+        return PhotoLatents(move(self.latents), move(self.flipped), move(self.weights), move(self.flipped_weights),
+                            self.captions)
+
+    def captions_of(self, index: torch.Tensor, template: int) -> int | torch.Tensor:
+        """The conditioning of each selected photo: its own caption, else the drawn template (one int
+        when the whole batch shares it)."""
+        if self.captions is None:
+            return template
+        own = self.captions[index]
+        return template if bool((own < 0).all()) else torch.where(own >= 0, own, template)
 
     def select(self, index: torch.Tensor, mirror: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         x0, w = self.latents[index], None if self.weights is None else self.weights[index]
@@ -142,6 +152,21 @@ class TrainingHooks:
         pass
 
 
+def by_caption(call: Any, captions: int | torch.Tensor, *batch: torch.Tensor) -> torch.Tensor:
+    """`call(*batch, caption)` for a batch whose items may each have their own caption: one call per
+    caption (photos sharing one stay batched), results back in batch order."""
+    if isinstance(captions, int):
+        return call(*batch, captions)
+    order = torch.argsort(captions, stable=True)
+    values, counts = torch.unique_consecutive(captions[order], return_counts=True)
+    parts, start = [], 0
+    for value, count in zip(values.tolist(), counts.tolist()):
+        rows = order[start:start + count].to(batch[0].device)
+        parts.append(call(*(t[rows] for t in batch), value))
+        start += count
+    return torch.cat(parts)[torch.argsort(order).to(batch[0].device)]
+
+
 def _all_finite(tensors: list[torch.Tensor]) -> bool:
     return not tensors or bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
@@ -152,8 +177,8 @@ def train(vectors: Mapping[str, torch.nn.Parameter], model: Denoiser, photos: Ph
     """Train `vectors` (the residual's parameters, updated in place) until `settings.steps`.
 
     Per micro-batch, in this order from one generator seeded with `settings.seed`: the photos
-    (passes in random order), one caption template, the mirror flags, t ~ U{0..T-1} per photo,
-    and the noise. `run` describes the data (photos hash, word, templates, ...); a `resume`
+    (passes in random order), one caption template (`captions`: how many there are; photos with
+    their own caption use it instead), the mirror flags, t ~ U{0..T-1} per photo, and the noise. `run` describes the data (photos hash, word, templates, ...); a `resume`
     state must match it and the settings' trajectory.
     """
     hooks = hooks or TrainingHooks()
@@ -214,10 +239,11 @@ def train(vectors: Mapping[str, torch.nn.Parameter], model: Denoiser, photos: Ph
                 x0, weights = latents.select(index, mirror)
                 sigma = model.sigma(t.to(device))
                 x_t = model.noised(x0, noise.to(device), sigma)
+                conds = latents.captions_of(index, caption)
                 with autocast:
                     with torch.no_grad():
-                        target = model.target(x0, x_t, sigma, caption)
-                    denoised = model.denoise(x_t, sigma, caption)
+                        target = by_caption(model.target, conds, x0, x_t, sigma)
+                    denoised = by_caption(model.denoise, conds, x_t, sigma)
                 loss = diffusion_loss(denoised, target, model.prediction_scale(sigma), weights)
                 scaler.scale(loss / accumulation).backward()
                 total += loss.detach()

@@ -1,7 +1,8 @@
 """Concept photos from a folder: every image file in it, any size and aspect, as one batch.
 
 Each photo is scaled (shorter side) and centre-cropped to a square; an alpha channel becomes
-the photo's foreground mask (1 = opaque = the concept), photos without one get a full mask.
+the photo's foreground mask (1 = opaque = the concept), photos without one get a full mask. A
+`<photo>.txt` beside a photo is its caption.
 PIL (a ComfyUI dependency) is imported when reading.
 """
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import numpy as np
 import torch
 
+from .captions import PhotoCaptions, read_captions
 from .data import fit_masks, fit_photos
 
 PHOTO_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -50,12 +52,14 @@ def read_photo(path: str) -> tuple[torch.Tensor, torch.Tensor | None]:
     return rgb, torch.from_numpy(pixels[..., 3].copy()) if has_alpha else None
 
 
-def load_photo_folder(folder: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """IMAGE [N, size, size, 3] and MASK [N, size, size] of every photo in `folder`."""
+def load_photo_folder(folder: str, size: int) -> tuple[torch.Tensor, torch.Tensor, PhotoCaptions | None]:
+    """IMAGE [N, size, size, 3] and MASK [N, size, size] of every photo in `folder`, and the captions
+    beside them (None when there are none)."""
     images, masks = [], []
-    for path in photo_files(folder):
+    paths = photo_files(folder)
+    for path in paths:
         rgb, alpha = read_photo(path)
         images.append(fit_photos(rgb[None], size))
         full = torch.ones(rgb.shape[:2]) if alpha is None else alpha
         masks.append(fit_masks(full[None], rgb[None], size))
-    return torch.cat(images), torch.cat(masks)
+    return torch.cat(images), torch.cat(masks), read_captions(paths)

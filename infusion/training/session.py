@@ -23,7 +23,7 @@ from ..format import save_concept
 from ..patching import model_layers
 from ..prompt import word_token_ids
 from .comfy_model import train_on_model
-from .encoding import ConceptData, encode_captions
+from .encoding import ConceptData, encode_captions, photo_caption_indices
 from .loop import NonFiniteLossError, TrainingHooks, TrainingSettings, is_out_of_memory
 from .state import RESUME_SUFFIX, TrainingState, load_state, save_state
 from .templates import AUTHOR_TEMPLATES, fill
@@ -152,7 +152,7 @@ def train_concept(model: Any, clip: Any, data: ConceptData, request: TrainingReq
     run = {
         "word": word, "variant": request.variant, "family": family, "resolution": resolution,
         "templates": list(request.templates), "photos": data.count, "masked": data.masks is not None,
-        "photos_sha256": data.fingerprint(), "base_model": request.base_model_name,
+        "photos_sha256": data.fingerprint(), "captions": data.captions is not None, "base_model": request.base_model_name,
     }
     prediction = getattr(model.model.model_type, "name", "EPS").lower().replace("v_prediction", "v")
 
@@ -168,11 +168,14 @@ def train_concept(model: Any, clip: Any, data: ConceptData, request: TrainingReq
 
     resume = load_state(resume_path(request.folder, name)) if request.resume else None
     latents = data.encode(model, resolution, settings.flip)
-    conditionings = encode_captions(clip, word, captions)
+    own, sources = [], []
+    if data.captions is not None:
+        own, sources, latents.captions = photo_caption_indices(data.captions, word, len(captions))
+    conditionings = encode_captions(clip, word, captions + own, [""] * len(captions) + sources)
     hooks = _FileHooks(request.folder, name, start, describe, on_step, check_cancel)
     try:
         state = train_on_model(model, start, conditionings, latents, settings, hooks, run, resume,
-                               request.gradient_checkpointing)
+                               request.gradient_checkpointing, templates=len(captions))
     except NonFiniteLossError as e:
         raise NonFiniteLossError(f"{e}; {hooks.kept('the last good state')}. Lower the learning rate, or train "
                                  "with fp32 or bf16 precision") from None

@@ -244,3 +244,29 @@ def test_planted_concept_is_recovered_in_value_space():
         wv = model.w[name]["v"]
         cos = torch.nn.functional.cosine_similarity(state.vectors[name] @ wv, u @ wv, dim=0)
         assert cos > 0.95, (name, float(cos))
+
+
+def test_by_caption_calls_once_per_caption_and_keeps_batch_order():
+    from infusion.training.loop import by_caption
+    calls = []
+
+    def call(x, caption):
+        calls.append((caption, x.shape[0]))
+        return x * 10 + caption
+
+    x = torch.arange(5.0)
+    out = by_caption(call, torch.tensor([2, 0, 2, 1, 0]), x)
+    assert torch.equal(out, torch.tensor([2.0, 10.0, 22.0, 31.0, 40.0]))
+    assert calls == [(0, 2), (1, 1), (2, 2)]
+    assert torch.equal(by_caption(call, 1, x), x * 10 + 1)
+
+
+def test_photos_own_captions_replace_the_template_and_none_changes_nothing():
+    data = photos()
+    _, plain = run(data=data)
+    data.captions = torch.full((5,), -1)
+    _, no_own = run(data=data)
+    same_state(plain, no_own)  # the same draws, the same calls: bit-identical
+    data.captions = torch.tensor([2, -1, 2, -1, -1])
+    _, own = run(data=data)
+    assert own.losses != plain.losses
