@@ -11,8 +11,9 @@ from comfy_api.latest import io, ui
 from ..infusion.concept import VARIANTS
 from ..infusion.training.encoding import ConceptData
 from ..infusion.training.loop import PRECISIONS, TrainingSettings
-from ..infusion.training.loss_plot import loss_curve
-from ..infusion.training.session import TrainingRequest, train_concept
+from ..infusion.training.loss_plot import loss_curve, message_image
+from ..infusion.training.previews import DEFAULT_PROMPTS, PreviewSettings, parse_prompts, preview_folder
+from ..infusion.training.session import TrainingRequest, check_name, train_concept
 from ..infusion.training.templates import AUTHOR_TEMPLATES, parse_templates
 from .load import INFUSION
 from .photos import CAPTIONS
@@ -46,6 +47,21 @@ def base_model_name(prompt: dict | None, node_id: str | None) -> str:
 def _models_folder() -> str:
     import folder_paths
     return folder_paths.get_folder_paths("infusion")[0]
+
+
+def _preview_folder(output_name: str) -> str:
+    import folder_paths
+    return preview_folder(folder_paths.get_output_directory(), check_name(output_name))
+
+
+def _samplers() -> list[str]:
+    import comfy.samplers
+    return list(comfy.samplers.KSampler.SAMPLERS)
+
+
+def _schedulers() -> list[str]:
+    import comfy.samplers
+    return list(comfy.samplers.KSampler.SCHEDULERS)
 
 
 class TrainInfusion(io.ComfyNode):
@@ -123,6 +139,24 @@ class TrainInfusion(io.ComfyNode):
                                 tooltip="Instead of photos: the concept as latents (e.g. from VAE Encode), as ComfyUI's "
                                         "own Train LoRA takes them; trained at their own size (resolution is "
                                         "ignored), flips mirror the latents."),
+                io.String.Input("sample_prompts", default="\n".join(DEFAULT_PROMPTS), multiline=True,
+                                tooltip="Preview prompts, one per line, each with the class word or {} for it. "
+                                        "Sampled at step 0 (the base model) and every sample_every steps with the "
+                                        "concept as trained so far; saved to output/infusion/<name>/samples/."),
+                io.Int.Input("sample_every", default=100, min=0, max=100000,
+                             tooltip="Preview every N steps (and at the end); 0 = no previews. Previews never "
+                                     "change the training: the concept is the same with them on or off."),
+                io.Int.Input("sample_steps", default=20, min=1, max=200, tooltip="Sampling steps of each preview."),
+                io.Float.Input("sample_cfg", default=7.0, min=0.0, max=30.0, step=0.1,
+                               tooltip="Classifier-free guidance of the previews."),
+                io.Combo.Input("sample_sampler", options=_samplers(), default="euler",
+                               tooltip="Sampler of the previews (as in KSampler)."),
+                io.Combo.Input("sample_scheduler", options=_schedulers(), default="normal",
+                               tooltip="Scheduler of the previews (as in KSampler)."),
+                io.Int.Input("sample_seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
+                             tooltip="The previews' noise: one seed for every step, so the columns compare."),
+                io.Int.Input("sample_size", default=0, min=0, max=4096, step=64,
+                             tooltip="Preview size in pixels; 0 = the training resolution."),
                 CAPTIONS.Input("captions", optional=True,
                                tooltip="Optional: each photo's own caption, from Load Concept Photos (dog1.txt beside "
                                        "dog1.png). A caption must say the class word (or {} for it); name what else "
@@ -139,6 +173,9 @@ class TrainInfusion(io.ComfyNode):
                 io.LossMap.Output(display_name="loss", tooltip="Mean loss of every optimizer step ({'loss': [...]})."),
                 io.Image.Output(display_name="loss_graph", tooltip="The loss curve (raw and running mean)."),
                 io.String.Output(display_name="path", tooltip="Where the concept was saved."),
+                io.Image.Output(display_name="samples",
+                                tooltip="The previews as a grid: one row per prompt, one column per step sampled "
+                                        "(step 0 = the base model). A note when previews are off."),
             ],
             hidden=[io.Hidden.prompt, io.Hidden.unique_id],
             is_output_node=True,
@@ -147,28 +184,38 @@ class TrainInfusion(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, word, output_name, steps, learning_rate, batch_size, gradient_accumulation,
                 resolution, seed, templates, flip, save_every, resume, variant, precision, gradient_checkpointing,
-                vae=None, photos=None, latents=None, captions=None, masks=None) -> io.NodeOutput:
+                sample_prompts, sample_every, sample_steps, sample_cfg, sample_sampler, sample_scheduler, sample_seed,
+                sample_size, vae=None, photos=None, latents=None, captions=None, masks=None) -> io.NodeOutput:
         import comfy.model_management
         import comfy.utils
 
         settings = TrainingSettings(steps=steps, learning_rate=learning_rate, batch_size=batch_size,
                                     gradient_accumulation=gradient_accumulation, seed=seed, flip=flip,
                                     precision=precision, save_every=save_every)
+        previews = PreviewSettings(prompts=parse_prompts(sample_prompts), every=sample_every, steps=sample_steps,
+                                   cfg=sample_cfg, sampler=sample_sampler, scheduler=sample_scheduler,
+                                   seed=sample_seed, size=sample_size)
         request = TrainingRequest(word=word, name=output_name, folder=_models_folder(), settings=settings,
                                   templates=parse_templates(templates), resolution=resolution, variant=variant,
                                   gradient_checkpointing=gradient_checkpointing, resume=resume,
-                                  base_model_name=base_model_name(cls.hidden.prompt, cls.hidden.unique_id))
+                                  base_model_name=base_model_name(cls.hidden.prompt, cls.hidden.unique_id),
+                                  previews=previews, preview_folder=_preview_folder(output_name))
         bar = comfy.utils.ProgressBar(steps, node_id=cls.hidden.unique_id)
 
         def on_step(step: int, total: int, losses: list[float]) -> None:
             bar.update_absolute(step, total, ("PNG", loss_curve(losses, total), 512))
 
+        def on_preview(step: int, image) -> None:
+            bar.update_absolute(step, steps, ("JPEG", image, 512))
+
         data = ConceptData(photos=photos, vae=vae, latents=None if latents is None else latents["samples"],
                            masks=masks, captions=captions)
         result = train_concept(model, clip, data, request, on_step,
-                               comfy.model_management.throw_exception_if_processing_interrupted)
+                               comfy.model_management.throw_exception_if_processing_interrupted, on_preview)
         graph = _image(loss_curve(result.losses, steps))
-        return io.NodeOutput(result.concept, {"loss": result.losses}, graph, result.path,
+        samples = result.previews if result.previews is not None else _image(message_image(
+            "previews off (sample_every is 0)"))
+        return io.NodeOutput(result.concept, {"loss": result.losses}, graph, result.path, samples,
                              ui=ui.PreviewImage(graph, cls=cls))
 
 

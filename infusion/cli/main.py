@@ -89,7 +89,7 @@ def cmd_train(args: argparse.Namespace, argv: list[str], comfy_args: Sequence[st
     options = parser.parse_args(argv)
     if not options.checkpoint:
         parser.error("--checkpoint is required (a name in models/checkpoints, or a path)")
-    settings = {name: getattr(options, name) for name in specs}
+    settings = train.node_settings(options, specs)
     if options.batch:
         jobs = train.batch_jobs(options.batch, specs, settings)
     elif options.photos:

@@ -42,7 +42,7 @@ TINY_SETTINGS: dict[str, dict[str, Any]] = {
     "LoadConceptPhotos": {"size": IMAGE_SIZE},
     "TrainInfusion": {"steps": 2, "batch_size": 2, "gradient_accumulation": 1, "resolution": IMAGE_SIZE,
                       "templates": "a photo of a {}", "precision": "fp32", "save_every": 0,
-                      "gradient_checkpointing": False},
+                      "gradient_checkpointing": False, "sample_steps": 2, "sample_size": IMAGE_SIZE},
     "InfusionLatentFisherDivergence": {"timesteps": 2, "samples": 2},
 }
 

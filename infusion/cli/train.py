@@ -62,8 +62,24 @@ def add_node_options(parser: argparse.ArgumentParser, definition: Mapping[str, A
             convert = {"INT": int, "FLOAT": float}.get(kind, _read_text if opts.get("multiline") else str)
             group.add_argument(flag(name), dest=name, type=convert, default=None, metavar=kind,
                                help=help_text + (" @FILE reads it from a file." if opts.get("multiline") else ""))
+            if opts.get("multiline") and name.endswith("s"):  # one line per use: --template T, --sample-prompt P
+                group.add_argument(flag(name[:-1]), dest=LINES + name, action="append", metavar="LINE",
+                                   help=f"one line of {flag(name)}; repeat it for more (replaces {flag(name)})")
         specs[name] = spec
     return specs
+
+
+LINES = "lines_of_"  # argparse destinations of the repeatable one-line forms
+
+
+def node_settings(options: argparse.Namespace, specs: Mapping[str, list]) -> dict[str, Any]:
+    """The node settings given on the command line; repeated one-line options joined into their text."""
+    settings = {name: getattr(options, name) for name in specs}
+    for name in specs:
+        lines = getattr(options, LINES + name, None)
+        if lines:
+            settings[name] = "\n".join(lines)
+    return settings
 
 
 @dataclass
@@ -161,7 +177,9 @@ def job_for(photos: str, settings: Mapping[str, Any]) -> Job:
     return Job(os.path.abspath(photos), settings)
 
 
-def summary(result: Any, definitions: Mapping[str, Mapping[str, Any]], output_directory: str) -> str:
+def summary(result: Any, definitions: Mapping[str, Mapping[str, Any]], output_directory: str,
+            prompt: Mapping[str, Any]) -> str:
+    """What one training run made: the concept, its loss, the loss graph and where the previews went."""
     outputs = list(definitions[TRAIN_NODE]["output"])
     lines = []
     if "STRING" in outputs:
@@ -171,6 +189,9 @@ def summary(result: Any, definitions: Mapping[str, Mapping[str, Any]], output_di
         if losses:
             lines.append(f"  loss:       {losses[0]:.4g} (step 1) -> {losses[-1]:.4g} (step {len(losses)})")
     lines += [f"  loss graph: {p}" for p in result.saved_files(output_directory)]
+    trained = prompt["3"]["inputs"]
+    if trained.get("sample_every"):
+        lines.append(f"  previews:   {os.path.join(output_directory, 'infusion', trained['output_name'], 'samples')}")
     return "\n".join(lines)
 
 
@@ -182,8 +203,9 @@ def train_all(runner: Runner, definitions: Mapping[str, Mapping[str, Any]], chec
     failed = 0
     for i, job in enumerate(jobs, start=1):
         print(f"[{i}/{len(jobs)}] {job.name}: '{job.settings['word']}' from {job.photos}", flush=True)
+        prompt = train_prompt(definitions, checkpoint, job)
         try:
-            result = runner.run(train_prompt(definitions, checkpoint, job))
+            result = runner.run(prompt)
         except PromptInvalid as e:
             print(f"  failed: {e}", flush=True)
             failed += 1
@@ -199,5 +221,5 @@ def train_all(runner: Runner, definitions: Mapping[str, Mapping[str, Any]], chec
                   "(--verbose shows ComfyUI's traceback)", flush=True)
             failed += 1
             continue
-        print(summary(result, definitions, folder_paths.get_output_directory()), flush=True)
+        print(summary(result, definitions, folder_paths.get_output_directory(), prompt), flush=True)
     return failed

@@ -92,7 +92,8 @@ def infusion_node_inputs(**overrides: Any) -> dict[str, Any]:
     from ..training.templates import AUTHOR_TEMPLATES
     defaults = dict(word=WORD, output_name="toyworld_square", steps=500, learning_rate=0.01, batch_size=4,
                     gradient_accumulation=4, resolution=0, seed=0, templates="\n".join(AUTHOR_TEMPLATES), flip=True,
-                    save_every=0, resume=False, variant="value", precision="fp32", gradient_checkpointing=False)
+                    save_every=0, resume=False, variant="value", precision="fp32", gradient_checkpointing=False,
+                    sample_every=0)
     return {**defaults, **overrides}
 
 

@@ -100,23 +100,22 @@ def photo_caption_indices(captions: PhotoCaptions, word: str,
     index among all conditionings, the photos' own numbered from `first` (-1 for a photo without one)."""
     filled = captions.filled(word)
     texts = list(dict.fromkeys(t for t in filled if t is not None))
-    sources = [captions.source(filled.index(t)) for t in texts]
+    sources = [f"the caption {captions.source(filled.index(t))}" for t in texts]
     return texts, sources, torch.tensor([-1 if t is None else first + texts.index(t) for t in filled])
 
 
-def encode_captions(clip: Any, word: str, captions: Sequence[str], sources: Sequence[str] = ()) -> list[list]:
-    """One CONDITIONING per caption, each marked with where the class word stands. `sources` names
-    the file each caption came from, for the message when one lacks the word."""
+def encode_captions(clip: Any, word: str, captions: Sequence[str], origins: Sequence[str] = ()) -> list[list]:
+    """One CONDITIONING per caption, each marked with where the class word stands. `origins` says
+    where each caption came from ("the caption dog1.txt"; default "the caption template"), for the
+    message when one lacks the word."""
     out = []
     for i, text in enumerate(captions):
         tokens = clip.tokenize(text)
         positions = word_positions(clip.tokenizer, tokens, [word])
         if word not in positions.words:
-            where = (f"the caption {sources[i]} ('{text}')" if i < len(sources) and sources[i]
-                     else f"the caption '{text}'")
-            fix = "add the word (or {} for it)" if i < len(sources) and sources[i] else "fix the caption template"
-            raise ValueError(f"{where} does not contain the class word '{word}' as a whole word (CLIP reads 'dogs' "
-                             f"or 'hotdog' as other words): {fix}")
+            origin = origins[i] if i < len(origins) and origins[i] else "the caption template"
+            raise ValueError(f"{origin} '{text}' does not contain the class word '{word}' as a whole word (CLIP "
+                             "reads 'dogs' or 'hotdog' as other words): add the word, or {} for it")
         conditioning = clip.encode_from_tokens_scheduled(tokens, show_pbar=False)
         for _, extras in conditioning:
             extras[CONDITIONING_KEY] = positions

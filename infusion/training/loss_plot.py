@@ -51,3 +51,12 @@ def loss_curve(losses: Sequence[float], total_steps: int | None = None) -> Any:
     draw.line(points(losses), fill=(170, 190, 235), width=1)
     draw.line(points(running_mean(losses, max(1, len(losses) // 10))), fill=(30, 60, 180), width=2)
     return img
+
+
+def message_image(text: str) -> Any:
+    """A small PIL image that says `text` (an IMAGE output with nothing else to show)."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (WIDTH, 64), "white")
+    ImageDraw.Draw(img).text((12, 26), text, fill="black")
+    return img

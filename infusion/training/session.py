@@ -13,7 +13,7 @@ seed give a bit-identical concept file.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 import torch
@@ -25,6 +25,7 @@ from ..prompt import word_token_ids
 from .comfy_model import train_on_model
 from .encoding import ConceptData, encode_captions, photo_caption_indices
 from .loop import NonFiniteLossError, TrainingHooks, TrainingSettings, is_out_of_memory
+from .previews import Previewer, PreviewSettings
 from .state import RESUME_SUFFIX, TrainingState, load_state, save_state
 from .templates import AUTHOR_TEMPLATES, fill
 from .vectors import FILE_DTYPE, trained_concept
@@ -46,6 +47,8 @@ class TrainingRequest:
     gradient_checkpointing: bool = True
     resume: bool = False
     base_model_name: str = ""
+    previews: PreviewSettings = PreviewSettings(every=0)
+    preview_folder: str = ""
 
 
 @dataclass
@@ -54,6 +57,7 @@ class TrainingResult:
     losses: list[float]
     path: str
     state: TrainingState
+    previews: torch.Tensor | None = None  # IMAGE grid: a row per prompt, a column per step sampled
 
 
 def concept_path(folder: str, name: str, step: int | None = None) -> str:
@@ -106,9 +110,13 @@ def out_of_memory_advice(request: TrainingRequest, kept: str) -> str:
 
 
 class _FileHooks(TrainingHooks):
-    def __init__(self, folder: str, name: str, start: InfusionConcept, describe: Callable[[TrainingState, str], dict],
+    """Files for the whole run, which may come as several loop calls (one per preview interval)."""
+
+    def __init__(self, request: TrainingRequest, name: str, start: InfusionConcept,
+                 describe: Callable[[TrainingState, str], dict],
                  on_step: Callable[[int, int, list[float]], None] | None, check_cancel: Callable[[], None] | None):
-        self.folder, self.name, self.start, self.describe = folder, name, start, describe
+        self.folder, self.name, self.start, self.describe = request.folder, name, start, describe
+        self.total, self.save_every = request.settings.steps, request.settings.save_every
         self._on_step, self._check_cancel = on_step, check_cancel
         self.last_saved: tuple[str, int] | None = None
 
@@ -118,9 +126,14 @@ class _FileHooks(TrainingHooks):
 
     def on_step(self, step: int, total: int, losses: list[float]) -> None:
         if self._on_step is not None:
-            self._on_step(step, total, losses)
+            self._on_step(step, self.total, losses)
 
     def save(self, state: TrainingState, reason: str) -> None:
+        if reason == "final" and state.step < self.total:
+            # The end of one preview interval, not of the run: only the snapshot an uninterrupted run writes.
+            if not (self.save_every and state.step % self.save_every == 0):
+                return
+            reason = "checkpoint"
         path = concept_path(self.folder, self.name, state.step if reason == "checkpoint" else None)
         concept = trained_concept(self.start, state.vectors, self.describe(state, reason))
         save_concept(concept, path, dtype=FILE_DTYPE)
@@ -135,8 +148,11 @@ class _FileHooks(TrainingHooks):
 
 def train_concept(model: Any, clip: Any, data: ConceptData, request: TrainingRequest,
                   on_step: Callable[[int, int, list[float]], None] | None = None,
-                  check_cancel: Callable[[], None] | None = None) -> TrainingResult:
-    """Encode the photos (or take the latents) and captions once, train, save; returns the concept as saved."""
+                  check_cancel: Callable[[], None] | None = None,
+                  on_preview: Callable[[int, Any], None] | None = None) -> TrainingResult:
+    """Encode the photos (or take the latents) and captions once, train, save; returns the concept as saved.
+    With previews, the run stops at each preview step, samples, and goes on from its state in memory
+    (bit for bit the run it would have been); `on_preview` receives the step and its newest sample (PIL)."""
     word = normalize_word(request.word)
     name = check_name(request.name)
     settings = request.settings
@@ -172,18 +188,41 @@ def train_concept(model: Any, clip: Any, data: ConceptData, request: TrainingReq
     if data.captions is not None:
         own, sources, latents.captions = photo_caption_indices(data.captions, word, len(captions))
     conditionings = encode_captions(clip, word, captions + own, [""] * len(captions) + sources)
-    hooks = _FileHooks(request.folder, name, start, describe, on_step, check_cancel)
+    hooks = _FileHooks(request, name, start, describe, on_step, check_cancel)
+    previewer = _previewer(model, clip, data, word, request, resolution or 8 * latents.latents.shape[-1],
+                           check_cancel)
+
+    def preview(step: int, state: TrainingState | None) -> None:
+        concept = None if state is None else trained_concept(start, state.vectors, {})
+        try:
+            images = previewer.sample(step, concept)
+        except BaseException:
+            if state is not None and hooks.last_saved != (concept_path(request.folder, name), state.step):
+                hooks.save(state, "interrupted")  # cancelled while sampling: keep the last step
+            raise
+        if on_preview is not None:
+            on_preview(step, images[-1])
+
+    state = resume
     try:
-        state = train_on_model(model, start, conditionings, latents, settings, hooks, run, resume,
-                               request.gradient_checkpointing, templates=len(captions))
+        if previewer is not None and resume is None:
+            previewer.clear()
+            preview(0, None)
+        for end in request.previews.due(resume.step if resume else 0, settings.steps) or [settings.steps]:
+            state = train_on_model(model, start, conditionings, latents, replace(settings, steps=end), hooks, run,
+                                   state, request.gradient_checkpointing, templates=len(captions))
+            if previewer is not None:
+                preview(end, state)
     except NonFiniteLossError as e:
         raise NonFiniteLossError(f"{e}; {hooks.kept('the last good state')}. Lower the learning rate, or train "
                                  "with fp32 or bf16 precision") from None
     except BaseException as e:
         if not is_out_of_memory(e):
             raise
-        state = None  # raised below, once the failed step's frames (and their tensors) are gone
-    if state is None:
+        out_of_memory = True  # raised below, once the failed step's frames (and their tensors) are gone
+    else:
+        out_of_memory = False
+    if out_of_memory:
         import gc
 
         import comfy.model_management
@@ -192,4 +231,13 @@ def train_concept(model: Any, clip: Any, data: ConceptData, request: TrainingReq
         raise OutOfMemoryPause(out_of_memory_advice(request, hooks.kept("the last completed step")))
     path = concept_path(request.folder, name)
     concept = trained_concept(start, state.vectors, describe(state, "final"))
-    return TrainingResult(concept, list(state.losses), path, state)
+    return TrainingResult(concept, list(state.losses), path, state, previewer.grid() if previewer else None)
+
+
+def _previewer(model: Any, clip: Any, data: ConceptData, word: str, request: TrainingRequest, size: int,
+               check_cancel: Callable[[], None] | None) -> Previewer | None:
+    if not request.previews.every:
+        return None
+    if data.vae is None:
+        raise ValueError("sample previews are decoded with the VAE: connect vae, or set sample_every to 0")
+    return Previewer(model, clip, data.vae, word, request.previews, request.preview_folder, size, check_cancel)

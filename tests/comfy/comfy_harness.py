@@ -398,10 +398,13 @@ CHECKPOINT_NAME = "tiny_sd15.safetensors"
 
 def run_node(node: Any, *args: Any, **kwargs: Any) -> Any:
     """Call a node the way the executor does (inside torch.inference_mode): a V3 node
-    class -> `execute(...)` (its NodeOutput), a V1 bound method/function -> its tuple."""
+    class -> `execute(...)` (its NodeOutput; widgets not given take their defaults, as a new
+    node in the UI has them), a V1 bound method/function -> its tuple."""
     with executor_mode():
         if isinstance(node, type) and hasattr(node, "execute"):
-            return node.execute(*args, **kwargs)
+            inputs = node.define_schema().inputs[len(args):]
+            defaults = {i.id: i.default for i in inputs if getattr(i, "default", None) is not None}
+            return node.execute(*args, **{**defaults, **kwargs})
         return node(*args, **kwargs)
 
 

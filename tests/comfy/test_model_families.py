@@ -100,10 +100,11 @@ def test_a_custom_unet_trains_applies_and_reloads(pack, custom, sd15, vae, patch
     assert family == "custom" and len(layers) == 7
     node = h.pack_submodule(pack, "nodes.train").TrainInfusion.PREPARE_CLASS_CLONE({"UNIQUE_ID": "1"})
     photos = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(3))
-    concept, _, _, path = h.run_node(
+    concept, _, _, path, _ = h.run_node(
         node, model, clip, vae=vae, photos=photos, word="dog", output_name="custom_dog", steps=2, learning_rate=0.05,
         batch_size=2, gradient_accumulation=1, resolution=64, seed=0, templates="a photo of a {}", flip=False,
-        save_every=0, resume=False, variant="value", precision="fp32", gradient_checkpointing=False).result
+        save_every=0, resume=False, variant="value", precision="fp32", gradient_checkpointing=False,
+        sample_every=0).result
     assert concept.family == "custom" and all(v.abs().sum() > 0 for v in concept.values.values())
 
     apply = nodes.NODE_CLASS_MAPPINGS["ApplyInfusion"]

@@ -12,7 +12,7 @@ import comfy_harness as h
 
 SETTINGS = dict(word="dog", output_name="rex", steps=3, learning_rate=0.01, batch_size=2, gradient_accumulation=2,
                 resolution=64, seed=5, templates="a photo of a {}\nimage of the {}\n{}", flip=True, save_every=0,
-                resume=False, variant="value", precision="fp32", gradient_checkpointing=True)
+                resume=False, variant="value", precision="fp32", gradient_checkpointing=True, sample_every=0)
 
 
 def train(pack, model, clip, vae, photos, masks=None, prompt=None, **overrides):
@@ -47,7 +47,7 @@ def test_outputs_files_and_metadata(pack, sd15, vae, photos, folder):
               "6": {"class_type": "LoraLoaderModelOnly", "inputs": {"model": ["4", 0], "lora_name": "x"}},
               "9": {"class_type": "TrainInfusion", "inputs": {"model": ["6", 0]}}}
     out = train(pack, model, clip, vae, photos, prompt=prompt, save_every=2)
-    concept, loss, graph, path = out.result
+    concept, loss, graph, path, samples = out.result
     assert path == os.path.join(folder, "rex.safetensors") and os.path.isfile(path)
     assert sorted(f for f in os.listdir(folder) if f.startswith("rex")) == [
         "rex.resume", "rex.safetensors", "rex_step00002.safetensors"]
@@ -214,6 +214,72 @@ def test_out_of_memory_pauses_keeps_the_last_step_and_resumes_with_a_smaller_bat
     with safe_open(os.path.join(folder, "rex.safetensors"), "pt") as f:
         training = json.loads(f.metadata()["training"])
     assert training["status"] == "paused: out of memory" and training["steps_done"] == 2
-    concept, loss, _, _ = train(pack, model, clip, vae, photos, steps=4, resume=True, batch_size=1,
+    concept, loss, _, _, _ = train(pack, model, clip, vae, photos, steps=4, resume=True, batch_size=1,
                                 gradient_accumulation=4).result
     assert len(loss["loss"]) == 4 and all(torch.isfinite(v).all() for v in concept.values.values())
+
+
+# ------------------------------------------------------------------ sample previews
+
+PREVIEWS = dict(sample_every=1, sample_steps=2, sample_prompts="a photo of a {}\na {} on the moon")
+
+
+def preview_files(name):
+    import folder_paths
+    folder = os.path.join(folder_paths.get_output_directory(), "infusion", name, "samples")
+    return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+
+
+def test_previews_never_change_the_concept(pack, sd15, vae, photos, folder):
+    model, clip = sd15
+    plain = train(pack, model, clip, vae, photos, output_name="plain").result
+    shown = train(pack, model, clip, vae, photos, output_name="shown", **PREVIEWS).result
+    assert plain[1] == shown[1]  # the same losses, step by step
+    assert all(torch.equal(plain[0].values[l], shown[0].values[l]) for l in plain[0].values)
+    assert preview_files("shown") == [f"step{s:05d}_{p}.png" for s in range(4) for p in (1, 2)]
+    grid = shown[4]
+    assert grid.shape == (1, 2 * 64, 4 * 64, 3)  # a row per prompt, a column per step sampled
+    assert not torch.equal(grid[:, :64, :64], grid[:, :64, 64:128])  # step 0 is the base model, then the concept
+    assert plain[4].shape[0] == 1 and preview_files("plain") == []  # previews off: a note, no files
+
+
+def test_resume_continues_the_previews_where_they_stopped(pack, sd15, vae, photos):
+    model, clip = sd15
+    train(pack, model, clip, vae, photos, output_name="cont", steps=2, **PREVIEWS)
+    assert len(preview_files("cont")) == 3 * 2
+    grid = train(pack, model, clip, vae, photos, output_name="cont", steps=4, resume=True, **PREVIEWS).result[4]
+    assert len(preview_files("cont")) == 5 * 2 and grid.shape == (1, 2 * 64, 5 * 64, 3)
+    train(pack, model, clip, vae, photos, output_name="cont", steps=1, **PREVIEWS)  # a new run starts afresh
+    assert preview_files("cont") == [f"step{s:05d}_{p}.png" for s in range(2) for p in (1, 2)]
+
+
+def test_cancel_during_a_preview_keeps_the_last_step(pack, sd15, vae, photos, folder, monkeypatch):
+    import comfy.model_management
+    import nodes
+    model, clip = sd15
+    previews = h.pack_submodule(pack, "infusion.training.previews")
+    sample = previews.Previewer.sample
+
+    def cancelled_at_step_2(self, step, concept):
+        if step == 2:
+            nodes.interrupt_processing(True)  # the user presses Cancel while the preview samples
+        return sample(self, step, concept)
+
+    monkeypatch.setattr(previews.Previewer, "sample", cancelled_at_step_2)
+    try:
+        with pytest.raises(comfy.model_management.InterruptProcessingException):
+            train(pack, model, clip, vae, photos, output_name="stop", steps=4, **PREVIEWS)
+    finally:
+        nodes.interrupt_processing(False)
+    with safe_open(os.path.join(folder, "stop.safetensors"), "pt") as f:
+        training = json.loads(f.metadata()["training"])
+    assert training["status"] == "interrupted" and training["steps_done"] == 2
+
+
+def test_preview_inputs_are_checked(pack, sd15, vae, photos):
+    model, clip = sd15
+    with pytest.raises(ValueError, match="the sample prompt 'a cat on the moon' does not contain the class word 'dog'"):
+        train(pack, model, clip, vae, photos, **{**PREVIEWS, "sample_prompts": "a cat on the moon"})
+    node = h.pack_submodule(pack, "nodes.train").TrainInfusion.PREPARE_CLASS_CLONE({"UNIQUE_ID": "9"})
+    with pytest.raises(ValueError, match="sample previews are decoded with the VAE: connect vae, or set sample_every"):
+        h.run_node(node, model, clip, latents=h.vae_encode(vae, photos[:, :64]), **{**SETTINGS, **PREVIEWS})

@@ -145,15 +145,22 @@ def test_train_command_prompt_uses_the_node_options(smoke, trained):
     definitions = node_definitions([train.CHECKPOINT_NODE, train.PHOTOS_NODE, train.TRAIN_NODE, train.SAVE_NODE])
     parser = argparse.ArgumentParser()
     specs = train.add_node_options(parser, definitions[train.TRAIN_NODE])
-    options = parser.parse_args(["--word", "teapot", "--output-name", "cli_teapot", "--no-gradient-checkpointing"]
+    options = parser.parse_args(["--word", "teapot", "--output-name", "cli_teapot", "--no-gradient-checkpointing",
+                                 "--sample-prompt", "a {} on a table", "--sample-prompt", "a red teapot",
+                                 "--sample-every", "1"]
                                 + [f"--{k.replace('_', '-')}={v}" for k, v in
                                    smoke_mod.TINY_SETTINGS["TrainInfusion"].items() if k != "gradient_checkpointing"])
-    job = train.job_for(smoke.photos["teapot"], {name: getattr(options, name) for name in specs})
-    result = smoke.runner.run_or_raise(train.train_prompt(definitions, smoke_mod.CHECKPOINT, job))
-    text = train.summary(result, definitions, folder_paths.get_output_directory())
+    settings = train.node_settings(options, specs)
+    assert settings["sample_prompts"] == "a {} on a table\na red teapot"
+    job = train.job_for(smoke.photos["teapot"], settings)
+    prompt = train.train_prompt(definitions, smoke_mod.CHECKPOINT, job)
+    result = smoke.runner.run_or_raise(prompt)
+    text = train.summary(result, definitions, folder_paths.get_output_directory(), prompt)
     path = os.path.join(folder_paths.get_folder_paths("infusion")[0], "cli_teapot.safetensors")
     assert f"concept:    {path}" in text and load_concept(path).word == "teapot"
-    assert "loss graph: " in text and os.path.isfile(text.split("loss graph: ")[1].strip())
+    assert "loss graph: " in text and os.path.isfile(text.split("loss graph: ")[1].split("\n")[0].strip())
+    previews = text.split("previews:   ")[1].strip()
+    assert sorted(os.listdir(previews)) == [f"step{s:05d}_{p}.png" for s in range(3) for p in (1, 2)]
 
 
 def test_check_command_on_this_comfyui(comfy_path, tmp_path):
