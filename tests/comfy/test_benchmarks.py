@@ -17,6 +17,7 @@ RUNS = {
     "lfd_cost.py": (["--latent-size", "8", "--samples", "2", "--prompts", "1", "--timesteps", "1", "--repeats", "1"],
                     "ratio"),
     "gpu_train.py": (["--smoke", "--steps", "1"], "peak"),
+    "preview_cost.py": (["--channels", "32", "--size", "64", "--steps", "2"], "ratio"),
 }
 
 
