@@ -44,6 +44,7 @@ class InfusionConcept:
     token_ids: tuple[int, ...] = ()
     name: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
+    path: str = ""  # the file it was loaded from or saved to, if any (not stored in the file)
 
     def __post_init__(self) -> None:
         self.word = normalize_word(self.word)

@@ -189,12 +189,14 @@ def load_concept(path: str, folders: Sequence[str] | None = None) -> InfusionCon
         raise ConceptFileError(f"{name} is not an Infusion concept (its metadata does not say format 'infusion')."
                                + _not_infusion_hint(keys))
     try:
-        return _concept(name, meta, tensors)
+        concept = _concept(name, meta, tensors)
     except ConceptFileError:
         raise
     except (ValueError, TypeError, KeyError) as e:
         raise ConceptFileError(f"{name}: corrupt concept metadata ({e}); re-train it or use an earlier "
                                "checkpoint") from None
+    concept.path = path
+    return concept
 
 
 def _concept(name: str, meta: dict[str, str], tensors: dict[str, torch.Tensor]) -> InfusionConcept:

@@ -34,8 +34,8 @@ class LayerId:
         return cls(match[1], int(match[2]), int(match[3]))
 
 
-def cross_attention_layers(unet: torch.nn.Module) -> dict[LayerId, tuple[int, int]]:
-    """Every cross-attention layer of a ComfyUI UNetModel: {layer: (text width, value width)}.
+def cross_attention_modules(unet: torch.nn.Module) -> dict[LayerId, torch.nn.Module]:
+    """Every cross-attention module (`attn2`) of a ComfyUI UNetModel, by layer.
 
     Mirrors how the UNet forward labels blocks (`transformer_options["block"]`): position in
     input_blocks / output_blocks, and ("middle", 0) for the whole middle block (which distilled
@@ -43,12 +43,17 @@ def cross_attention_layers(unet: torch.nn.Module) -> dict[LayerId, tuple[int, in
     """
     middle = [unet.middle_block] if unet.middle_block is not None else []
     groups = [("input", list(unet.input_blocks)), ("middle", middle), ("output", list(unet.output_blocks))]
-    layers: dict[LayerId, tuple[int, int]] = {}
+    found: dict[LayerId, torch.nn.Module] = {}
     for block, modules in groups:
         for number, module in enumerate(modules):
             for sub in module.modules():
                 for index, tb in enumerate(getattr(sub, "transformer_blocks", ())):
-                    attn2 = getattr(tb, "attn2", None)
-                    if attn2 is not None:
-                        layers[LayerId(block, number, index)] = (attn2.to_v.in_features, attn2.to_v.out_features)
-    return layers
+                    if getattr(tb, "attn2", None) is not None:
+                        found[LayerId(block, number, index)] = tb.attn2
+    return found
+
+
+def cross_attention_layers(unet: torch.nn.Module) -> dict[LayerId, tuple[int, int]]:
+    """Every cross-attention layer of a ComfyUI UNetModel: {layer: (text width, value width)}."""
+    return {layer: (attn2.to_v.in_features, attn2.to_v.out_features)
+            for layer, attn2 in cross_attention_modules(unet).items()}

@@ -1,10 +1,10 @@
 """Applying concepts to a ComfyUI ModelPatcher (duck-typed; ComfyUI is imported only when called)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 from .concept import InfusionConcept
-from .layers import LayerId, cross_attention_layers
+from .layers import LayerId, cross_attention_layers, cross_attention_modules
 from .residual import InfusionResidual, carry_word_positions
 
 WRAPPER_KEY = "infusion_word_positions"
@@ -39,6 +39,12 @@ def model_layers(model: Any) -> tuple[dict[LayerId, tuple[int, int]], str]:
     return layers, family
 
 
+def value_weights(model: Any) -> dict[LayerId, Any]:
+    """Each cross-attention layer's W_v (its to_v weight, fp32 on the CPU): where a residual acts."""
+    unet = model.get_model_object("diffusion_model")
+    return {layer: attn2.to_v.weight.detach().float().cpu() for layer, attn2 in cross_attention_modules(unet).items()}
+
+
 def applied_residuals(model: Any) -> list[InfusionResidual]:
     patches = model.model_options.get("transformer_options", {}).get("patches", {}).get("attn2_patch", [])
     return [p for p in patches if isinstance(p, InfusionResidual)]
@@ -70,12 +76,15 @@ def sigma_range(model: Any, start_percent: float, end_percent: float) -> tuple[f
 
 
 def apply_concept(model: Any, concept: InfusionConcept, strength: float = 1.0,
-                  start_percent: float = 0.0, end_percent: float = 1.0) -> Any:
-    """A clone of `model` with the concept's residuals added at its word; `model` is not touched."""
+                  start_percent: float = 0.0, end_percent: float = 1.0,
+                  layer_strengths: Mapping[LayerId, float] | None = None) -> Any:
+    """A clone of `model` with the concept's residuals added at its word; `model` is not touched.
+    `layer_strengths` scales single layers (1 where absent)."""
     layers, family = model_layers(model)
     concept.check_fits(layers, family)
     check_word_free(model, concept)
     patched = model.clone()
-    patched.set_model_attn2_patch(InfusionResidual(concept, strength, sigma_range(model, start_percent, end_percent)))
+    patched.set_model_attn2_patch(InfusionResidual(concept, strength, sigma_range(model, start_percent, end_percent),
+                                                   layer_strengths=layer_strengths))
     install_position_carrier(patched)
     return patched

@@ -84,13 +84,16 @@ class InfusionResidual(torch.nn.Module):
     """
 
     def __init__(self, concept: InfusionConcept, strength: float = 1.0,
-                 sigma_range: tuple[float, float] | None = None, trainable: bool = False):
+                 sigma_range: tuple[float, float] | None = None, trainable: bool = False,
+                 layer_strengths: Mapping[LayerId, float] | None = None):
         super().__init__()
         self.word = concept.word
         self.label = concept.label
         self.strength = float(strength)
         self.sigma_range = sigma_range  # (high, low): active while low <= sigma <= high
         self.layers = sorted(concept.values)
+        # strength x the layer's own (block weights); a layer at 0 is left exactly as the base model's
+        self.strengths = [self.strength * float((layer_strengths or {}).get(l, 1.0)) for l in self.layers]
         # keyed as the UNet reports a layer: ((block, number), block_index)
         self.index = {((l.block, l.number), l.index): i for i, l in enumerate(self.layers)}
         self.values = self._stack(concept.values, trainable)
@@ -128,7 +131,7 @@ class InfusionResidual(torch.nn.Module):
         block = extra_options.get("block")
         i = self.index.get((tuple(block), extra_options.get("block_index", 0))) if block is not None else None
         batch_positions = extra_options.get(BATCH_KEY)
-        if i is None or batch_positions is None or not self.active(extra_options):
+        if i is None or batch_positions is None or self.strengths[i] == 0 or not self.active(extra_options):
             return n, context, value
         rows = batch_positions.rows(self.word, extra_options.get("uuids", []), value.shape[0], value.shape[1],
                                     value.device)
@@ -136,7 +139,7 @@ class InfusionResidual(torch.nn.Module):
             return n, context, value
         # index_put returns a new tensor with only the word's rows changed: every other row keeps
         # its exact bits, and autograd reaches the residual.
-        value = value.index_put(rows, (self.strength * self.values[i]).to(value), accumulate=True)
+        value = value.index_put(rows, (self.strengths[i] * self.values[i]).to(value), accumulate=True)
         if self.keys is not None:
-            context = context.index_put(rows, (self.strength * self.keys[i]).to(context), accumulate=True)
+            context = context.index_put(rows, (self.strengths[i] * self.keys[i]).to(context), accumulate=True)
         return n, context, value

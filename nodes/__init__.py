@@ -6,7 +6,7 @@ import os
 import folder_paths
 from comfy_api.latest import ComfyExtension, io
 
-from . import apply, load, metrics, photos, train
+from . import apply, concepts, load, metrics, photos, train
 
 
 def _register_model_folder() -> None:
@@ -21,7 +21,7 @@ _register_model_folder()
 
 class InfusionExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [*photos.NODES, *train.NODES, *load.NODES, *apply.NODES, *metrics.NODES]
+        return [*photos.NODES, *train.NODES, *load.NODES, *apply.NODES, *concepts.NODES, *metrics.NODES]
 
 
 async def comfy_entrypoint() -> InfusionExtension:

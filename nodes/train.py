@@ -4,11 +4,10 @@ Thin wrapper: the run lives in ../infusion/training (session.py drives it).
 """
 from __future__ import annotations
 
-import numpy as np
-import torch
 from comfy_api.latest import io, ui
 
 from ..infusion.concept import VARIANTS
+from ..infusion.images import to_image
 from ..infusion.training.encoding import ConceptData
 from ..infusion.training.loop import PRECISIONS, TrainingSettings
 from ..infusion.training.loss_plot import loss_curve, message_image
@@ -20,10 +19,6 @@ from .photos import CAPTIONS
 
 _RETRAIN = ("ComfyUI reuses the previous result while every input is unchanged: to train again, change the "
             "seed or any setting, or raise steps with resume on.")
-
-
-def _image(pil_image) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(pil_image.convert("RGB"), dtype=np.float32) / 255.0)[None]
 
 
 def base_model_name(prompt: dict | None, node_id: str | None) -> str:
@@ -212,8 +207,8 @@ class TrainInfusion(io.ComfyNode):
                            masks=masks, captions=captions)
         result = train_concept(model, clip, data, request, on_step,
                                comfy.model_management.throw_exception_if_processing_interrupted, on_preview)
-        graph = _image(loss_curve(result.losses, steps))
-        samples = result.previews if result.previews is not None else _image(message_image(
+        graph = to_image(loss_curve(result.losses, steps))
+        samples = result.previews if result.previews is not None else to_image(message_image(
             "previews off (sample_every is 0)"))
         return io.NodeOutput(result.concept, {"loss": result.losses}, graph, result.path, samples,
                              ui=ui.PreviewImage(graph, cls=cls))

@@ -230,7 +230,7 @@ def train_concept(model: Any, clip: Any, data: ConceptData, request: TrainingReq
         comfy.model_management.soft_empty_cache()
         raise OutOfMemoryPause(out_of_memory_advice(request, hooks.kept("the last completed step")))
     path = concept_path(request.folder, name)
-    concept = trained_concept(start, state.vectors, describe(state, "final"))
+    concept = replace(trained_concept(start, state.vectors, describe(state, "final")), path=path)
     return TrainingResult(concept, list(state.losses), path, state, previewer.grid() if previewer else None)
 
 

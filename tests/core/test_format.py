@@ -1,6 +1,4 @@
-import json
 import os
-import struct
 
 import pytest
 import torch

@@ -1,6 +1,5 @@
 """The headless runner's ComfyUI-free parts: UI -> API conversion, workflow checks, overrides,
 batch files, finding ComfyUI, and the shipped example workflows' structure."""
-import json
 import os
 import subprocess
 import sys
