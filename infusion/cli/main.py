@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     smoke.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (default: a temporary folder)")
     _common(smoke)
 
+    info = commands.add_parser("info", epilog=EPILOG, help="describe concept files: word, model, layers, training, "
+                                                           "lineage, residual norm per layer (no ComfyUI needed)")
+    info.add_argument("files", nargs="+", help="concept .safetensors files")
+
     check = commands.add_parser("check", epilog=EPILOG,
                                 help="check workflows against this ComfyUI's nodes (types, links, settings)")
     check.add_argument("workflows", nargs="*", help="files or example names (default: every example)")
@@ -186,6 +190,16 @@ def cmd_check(args: argparse.Namespace, comfy_args: Sequence[str]) -> int:
     return 1 if failed else 0
 
 
+def cmd_info(args: argparse.Namespace, comfy_args: Sequence[str]) -> int:
+    from ..format import load_concept
+    from ..toolbox import report, residual_norms
+
+    for i, path in enumerate(args.files):
+        concept = load_concept(path)
+        print(("\n" if i else "") + report(concept, residual_norms(concept), value_space=False))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     comfy_args: list[str] = []
@@ -204,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "train":
             return cmd_train(args, argv[argv.index("train") + 1:], comfy_args)
-        return {"run": cmd_run, "smoke": cmd_smoke, "check": cmd_check}[args.command](args, comfy_args)
+        return {"run": cmd_run, "smoke": cmd_smoke, "check": cmd_check, "info": cmd_info}[args.command](args, comfy_args)
     except RunFailed as e:
         print(f"error: {e}", file=sys.stderr)
         return 130 if str(e) == "cancelled" else 1

@@ -148,6 +148,17 @@ class Smoke:
         check(tuple(image.shape) == (1, IMAGE_SIZE, IMAGE_SIZE, 3), f"image shape {tuple(image.shape)}")
         return image
 
+    def blend(self) -> tuple[torch.Tensor, str]:
+        """blend_concepts with the two trained concepts; returns the image and the blend's report."""
+        prompt, definitions = self.prompt("blend_concepts")
+        self._concepts(prompt, definitions, WORDS)
+        result = self.runner.run_or_raise(prompt)
+        image = result.output(nodes_of(prompt, "VAEDecode")[0])
+        text = result.output(nodes_of(prompt, "InfusionConceptInfo")[0])
+        check(tuple(image.shape) == (1, IMAGE_SIZE, IMAGE_SIZE, 3), f"image shape {tuple(image.shape)}")
+        check("lineage" in text and "|W_v u|" in text, f"the blend's report lacks its lineage or norms:\n{text}")
+        return image, text
+
     def measure(self) -> tuple[float, float]:
         """measure_overfitting; returns (Latent Fisher divergence, Wasserstein-2)."""
         prompt, definitions = self.prompt("measure_overfitting")
@@ -182,6 +193,7 @@ class Smoke:
             return "a prompt without the word gives the base model's image exactly"
         step("prompt without the word", same_as_base)
         step("multi_concept", lambda: f"image {tuple(self.multi().shape)}")
+        step("blend_concepts", lambda: f"image {tuple(self.blend()[0].shape)}, report of the blend")
 
         def metrics() -> str:
             lfd, w2 = self.measure()

@@ -133,6 +133,12 @@ def test_multi_concept_applies_both_concepts(smoke, trained):
     assert smoke.multi().shape == (1, smoke_mod.IMAGE_SIZE, smoke_mod.IMAGE_SIZE, 3)
 
 
+def test_blend_concepts_draws_and_reports_the_blend(smoke, trained):
+    image, report = smoke.blend()
+    assert image.shape == (1, smoke_mod.IMAGE_SIZE, smoke_mod.IMAGE_SIZE, 3)
+    assert "'smoke_dog+smoke_teapot' (word 'dog')" in report and "'weight': 0.5" in report
+
+
 def test_measure_overfitting_metrics_are_finite(smoke, trained):
     lfd, w2 = smoke.measure()
     assert lfd == 0.0  # Infusion leaves prompts without the word exactly as they were

@@ -91,3 +91,19 @@ def test_report_tells_what_the_concept_is_and_where_it_lives(tmp_path):
                    f"file: {path}, {os.path.getsize(path) / 1024:.1f} KB", "steps_done 500", "status complete", "base model: v1-5.safetensors",
                    "|u|, text space", "middle 0.0: "):
         assert needle in text, needle
+
+
+def test_the_runner_describes_concept_files_without_comfyui(tmp_path):
+    import subprocess
+    import sys
+    from infusion.format import save_concept
+    path = save_concept(random_concept(), str(tmp_path / "rex.safetensors"))
+    (tmp_path / "notes.safetensors").write_text("not a concept")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {k: v for k, v in os.environ.items() if k != "COMFYUI_PATH"}
+    done = subprocess.run([sys.executable, "-m", "infusion", "info", path], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith("Infusion concept 'rex' (word 'dog')"), done.stderr
+    done = subprocess.run([sys.executable, "-m", "infusion", "info", str(tmp_path / "notes.safetensors")], cwd=root,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "notes.safetensors is not a safetensors file" in done.stderr

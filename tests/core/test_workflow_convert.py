@@ -279,8 +279,9 @@ def test_the_runner_says_what_is_missing(tmp_path):
 EXAMPLES = workflows.example_names()
 
 
-def test_the_four_examples_are_shipped_where_comfyui_serves_templates():
-    assert EXAMPLES == ["generate_with_concept", "measure_overfitting", "multi_concept", "train_concept"]
+def test_the_examples_are_shipped_where_comfyui_serves_templates():
+    assert EXAMPLES == ["blend_concepts", "generate_with_concept", "measure_overfitting", "multi_concept",
+                        "train_concept"]
     assert os.path.basename(workflows.WORKFLOWS_DIR) == "workflows"
 
 
