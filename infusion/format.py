@@ -59,6 +59,15 @@ _SAFETENSORS_DTYPES = {torch.float16: "F16", torch.float32: "F32", torch.bfloat1
                        torch.int64: "I64", torch.uint8: "U8"}
 
 
+def _file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _file_mode()
+
+
 def write_safetensors(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str]) -> str:
     """A safetensors file whose bytes depend only on its content (the library's writer orders
     metadata keys at random), written atomically: temporary file + rename, so an interrupted
@@ -81,6 +90,7 @@ def write_safetensors(tensors: dict[str, torch.Tensor], path: str, metadata: dic
         with os.fdopen(fd, "wb") as f:
             f.write(struct.pack("<Q", len(raw)) + raw)
             f.writelines(blobs)
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes it private; a saved concept is an ordinary file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -44,6 +44,9 @@ def test_sd15_concept_file_is_small(tmp_path, concept):
 def test_save_is_atomic_and_leaves_no_temporary(tmp_path, concept):
     path = tmp_path / "rex.safetensors"
     save_concept(concept, str(path))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # an ordinary file, not mkstemp's private one
     before = path.read_bytes()
     concept.values[LayerId("input", 1, 0)] = torch.full((768,), float("nan"))
     with pytest.raises(Exception):
