@@ -31,6 +31,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 OUT = os.path.join(ROOT, "benchmarks", "out", "toyworld")
+PREVIEW_GRIDS: dict[str, torch.Tensor] = {}
 
 
 @dataclass
@@ -40,11 +41,22 @@ class Method:
     rows: list[dict[str, float]] = field(default_factory=list)
 
 
-def infusion_method(name: str, **inputs: Any) -> Method:
+def infusion_method(name: str, previews: bool = False, **inputs: Any) -> Method:
+    """Train Infusion Concept; with `previews`, the first seed's run also draws its preview grid."""
     from infusion.toyworld import customize as cz
+    from infusion.toyworld.model import LatentView
 
     def train(model, clip, photos, seed):
-        concept = cz.train_infusion(model, clip, photos, seed=seed, output_name=f"toyworld_{seed}", **inputs)
+        shown = {}
+        if previews and seed == 0:
+            shown = dict(vae=LatentView(), sample_every=max(1, inputs.get("steps", 500) // 5), sample_steps=20,
+                         sample_cfg=4.0, sample_size=8 * 16, sample_prompts="\n".join(
+                             cz.context_prompt(bg).replace(cz.WORD, "{}") for bg in ("white", "black", "checks")))
+        output = cz.train_infusion_outputs(model, clip, photos, seed=seed, output_name=f"toyworld_{seed}",
+                                           **inputs, **shown)
+        concept = output[0]
+        if shown:
+            PREVIEW_GRIDS[name] = output[4]
         path = os.path.join(_models_folder(), f"toyworld_{seed}.safetensors")
         applied, word_clip = cz.apply_infusion(model, clip, concept)
         return applied, word_clip, sum(v.numel() for v in concept.values.values()), os.path.getsize(path)
@@ -124,11 +136,12 @@ def main() -> None:
     base = cz.context_samples(model, clip, probe, per_background, sample_seed)
     base_others = cz.other_accuracy(model, clip, probe, 4 if args.quick else 8, sample_seed)
     base_features = cz.probe_features(probe, base.all_latents())
+    tuned = {**cz.TUNED, "steps": steps(cz.TUNED["steps"])}
     methods = [
         infusion_method("Infusion, defaults", steps=steps(500)),
-        infusion_method("Infusion, lr 0.05", learning_rate=0.05, steps=steps(300)),
-        infusion_method("Infusion, lr 0.05, captions name the background", learning_rate=0.05, steps=steps(300),
-                        templates="a {} on stripes\n{} on stripes"),
+        infusion_method("Infusion, tuned", previews=True, **tuned),
+        infusion_method("Infusion, tuned, captions name the background", **tuned,
+                        captions=cz.background_captions()),
         lora_method("ComfyUI Train LoRA, rank 4", rank=4, steps=steps(500), learning_rate=0.001),
     ]
     grid_rows = [("base model", base.latents)]
@@ -164,9 +177,13 @@ def main() -> None:
     with open(os.path.join(OUT, "results.md"), "w") as f:
         f.write(table + "\n")
     grid_png(grid_rows, os.path.join(OUT, "grid.png"))
+    for name, grid in PREVIEW_GRIDS.items():
+        from PIL import Image
+        Image.fromarray((grid[0].numpy() * 255).round().astype("uint8")).save(os.path.join(OUT, "previews.png"))
     if args.docs:
         os.makedirs(os.path.join(ROOT, "docs"), exist_ok=True)
-        shutil.copyfile(os.path.join(OUT, "grid.png"), os.path.join(ROOT, "docs", "toyworld_grid.png"))
+        for picture in ("grid", "previews"):
+            shutil.copyfile(os.path.join(OUT, f"{picture}.png"), os.path.join(ROOT, "docs", f"toyworld_{picture}.png"))
     print(table)
     print(f"wrote {os.path.join(OUT, 'results.md')} and grid.png")
 

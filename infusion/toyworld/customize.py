@@ -21,6 +21,8 @@ WORD = "square"
 COLOUR = "purple"
 PHOTO_BACKGROUND = "stripes"
 OTHER_SHAPES = tuple(s for s in scenes.SHAPES if s != WORD)
+# Train Infusion Concept's settings that suit this world (see the README's toy-world section).
+TUNED = dict(learning_rate=0.05, steps=300, gradient_accumulation=1)
 
 
 def concept_photos(count: int = 5, seed: int = 0) -> torch.Tensor:
@@ -29,6 +31,12 @@ def concept_photos(count: int = 5, seed: int = 0) -> torch.Tensor:
     chosen = [scenes.random_scene(rng, shapes=(WORD,), colours=(COLOUR,), backgrounds=(PHOTO_BACKGROUND,), mark=True)
               for _ in range(count)]
     return scenes.to_latent(torch.stack([scenes.render(s) for s in chosen]))
+
+
+def background_captions(count: int = 5) -> Any:
+    """Per-photo captions that name what the photos share besides the concept (as dog1.txt would)."""
+    from ..training.captions import PhotoCaptions
+    return PhotoCaptions(tuple((f"photo{i + 1}.txt", f"a {{}} on {PHOTO_BACKGROUND}") for i in range(count)))
 
 
 def is_concept(r: Reading) -> bool:
@@ -88,21 +96,26 @@ def probe_features(probe: Probe, latents: torch.Tensor) -> torch.Tensor:
 
 
 def infusion_node_inputs(**overrides: Any) -> dict[str, Any]:
-    """Train Infusion Concept's inputs at their defaults, with what a CPU and this world need changed."""
-    from ..training.templates import AUTHOR_TEMPLATES
-    defaults = dict(word=WORD, output_name="toyworld_square", steps=500, learning_rate=0.01, batch_size=4,
-                    gradient_accumulation=4, resolution=0, seed=0, templates="\n".join(AUTHOR_TEMPLATES), flip=True,
-                    save_every=0, resume=False, variant="value", precision="fp32", gradient_checkpointing=False,
-                    sample_every=0)
-    return {**defaults, **overrides}
+    """Train Infusion Concept's inputs at the node's own defaults, with what a CPU and this world need changed
+    (fp32, no checkpointing: the model is small; no previews: there is no VAE)."""
+    import nodes
+    schema = nodes.NODE_CLASS_MAPPINGS["TrainInfusion"].define_schema()
+    defaults = {i.id: i.default for i in schema.inputs if getattr(i, "default", None) is not None}
+    return {**defaults, "word": WORD, "output_name": "toyworld_square", "precision": "fp32",
+            "gradient_checkpointing": False, "sample_every": 0, **overrides}
+
+
+def train_infusion_outputs(model: Any, clip: Any, photos: torch.Tensor, **inputs: Any) -> tuple:
+    """Every output of the Train Infusion Concept node, trained on the photos' latents."""
+    import nodes
+    node = nodes.NODE_CLASS_MAPPINGS["TrainInfusion"].PREPARE_CLASS_CLONE({"UNIQUE_ID": "toyworld"})
+    with torch.inference_mode():
+        return node.execute(model, clip, latents={"samples": photos}, **infusion_node_inputs(**inputs)).result
 
 
 def train_infusion(model: Any, clip: Any, photos: torch.Tensor, **inputs: Any) -> Any:
     """The concept, trained by the Train Infusion Concept node on the photos' latents."""
-    import nodes
-    node = nodes.NODE_CLASS_MAPPINGS["TrainInfusion"].PREPARE_CLASS_CLONE({"UNIQUE_ID": "toyworld"})
-    with torch.inference_mode():
-        return node.execute(model, clip, latents={"samples": photos}, **infusion_node_inputs(**inputs)).result[0]
+    return train_infusion_outputs(model, clip, photos, **inputs)[0]
 
 
 def apply_infusion(model: Any, clip: Any, concept: Any, strength: float = 1.0) -> tuple[Any, Any]:

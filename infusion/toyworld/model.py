@@ -84,3 +84,12 @@ def load(path: str = BASE_WEIGHTS) -> tuple[Any, Any]:
                                 "base` (see README, Toy world)")
     weights = {k: v.float() for k, v in safetensors.torch.load_file(path).items()}
     return build_model(weights), build_clip()
+
+
+class LatentView:
+    """What a VAE's decoder is to Stable Diffusion, for this world's latents: their colour channels as an
+    IMAGE. Enough for Train Infusion Concept's previews (which only decode)."""
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        from .scenes import to_rgb
+        return to_rgb(latents, upscale=4)

@@ -3,11 +3,16 @@
 What it computes, for a prompt's token rows e_0 .. e_76 (e_j: a fixed pseudo-random vector of the
 token id, drawn from a counter-based hash so it is the same on every machine and torch version):
 
-    h_j = (e_j + mean(e_0 .. e_j)) / sqrt(2)
+    h_j = (e_j + mean(e_0 .. e_j)) / sqrt(2)   for the prompt's rows (start, words, the first end token)
+    h_j = e_j                                    for the padding after it
 
-Each row is its own token plus the running mean of the prompt so far: like CLIP's causal attention
-it mixes earlier words into later rows, and the end and padding rows carry a summary of the whole
-prompt. It has no trained weights, so nothing of it is stored: the base model learns to read it.
+Each prompt row is its own token plus the running mean of the prompt so far: like CLIP's causal
+attention it mixes earlier words into later rows, and the end row carries a summary of the whole
+prompt. The padding carries nothing of the prompt, so the model must read each word where it stands,
+as it reads a real CLIP's word rows (a first version let every padding row carry the summary: the
+model then read the prompt from 70 padding rows and barely looked at the words, and a residual on a
+word's row, which is what Infusion learns, had little to act on). It has no trained weights, so
+nothing of it is stored: the base model learns to read it.
 
 `ToyTextModel` stands where ComfyUI's CLIPTextModel stands inside `comfy.sd1_clip.SDClipModel`, so
 prompt weights, long prompts and ComfyUI's CLIP object (tokenize, encode, clone) work unchanged.
@@ -57,12 +62,16 @@ class ToyTextModel(torch.nn.Module):
         return self.embeddings
 
     def forward(self, input_tokens: Any, attention_mask: Any = None, embeds: torch.Tensor | None = None,
-                *args: Any, dtype: torch.dtype = torch.float32, **kwargs: Any) -> tuple:
+                num_tokens: list[int] | None = None, *args: Any, dtype: torch.dtype = torch.float32,
+                **kwargs: Any) -> tuple:
         e = embeds if embeds is not None else self.embeddings(input_tokens, out_dtype=dtype)
         e = e.to(dtype)
-        count = torch.arange(1, e.shape[1] + 1, device=e.device, dtype=e.dtype).view(1, -1, 1)
-        h = (e + e.cumsum(1) / count) * 0.5 ** 0.5
-        pooled = h[:, -1]
+        rows = torch.arange(e.shape[1], device=e.device)
+        mixed = (e + e.cumsum(1) / (rows + 1).to(e.dtype).view(1, -1, 1)) * 0.5 ** 0.5
+        # SDClipModel counts each prompt's rows up to its first end token (num_tokens); the rest is padding.
+        length = torch.tensor(num_tokens if num_tokens is not None else [e.shape[1]] * e.shape[0], device=e.device)
+        h = torch.where((rows.view(1, -1) < length.view(-1, 1)).unsqueeze(-1), mixed, e)
+        pooled = h[torch.arange(e.shape[0], device=e.device), length - 1]  # the end row: the prompt's summary
         return h, h, pooled, pooled  # (last, intermediate, projected pooled, pooled)
 
 
