@@ -63,7 +63,7 @@ class Previewer:
         self.model, self.vae, self.settings, self.folder = model, vae, settings, folder
         self.check_cancel = check_cancel or (lambda: None)
         self.size = settings.size or size
-        prompts = [fill(p, word) if "{}" in p else p for p in settings.prompts]
+        prompts = [fill(p, word) for p in settings.prompts]
         self.positive = encode_captions(clip, word, prompts, ["the sample prompt"] * len(prompts))
         self.negative = clip.encode_from_tokens_scheduled(clip.tokenize(""), show_pbar=False)
 
