@@ -145,7 +145,8 @@ def train_base(work: str, steps: int, batch: int = 48, log_every: int = 50, save
             torch.save({"unet": unet.state_dict(), "ema": ema, "optimizer": opt.state_dict(), "step": done,
                         "elapsed": time.monotonic() - began, "losses": losses}, tmp)
             os.replace(tmp, state_path)
-    _save(ema, BASE_WEIGHTS, {"steps": str(steps), "batch": str(batch),
+    # fp16: 5 MB in git, and what every test and benchmark loads (the fp32 EMA stays in the work folder).
+    _save({k: v.half() for k, v in ema.items()}, BASE_WEIGHTS, {"steps": str(steps), "batch": str(batch),
                               "minutes": f"{(time.monotonic() - began) / 60:.1f}",
                               "final_loss": f"{sum(losses[-200:]) / max(len(losses[-200:]), 1):.4f}"})
     return BASE_WEIGHTS
