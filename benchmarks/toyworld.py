@@ -1,8 +1,7 @@
 """The customization benchmark on the toy world: Infusion against ComfyUI's own Train LoRA, each through
 its node, on a base model that truly knows its world (infusion/toyworld).
 
-The concept: a purple square with a black dot (the base model never saw purple nor the dot), 5 photos,
-all on stripes, bound to the word "square". Per method and training seed:
+Each concept: 5 photos, all on stripes, bound to the word "square". Per method and training seed:
   concept rate   samples of "a square on <background>" (every background) in which the probe sees the concept
   context rate   in the same samples, how often the probe sees the background asked for (collapse onto the
                  photos' stripes is the paper's concept-specific overfitting)
@@ -11,7 +10,10 @@ all on stripes, bound to the word "square". Per method and training seed:
                  on <background>", in the probe's feature space, through the pack's metric core
   others         probe accuracy (colour, shape and background all right) on prompts without the word
   params, file, time   trained numbers, file size, training time as a ratio to Infusion at the defaults
-Writes benchmarks/out/toyworld/{results.md,grid.png} (--docs: also docs/toyworld_grid.png).
+Two concepts (infusion/toyworld/customize.py): one the base model can draw but not on call (a green
+square), and one it cannot draw at all (a purple square with a black dot).
+Writes benchmarks/out/toyworld/{results.md,grid_known.png,grid_new.png,previews.png} (--docs: the
+pictures also to docs/).
 
     COMFYUI_PATH=/path/to/ComfyUI python benchmarks/toyworld.py [--quick] [--docs]
 """
@@ -32,6 +34,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 OUT = os.path.join(ROOT, "benchmarks", "out", "toyworld")
 PREVIEW_GRIDS: dict[str, torch.Tensor] = {}
+# ComfyUI's Train LoRA, at the settings that suit this world (chosen by its concept rate on "a green square").
+LORA_RANK, LORA_STEPS, LORA_LR = 4, 500, 0.001
 
 
 @dataclass
@@ -109,83 +113,105 @@ def grid_png(rows: list[tuple[str, dict[str, torch.Tensor]]], path: str, per_cel
     canvas.save(path)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one seed, fewer steps and samples (about 5 minutes)")
-    parser.add_argument("--docs", action="store_true", help="also copy the grid to docs/toyworld_grid.png")
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    from infusion.cli import runtime
-    runtime.start(["--use-pytorch-cross-attention"])
+@dataclass
+class Setting:
+    """One run of the benchmark: its sizes, and what every method is measured against."""
+
+    seeds: list[int]
+    per_background: int
+    lfd_samples: int
+    others_per_prompt: int
+    sample_seed: int = 1000
+
+
+def measure(concept: Any, methods: list[Method], model: Any, clip: Any, probe: Any, setting: Setting) -> tuple:
+    """Train every method on the concept's photos for every seed; returns (table, grid rows)."""
     from infusion.metrics import feature_wasserstein
     from infusion.toyworld import customize as cz
-    from infusion.toyworld import model as tw
-    from infusion.toyworld.train import load_probe
 
-    os.makedirs(OUT, exist_ok=True)
-    seeds = [0] if args.quick else [0, 1, 2]
-    per_background = 16 if args.quick else 32
-    scale = 0.3 if args.quick else 1.0
-    steps = lambda n: max(1, round(n * scale))  # noqa: E731
-    model, clip = tw.load()
-    probe = load_probe()
-    photos = cz.concept_photos()
-    sample_seed = 1000
-
-    base = cz.context_samples(model, clip, probe, per_background, sample_seed)
-    base_others = cz.other_accuracy(model, clip, probe, 4 if args.quick else 8, sample_seed)
+    photos = concept.photos()
+    base = cz.context_samples(model, clip, probe, setting.per_background, setting.sample_seed)
+    base_others = cz.other_accuracy(model, clip, probe, setting.others_per_prompt, setting.sample_seed)
     base_features = cz.probe_features(probe, base.all_latents())
-    tuned = {**cz.TUNED, "steps": steps(cz.TUNED["steps"])}
-    methods = [
-        infusion_method("Infusion, defaults", steps=steps(500)),
-        infusion_method("Infusion, tuned", previews=True, **tuned),
-        infusion_method("Infusion, tuned, captions name the background", **tuned,
-                        captions=cz.background_captions()),
-        lora_method("ComfyUI Train LoRA, rank 4", rank=4, steps=steps(500), learning_rate=0.001),
-    ]
     grid_rows = [("base model", base.latents)]
     for method in methods:
-        for seed in seeds:
+        for seed in setting.seeds:
             started = time.perf_counter()
             custom, custom_clip, params, size = method.train(model, clip, photos, seed)
             seconds = time.perf_counter() - started
-            samples = cz.context_samples(custom, custom_clip, probe, per_background, sample_seed)
+            samples = cz.context_samples(custom, custom_clip, probe, setting.per_background, setting.sample_seed)
             w2 = feature_wasserstein(cz.probe_features(probe, samples.all_latents()), base_features).gaussian
             method.rows.append({
-                "concept": samples.concept_rate(), "context": samples.context_rate(),
-                "lfd": cz.latent_fisher_divergence(model, custom, custom_clip, samples=4 if args.quick else 8),
-                "w2": w2, "others": cz.other_accuracy(custom, custom_clip, probe, 4 if args.quick else 8, sample_seed),
+                "concept": samples.concept_rate(concept), "context": samples.context_rate(),
+                "lfd": cz.latent_fisher_divergence(model, custom, custom_clip, samples=setting.lfd_samples), "w2": w2,
+                "others": cz.other_accuracy(custom, custom_clip, probe, setting.others_per_prompt, setting.sample_seed),
                 "params": params, "bytes": size, "seconds": seconds})
-            if seed == seeds[0]:
+            if seed == setting.seeds[0]:
                 grid_rows.append((method.name, samples.latents))
-            print(f"{method.name}, seed {seed}: {method.rows[-1]}", flush=True)
+            print(f"{concept.name} | {method.name}, seed {seed}: {method.rows[-1]}", flush=True)
 
     reference = statistics.fmean(r["seconds"] for r in methods[0].rows)
-    lines = [f"Toy world, {len(seeds)} training seed(s), {per_background * 4} samples per seed for the rates "
-             f"({'quick' if args.quick else 'full'} run). Mean ± sd over seeds.", "",
+    lines = [f"**{concept.name}** ({len(setting.seeds)} training seed(s), {setting.per_background * 4} samples per "
+             "seed for the rates; mean ± sd over seeds)", "",
              "| method | concept rate | context rate | LFD (no word) | W2 to base | others right | trained numbers "
              "| file | training time |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-             f"| base model | {base.concept_rate():.3g} | {base.context_rate():.3g} | 0 | 0 | {base_others:.3g} | - | - "
-             "| - |"]
+             f"| base model | {base.concept_rate(concept):.3g} | {base.context_rate():.3g} | 0 | 0 | "
+             f"{base_others:.3g} | - | - | - |"]
     for m in methods:
         col = lambda key: [r[key] for r in m.rows]  # noqa: E731
         lines.append(f"| {m.name} | {spread(col('concept'))} | {spread(col('context'))} | {spread(col('lfd'))} | "
                      f"{spread(col('w2'))} | {spread(col('others'))} | {int(m.rows[0]['params']):,} | "
                      f"{m.rows[0]['bytes'] / 1024:.1f} KB | {statistics.fmean(col('seconds')) / reference:.2f}x |")
-    table = "\n".join(lines)
+    return "\n".join(lines), grid_rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one seed, fewer steps and samples (about 5 minutes)")
+    parser.add_argument("--docs", action="store_true", help="also copy the pictures to docs/")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from infusion.cli import runtime
+    runtime.start(["--use-pytorch-cross-attention"])
+    from infusion.toyworld import customize as cz
+    from infusion.toyworld import model as tw
+    from infusion.toyworld.train import load_probe
+
+    os.makedirs(OUT, exist_ok=True)
+    setting = (Setting([0], 8, 4, 2) if args.quick else Setting([0, 1, 2], 24, 8, 8))
+    scale = 0.3 if args.quick else 1.0
+    steps = lambda n: max(1, round(n * scale))  # noqa: E731
+    tuned = {**cz.TUNED, "steps": steps(cz.TUNED["steps"])}
+    lora = dict(rank=LORA_RANK, steps=steps(LORA_STEPS), learning_rate=LORA_LR)
+    model, clip = tw.load()
+    probe = load_probe()
+    runs = {
+        "known": (cz.KNOWN, [
+            infusion_method("Infusion, defaults", steps=steps(500)),
+            infusion_method("Infusion, tuned", previews=True, **tuned),
+            infusion_method("Infusion, tuned, captions name the background", **tuned,
+                            captions=cz.background_captions()),
+            lora_method(f"ComfyUI Train LoRA, rank {LORA_RANK}", **lora)]),
+        "new": (cz.NEW, [infusion_method("Infusion, tuned", **tuned),
+                         lora_method(f"ComfyUI Train LoRA, rank {LORA_RANK}", **lora)]),
+    }
+    tables = []
+    for key, (concept, methods) in runs.items():
+        table, rows = measure(concept, methods, model, clip, probe, setting)
+        tables.append(table)
+        grid_png(rows, os.path.join(OUT, f"grid_{key}.png"))
     with open(os.path.join(OUT, "results.md"), "w") as f:
-        f.write(table + "\n")
-    grid_png(grid_rows, os.path.join(OUT, "grid.png"))
-    for name, grid in PREVIEW_GRIDS.items():
-        from PIL import Image
+        f.write(f"Toy world ({'quick' if args.quick else 'full'} run)\n\n" + "\n\n".join(tables) + "\n")
+    from PIL import Image
+    for grid in PREVIEW_GRIDS.values():
         Image.fromarray((grid[0].numpy() * 255).round().astype("uint8")).save(os.path.join(OUT, "previews.png"))
     if args.docs:
         os.makedirs(os.path.join(ROOT, "docs"), exist_ok=True)
-        for picture in ("grid", "previews"):
+        for picture in ("grid_known", "grid_new", "previews"):
             shutil.copyfile(os.path.join(OUT, f"{picture}.png"), os.path.join(ROOT, "docs", f"toyworld_{picture}.png"))
-    print(table)
-    print(f"wrote {os.path.join(OUT, 'results.md')} and grid.png")
+    print("\n\n".join(tables))
+    print(f"wrote {os.path.join(OUT, 'results.md')} and the pictures beside it")
 
 
 if __name__ == "__main__":

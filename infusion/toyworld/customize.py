@@ -1,9 +1,13 @@
 """Customizing the toy world's base model, and measuring what it drew afterwards.
 
-The concept is what a user's dog is to Stable Diffusion: a thing the base model cannot draw (a purple
-square with a black dot), shown in a few photos that all share one background (stripes), to be bound
-to its class word ("square"). Each method runs through its ComfyUI node: Train Infusion Concept, and
-ComfyUI's own Train LoRA. Every figure comes from the probe reading samples drawn by ComfyUI's KSampler.
+A concept is what a user's dog is to Stable Diffusion, shown in a few photos that all share one
+background (stripes), to be bound to its class word ("square"). Two are measured:
+- KNOWN: a green square. The base model can draw it, but "a square" gives squares of any colour, as
+  "a dog" gives any dog: the case Infusion is made for (SD can draw the user's dog, not on call).
+- NEW: a purple square with a black dot: a colour and a mark the base model never saw, so nothing in
+  it can draw them.
+Each method runs through its ComfyUI node: Train Infusion Concept, and ComfyUI's own Train LoRA. Every
+figure comes from the probe reading samples drawn by ComfyUI's KSampler.
 """
 from __future__ import annotations
 
@@ -18,29 +22,37 @@ from .probe import Probe, Reading, read
 from .sampling import sample
 
 WORD = "square"
-COLOUR = "purple"
 PHOTO_BACKGROUND = "stripes"
 OTHER_SHAPES = tuple(s for s in scenes.SHAPES if s != WORD)
 # Train Infusion Concept's settings that suit this world (see the README's toy-world section).
 TUNED = dict(learning_rate=0.05, steps=300, gradient_accumulation=1)
 
 
-def concept_photos(count: int = 5, seed: int = 0) -> torch.Tensor:
-    """The user's photos, as raw latents [count, 4, 16, 16]: the concept, all on one background."""
-    rng = random.Random(seed)
-    chosen = [scenes.random_scene(rng, shapes=(WORD,), colours=(COLOUR,), backgrounds=(PHOTO_BACKGROUND,), mark=True)
-              for _ in range(count)]
-    return scenes.to_latent(torch.stack([scenes.render(s) for s in chosen]))
+@dataclass(frozen=True)
+class Concept:
+    name: str
+    colour: str
+    mark: bool
+
+    def photos(self, count: int = 5, seed: int = 0) -> torch.Tensor:
+        """The user's photos, as raw latents [count, 4, 16, 16]: the concept, all on one background."""
+        rng = random.Random(seed)
+        chosen = [scenes.random_scene(rng, shapes=(WORD,), colours=(self.colour,), backgrounds=(PHOTO_BACKGROUND,),
+                                      mark=self.mark) for _ in range(count)]
+        return scenes.to_latent(torch.stack([scenes.render(s) for s in chosen]))
+
+    def seen_in(self, r: Reading) -> bool:
+        return r.colour == self.colour and r.mark == self.mark and r.shape == WORD
+
+
+KNOWN = Concept("a green square", "green", False)
+NEW = Concept("a purple square with a black dot", "purple", True)
 
 
 def background_captions(count: int = 5) -> Any:
     """Per-photo captions that name what the photos share besides the concept (as dog1.txt would)."""
     from ..training.captions import PhotoCaptions
     return PhotoCaptions(tuple((f"photo{i + 1}.txt", f"a {{}} on {PHOTO_BACKGROUND}") for i in range(count)))
-
-
-def is_concept(r: Reading) -> bool:
-    return r.colour == COLOUR and r.mark and r.shape == WORD
 
 
 def context_prompt(background: str) -> str:
@@ -54,8 +66,8 @@ class ContextSamples:
     latents: dict[str, torch.Tensor]
     readings: dict[str, list[Reading]]
 
-    def concept_rate(self) -> float:
-        found = [is_concept(r) for rs in self.readings.values() for r in rs]
+    def concept_rate(self, concept: Concept) -> float:
+        found = [concept.seen_in(r) for rs in self.readings.values() for r in rs]
         return sum(found) / len(found)
 
     def context_rate(self) -> float:
