@@ -1,17 +1,17 @@
 """The customization benchmark on the toy world: Infusion against ComfyUI's own Train LoRA, each through
 its node, on a base model that truly knows its world (infusion/toyworld).
 
-Each concept: 5 photos, all on stripes, bound to the word "square". Per method and training seed:
-  concept rate   samples of "a square on <background>" (every background) in which the probe sees the concept
+Each concept: 5 photos, all on stripes, bound to the word "triangle". Per method and training seed:
+  concept rate   samples of "a triangle on <background>" (every background) in which the probe sees the concept
   context rate   in the same samples, how often the probe sees the background asked for (collapse onto the
                  photos' stripes is the paper's concept-specific overfitting)
   LFD            the pack's Latent Fisher divergence node, prompts without the word (concept-agnostic overfitting)
-  W2             Wasserstein-2 (Gaussian) between the concept's samples and the base model's samples of "a square
+  W2             Wasserstein-2 (Gaussian) between the concept's samples and the base model's samples of "a triangle
                  on <background>", in the probe's feature space, through the pack's metric core
   others         probe accuracy (colour, shape and background all right) on prompts without the word
   params, file, time   trained numbers, file size, training time as a ratio to Infusion at the defaults
 Two concepts (infusion/toyworld/customize.py): one the base model can draw but not on call (a green
-square), and one it cannot draw at all (a purple square with a black dot).
+triangle), and one it cannot draw at all (a purple triangle with a black dot).
 Writes benchmarks/out/toyworld/{results.md,grid_known.png,grid_new.png,previews.png} (--docs: the
 pictures also to docs/).
 
@@ -34,8 +34,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 OUT = os.path.join(ROOT, "benchmarks", "out", "toyworld")
 PREVIEW_GRIDS: dict[str, torch.Tensor] = {}
-# ComfyUI's Train LoRA, at the settings that suit this world (chosen by its concept rate on "a green square").
-LORA_RANK, LORA_STEPS, LORA_LR = 4, 500, 0.001
+# ComfyUI's Train LoRA, at the settings that suit this world (chosen by its concept rate on "a green triangle").
+LORA_RANK, LORA_STEPS, LORA_LR = 4, 500, 0.003
 
 
 @dataclass
@@ -94,6 +94,7 @@ def grid_png(rows: list[tuple[str, dict[str, torch.Tensor]]], path: str, per_cel
     """One row per method, one column per background, `per_cell` samples in each cell, labels on the left."""
     from PIL import Image, ImageDraw
     from infusion.toyworld import scenes
+    from infusion.toyworld.customize import context_prompt
 
     tile, gap, label_width, header = 48, 4, 230, 22
     cell_width = per_cell * tile + gap
@@ -101,7 +102,7 @@ def grid_png(rows: list[tuple[str, dict[str, torch.Tensor]]], path: str, per_cel
     canvas = Image.new("RGB", (width, header + len(rows) * (tile + gap)), "white")
     draw = ImageDraw.Draw(canvas)
     for j, bg in enumerate(scenes.BACKGROUNDS):
-        draw.text((label_width + j * cell_width + 4, 5), f"a square on {bg}", fill="black")
+        draw.text((label_width + j * cell_width + 4, 5), context_prompt(bg), fill="black")
     for i, (label, latents) in enumerate(rows):
         y = header + i * (tile + gap)
         draw.text((6, y + tile // 2 - 6), label, fill="black")

@@ -1,10 +1,10 @@
 """Customizing the toy world's base model, and measuring what it drew afterwards.
 
 A concept is what a user's dog is to Stable Diffusion, shown in a few photos that all share one
-background (stripes), to be bound to its class word ("square"). Two are measured:
-- KNOWN: a green square. The base model can draw it, but "a square" gives squares of any colour, as
+background (stripes), to be bound to its class word ("triangle"). Two are measured:
+- KNOWN: a green triangle. The base model can draw it, but "a triangle" gives triangles of any colour, as
   "a dog" gives any dog: the case Infusion is made for (SD can draw the user's dog, not on call).
-- NEW: a purple square with a black dot: a colour and a mark the base model never saw, so nothing in
+- NEW: a purple triangle with a black dot: a colour and a mark the base model never saw, so nothing in
   it can draw them.
 Each method runs through its ComfyUI node: Train Infusion Concept, and ComfyUI's own Train LoRA. Every
 figure comes from the probe reading samples drawn by ComfyUI's KSampler.
@@ -21,7 +21,7 @@ from . import scenes
 from .probe import Probe, Reading, read
 from .sampling import sample
 
-WORD = "square"
+WORD = "triangle"
 PHOTO_BACKGROUND = "stripes"
 OTHER_SHAPES = tuple(s for s in scenes.SHAPES if s != WORD)
 # Train Infusion Concept's settings that suit this world (see the README's toy-world section).
@@ -45,8 +45,8 @@ class Concept:
         return r.colour == self.colour and r.mark == self.mark and r.shape == WORD
 
 
-KNOWN = Concept("a green square", "green", False)
-NEW = Concept("a purple square with a black dot", "purple", True)
+KNOWN = Concept("a green triangle", "green", False)
+NEW = Concept("a purple triangle with a black dot", "purple", True)
 
 
 def background_captions(count: int = 5) -> Any:
@@ -61,7 +61,7 @@ def context_prompt(background: str) -> str:
 
 @dataclass
 class ContextSamples:
-    """Samples of "a square on <background>" for every background."""
+    """Samples of "a <word> on <background>" for every background."""
 
     latents: dict[str, torch.Tensor]
     readings: dict[str, list[Reading]]
@@ -113,7 +113,7 @@ def infusion_node_inputs(**overrides: Any) -> dict[str, Any]:
     import nodes
     schema = nodes.NODE_CLASS_MAPPINGS["TrainInfusion"].define_schema()
     defaults = {i.id: i.default for i in schema.inputs if getattr(i, "default", None) is not None}
-    return {**defaults, "word": WORD, "output_name": "toyworld_square", "precision": "fp32",
+    return {**defaults, "word": WORD, "output_name": "toyworld_concept", "precision": "fp32",
             "gradient_checkpointing": False, "sample_every": 0, **overrides}
 
 

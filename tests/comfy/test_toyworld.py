@@ -1,0 +1,47 @@
+"""Proof that it learns: on the toy world (infusion/toyworld), whose base model truly knows its world, an
+Infusion concept trained through the node from 5 photos is drawn, while prompts without its word stay
+exactly the base model's. The full comparison with ComfyUI's Train LoRA is benchmarks/toyworld.py."""
+import pytest
+import torch
+
+from infusion.toyworld import customize as cz
+from infusion.toyworld import model as tw
+from infusion.toyworld import sampling
+from infusion.toyworld.train import load_probe
+
+
+@pytest.fixture(scope="module")
+def world(pack):
+    import os
+    if not os.path.isfile(tw.BASE_WEIGHTS):
+        pytest.fail(f"the toy world's base model is missing ({tw.BASE_WEIGHTS}): it is a committed fixture")
+    model, clip = tw.load()
+    return model, clip, load_probe()
+
+
+def test_the_base_model_knows_the_world_on_held_out_prompts(world):
+    """Combinations never seen in training (a red circle on stripes, ...), read by the probe. Shapes fall short
+    of the 0.9 aimed at: squares come out with rounded corners that the probe reads as circles (README)."""
+    model, clip, probe = world
+    knows = sampling.knowledge(model, clip, probe, per_prompt=8)
+    assert knows["colour"] >= 0.95 and knows["shape"] >= 0.7 and knows["background"] >= 0.9, knows
+
+
+def test_the_probe_reads_fresh_scenes(world):
+    import random
+    from infusion.toyworld.probe import accuracy
+    assert min(accuracy(world[2], random.Random(5), 1000).values()) >= 0.99
+
+
+def test_an_infusion_concept_is_drawn_and_leaves_other_prompts_exact(world):
+    """"a green triangle" from 5 photos on stripes: "a triangle on <any background>" then draws it."""
+    model, clip, probe = world
+    concept = cz.train_infusion(model, clip, cz.KNOWN.photos(), **cz.TUNED)
+    applied, word_clip = cz.apply_infusion(model, clip, concept)
+    drawn = cz.context_samples(applied, word_clip, probe, per_background=8, seed=300)
+    assert drawn.concept_rate(cz.KNOWN) >= 0.6, drawn.readings
+    for prompt in ("a red circle on checks", "a blue cross"):
+        assert torch.equal(sampling.sample(applied, word_clip, prompt, 4, seed=7),
+                           sampling.sample(model, clip, prompt, 4, seed=7))
+    base = cz.context_samples(model, clip, probe, per_background=8, seed=300)
+    assert base.concept_rate(cz.KNOWN) < 0.4  # "a triangle" alone: triangles of any colour
