@@ -1,8 +1,8 @@
 """The toy world's MODEL and CLIP as ComfyUI objects (ComfyUI must be importable; imported inside).
 
 The UNet is ComfyUI's own (openaimodel.UNetModel) in a model config derived from its SD15 class:
-SD1's 16 cross-attention layers over 3 levels of 32/64/64 channels (about 2.5 M parameters), 16x16
-latents, text width 128, SD1's noise schedule rescaled to zero terminal SNR, v-prediction.
+3 levels of 32/64/64 channels with cross-attention at 16x16, 8x8 and the middle (11 layers, about
+2.5 M parameters), 16x16 latents, text width 128, SD1's noise schedule rescaled to zero terminal SNR, v-prediction.
 
 Why zero terminal SNR and v: at 16x16 the mean of the starting noise is large next to the signal that
 SD1's schedule leaves at its last step, so a model trained on it reads the image's colour from the
