@@ -12,10 +12,10 @@ Each concept: 5 photos, all on stripes, bound to the word "triangle". Per method
   params, file, time   trained numbers, file size, training time as a ratio to Infusion at the defaults
 Two concepts (infusion/toyworld/customize.py): one the base model can draw but not on call (a green
 triangle), and one it cannot draw at all (a purple triangle with a black dot).
-Writes benchmarks/out/toyworld/{results.md,grid_known.png,grid_new.png,previews.png} (--docs: the
+Writes {results.md,grid_known.png,grid_new.png,previews.png} to benchmarks/out/toyworld (or --out; --docs: the
 pictures also to docs/).
 
-    COMFYUI_PATH=/path/to/ComfyUI python benchmarks/toyworld.py [--quick] [--docs]
+    COMFYUI_PATH=/path/to/ComfyUI python benchmarks/toyworld.py [--quick | --smoke] [--docs] [--out DIR]
 """
 from __future__ import annotations
 
@@ -67,14 +67,14 @@ def infusion_method(name: str, previews: bool = False, **inputs: Any) -> Method:
     return Method(name, train)
 
 
-def lora_method(name: str, **inputs: Any) -> Method:
+def lora_method(name: str, out: str, **inputs: Any) -> Method:
     from infusion.toyworld import customize as cz
     from safetensors.torch import save_file
 
     def train(model, clip, photos, seed):
         captions = [f"a {cz.WORD}"] * len(photos)
         patched, lora = cz.train_lora(model, clip, photos, captions, seed=seed, **inputs)
-        path = os.path.join(OUT, f"lora_{seed}.safetensors")
+        path = os.path.join(out, f"lora_{seed}.safetensors")
         save_file({k: v.detach().contiguous() for k, v in lora.items()}, path)
         return patched, clip, sum(v.numel() for v in lora.values()), os.path.getsize(path)
     return Method(name, train)
@@ -125,16 +125,32 @@ class Setting:
     sample_seed: int = 1000
 
 
-def measure(concept: Any, methods: list[Method], model: Any, clip: Any, probe: Any, setting: Setting) -> tuple:
+@dataclass
+class Baseline:
+    """The base model's samples, the same for every concept (its prompts do not depend on the concept)."""
+
+    samples: Any
+    others: float
+    features: torch.Tensor
+
+
+def baseline(model: Any, clip: Any, probe: Any, setting: Setting) -> Baseline:
+    from infusion.toyworld import customize as cz
+    samples = cz.context_samples(model, clip, probe, setting.per_background, setting.sample_seed)
+    return Baseline(samples, cz.other_accuracy(model, clip, probe, setting.others_per_prompt, setting.sample_seed),
+                    cz.probe_features(probe, samples.all_latents()))
+
+
+def measure(concept: Any, methods: list[Method], model: Any, clip: Any, probe: Any, setting: Setting,
+            reference: Baseline) -> tuple:
     """Train every method on the concept's photos for every seed; returns (table, grid rows)."""
     from infusion.metrics import feature_wasserstein
     from infusion.toyworld import customize as cz
 
     photos = concept.photos()
-    base = cz.context_samples(model, clip, probe, setting.per_background, setting.sample_seed)
-    base_others = cz.other_accuracy(model, clip, probe, setting.others_per_prompt, setting.sample_seed)
-    base_features = cz.probe_features(probe, base.all_latents())
+    base, base_others, base_features = reference.samples, reference.others, reference.features
     grid_rows = [("base model", base.latents)]
+    colours = [f"base model: {base.colours()}"]
     for method in methods:
         for seed in setting.seeds:
             started = time.perf_counter()
@@ -149,11 +165,12 @@ def measure(concept: Any, methods: list[Method], model: Any, clip: Any, probe: A
                 "params": params, "bytes": size, "seconds": seconds})
             if seed == setting.seeds[0]:
                 grid_rows.append((method.name, samples.latents))
+                colours.append(f"{method.name}: {samples.colours()}")
             print(f"{concept.name} | {method.name}, seed {seed}: {method.rows[-1]}", flush=True)
 
-    reference = statistics.fmean(r["seconds"] for r in methods[0].rows)
+    first_time = statistics.fmean(r["seconds"] for r in methods[0].rows)
     lines = [f"**{concept.name}** ({len(setting.seeds)} training seed(s), {setting.per_background * 4} samples per "
-             "seed for the rates; mean ± sd over seeds)", "",
+             f"seed for the rates; mean ± sd over seeds; training time relative to {methods[0].name})", "",
              "| method | concept rate | context rate | LFD (no word) | W2 to base | others right | trained numbers "
              "| file | training time |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
              f"| base model | {base.concept_rate(concept):.3g} | {base.context_rate():.3g} | 0 | 0 | "
@@ -162,26 +179,34 @@ def measure(concept: Any, methods: list[Method], model: Any, clip: Any, probe: A
         col = lambda key: [r[key] for r in m.rows]  # noqa: E731
         lines.append(f"| {m.name} | {spread(col('concept'))} | {spread(col('context'))} | {spread(col('lfd'))} | "
                      f"{spread(col('w2'))} | {spread(col('others'))} | {int(m.rows[0]['params']):,} | "
-                     f"{m.rows[0]['bytes'] / 1024:.1f} KB | {statistics.fmean(col('seconds')) / reference:.2f}x |")
+                     f"{m.rows[0]['bytes'] / 1024:.1f} KB | {statistics.fmean(col('seconds')) / first_time:.2f}x |")
+    lines += ["", "Colours the probe saw in the samples of the first seed: " + "; ".join(colours) + "."]
     return "\n".join(lines), grid_rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one seed, fewer steps and samples (about 5 minutes)")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="one seed, fewer steps and samples (about 5 minutes)")
+    size.add_argument("--smoke", action="store_true", help="a few steps and samples: checks that it runs, measures "
+                      "nothing (about a minute)")
+    parser.add_argument("--out", default=OUT, help="where results.md and the pictures go")
     parser.add_argument("--docs", action="store_true", help="also copy the pictures to docs/")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    started = time.perf_counter()
     from infusion.cli import runtime
     runtime.start(["--use-pytorch-cross-attention"])
     from infusion.toyworld import customize as cz
     from infusion.toyworld import model as tw
     from infusion.toyworld.train import load_probe
 
-    os.makedirs(OUT, exist_ok=True)
-    setting = (Setting([0], 8, 4, 2) if args.quick else Setting([0, 1, 2], 24, 8, 8))
-    scale = 0.3 if args.quick else 1.0
+    out = args.out
+    os.makedirs(out, exist_ok=True)
+    run = "smoke" if args.smoke else "quick" if args.quick else "full"
+    setting = {"smoke": Setting([0], 2, 2, 1), "quick": Setting([0], 8, 4, 2), "full": Setting([0, 1, 2], 24, 8, 8)}[run]
+    scale = {"smoke": 0.01, "quick": 0.3, "full": 1.0}[run]
     steps = lambda n: max(1, round(n * scale))  # noqa: E731
     tuned = {**cz.TUNED, "steps": steps(cz.TUNED["steps"])}
     lora = dict(rank=LORA_RANK, steps=steps(LORA_STEPS), learning_rate=LORA_LR)
@@ -193,26 +218,29 @@ def main() -> None:
             infusion_method("Infusion, tuned", previews=True, **tuned),
             infusion_method("Infusion, tuned, captions name the background", **tuned,
                             captions=cz.background_captions()),
-            lora_method(f"ComfyUI Train LoRA, rank {LORA_RANK}", **lora)]),
+            lora_method(f"ComfyUI Train LoRA, rank {LORA_RANK}", out, **lora)]),
         "new": (cz.NEW, [infusion_method("Infusion, tuned", **tuned),
-                         lora_method(f"ComfyUI Train LoRA, rank {LORA_RANK}", **lora)]),
+                         lora_method(f"ComfyUI Train LoRA, rank {LORA_RANK}", out, **lora)]),
     }
     tables = []
+    reference = baseline(model, clip, probe, setting)
     for key, (concept, methods) in runs.items():
-        table, rows = measure(concept, methods, model, clip, probe, setting)
+        table, rows = measure(concept, methods, model, clip, probe, setting, reference)
         tables.append(table)
-        grid_png(rows, os.path.join(OUT, f"grid_{key}.png"))
-    with open(os.path.join(OUT, "results.md"), "w") as f:
-        f.write(f"Toy world ({'quick' if args.quick else 'full'} run)\n\n" + "\n\n".join(tables) + "\n")
+        grid_png(rows, os.path.join(out, f"grid_{key}.png"))
+    minutes = (time.perf_counter() - started) / 60
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(f"Toy world ({run} run, {minutes:.0f} minutes)\n\n" + "\n\n".join(tables)
+                + "\n")
     from PIL import Image
     for grid in PREVIEW_GRIDS.values():
-        Image.fromarray((grid[0].numpy() * 255).round().astype("uint8")).save(os.path.join(OUT, "previews.png"))
+        Image.fromarray((grid[0].numpy() * 255).round().astype("uint8")).save(os.path.join(out, "previews.png"))
     if args.docs:
         os.makedirs(os.path.join(ROOT, "docs"), exist_ok=True)
         for picture in ("grid_known", "grid_new", "previews"):
-            shutil.copyfile(os.path.join(OUT, f"{picture}.png"), os.path.join(ROOT, "docs", f"toyworld_{picture}.png"))
+            shutil.copyfile(os.path.join(out, f"{picture}.png"), os.path.join(ROOT, "docs", f"toyworld_{picture}.png"))
     print("\n\n".join(tables))
-    print(f"wrote {os.path.join(OUT, 'results.md')} and the pictures beside it")
+    print(f"wrote {os.path.join(out, 'results.md')} and the pictures beside it")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ figure comes from the probe reading samples drawn by ComfyUI's KSampler.
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -73,6 +74,11 @@ class ContextSamples:
     def context_rate(self) -> float:
         found = [r.background == bg for bg, rs in self.readings.items() for r in rs]
         return sum(found) / len(found)
+
+    def colours(self) -> str:
+        """The colours the probe read, most frequent first ("red 36, blue 24")."""
+        counts = Counter(r.colour for rs in self.readings.values() for r in rs)
+        return ", ".join(f"{colour} {n}" for colour, n in counts.most_common())
 
     def all_latents(self) -> torch.Tensor:
         return torch.cat([self.latents[bg] for bg in scenes.BACKGROUNDS])

@@ -18,12 +18,14 @@ RUNS = {
                     "ratio"),
     "gpu_train.py": (["--smoke", "--steps", "1"], "peak"),
     "preview_cost.py": (["--channels", "32", "--size", "64", "--steps", "2"], "ratio"),
+    "toyworld.py": (["--smoke", "--out", "{tmp}"], "colours the probe saw"),
 }
 
 
 @pytest.mark.parametrize("script", sorted(RUNS))
-def test_benchmark_runs_to_its_report(comfy_path, script):
+def test_benchmark_runs_to_its_report(comfy_path, script, tmp_path):
     args, expected = RUNS[script]
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     done = subprocess.run([sys.executable, os.path.join(BENCHMARKS, script), *args], capture_output=True, text=True,
                           timeout=600, env={**os.environ, "COMFYUI_PATH": comfy_path, "OUT": ""})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
