@@ -9,7 +9,7 @@ Each concept: 5 photos, all on stripes, bound to the word "triangle". Per method
   W2             Wasserstein-2 (Gaussian) between the concept's samples and the base model's samples of "a triangle
                  on <background>", in the probe's feature space, through the pack's metric core
   others         probe accuracy (colour, shape and background all right) on prompts without the word
-  params, file, time   trained numbers, file size, training time as a ratio to Infusion at the defaults
+  params, file, time   trained numbers, file size, training time as a ratio to the table's first method
 Two concepts (infusion/toyworld/customize.py): one the base model can draw but not on call (a green
 triangle), and one it cannot draw at all (a purple triangle with a black dot).
 Writes {results.md,grid_known.png,grid_new.png,previews.png} to benchmarks/out/toyworld (or --out; --docs: the
@@ -205,7 +205,8 @@ def main() -> None:
     out = args.out
     os.makedirs(out, exist_ok=True)
     run = "smoke" if args.smoke else "quick" if args.quick else "full"
-    setting = {"smoke": Setting([0], 2, 2, 1), "quick": Setting([0], 8, 4, 2), "full": Setting([0, 1, 2], 24, 8, 8)}[run]
+    setting = {"smoke": Setting([0], 2, 2, 1), "quick": Setting([0], 8, 4, 2),
+               "full": Setting([0, 1, 2], 24, 8, 8)}[run]
     scale = {"smoke": 0.01, "quick": 0.3, "full": 1.0}[run]
     steps = lambda n: max(1, round(n * scale))  # noqa: E731
     tuned = {**cz.TUNED, "steps": steps(cz.TUNED["steps"])}
@@ -230,8 +231,7 @@ def main() -> None:
         grid_png(rows, os.path.join(out, f"grid_{key}.png"))
     minutes = (time.perf_counter() - started) / 60
     with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(f"Toy world ({run} run, {minutes:.0f} minutes)\n\n" + "\n\n".join(tables)
-                + "\n")
+        f.write(f"Toy world ({run} run, {minutes:.0f} minutes)\n\n" + "\n\n".join(tables) + "\n")
     from PIL import Image
     for grid in PREVIEW_GRIDS.values():
         Image.fromarray((grid[0].numpy() * 255).round().astype("uint8")).save(os.path.join(out, "previews.png"))
