@@ -148,7 +148,7 @@ def measure(concept: Any, methods: list[Method], model: Any, clip: Any, probe: A
     from infusion.toyworld import customize as cz
 
     photos = concept.photos()
-    base, base_others, base_features = reference.samples, reference.others, reference.features
+    base = reference.samples
     grid_rows = [("base model", base.latents)]
     colours = [f"base model: {base.colours()}"]
     for method in methods:
@@ -157,7 +157,7 @@ def measure(concept: Any, methods: list[Method], model: Any, clip: Any, probe: A
             custom, custom_clip, params, size = method.train(model, clip, photos, seed)
             seconds = time.perf_counter() - started
             samples = cz.context_samples(custom, custom_clip, probe, setting.per_background, setting.sample_seed)
-            w2 = feature_wasserstein(cz.probe_features(probe, samples.all_latents()), base_features).gaussian
+            w2 = feature_wasserstein(cz.probe_features(probe, samples.all_latents()), reference.features).gaussian
             method.rows.append({
                 "concept": samples.concept_rate(concept), "context": samples.context_rate(),
                 "lfd": cz.latent_fisher_divergence(model, custom, custom_clip, samples=setting.lfd_samples), "w2": w2,
@@ -174,7 +174,7 @@ def measure(concept: Any, methods: list[Method], model: Any, clip: Any, probe: A
              "| method | concept rate | context rate | LFD (no word) | W2 to base | others right | trained numbers "
              "| file | training time |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
              f"| base model | {base.concept_rate(concept):.3g} | {base.context_rate():.3g} | 0 | 0 | "
-             f"{base_others:.3g} | - | - | - |"]
+             f"{reference.others:.3g} | - | - | - |"]
     for m in methods:
         col = lambda key: [r[key] for r in m.rows]  # noqa: E731
         lines.append(f"| {m.name} | {spread(col('concept'))} | {spread(col('context'))} | {spread(col('lfd'))} | "
