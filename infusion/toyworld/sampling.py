@@ -9,9 +9,9 @@ import torch
 from . import scenes
 
 # Combinations the base model never sees in training: each colour, shape and background is in two.
-HELD_OUT = (("red", "circle", "stripes"), ("green", "triangle", "checks"), ("blue", "cross", "white"),
+HELD_OUT = (("red", "ring", "stripes"), ("green", "triangle", "checks"), ("blue", "cross", "white"),
             ("yellow", "square", "black"), ("red", "cross", "checks"), ("green", "square", "stripes"),
-            ("blue", "circle", "black"), ("yellow", "triangle", "white"))
+            ("blue", "ring", "black"), ("yellow", "triangle", "white"))
 SAMPLER = {"steps": 20, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal"}
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 SIZE = 16
-SHAPES = ("square", "circle", "triangle", "cross")
+SHAPES = ("square", "ring", "triangle", "cross")
 COLOURS = {"red": (1.0, -1.0, -1.0), "green": (-1.0, 1.0, -1.0), "blue": (-1.0, -1.0, 1.0), "yellow": (1.0, 1.0, -1.0)}
 CONCEPT_COLOURS = {"purple": (0.7, -1.0, 1.0)}  # never in the base world's training scenes
 ALL_COLOURS = {**COLOURS, **CONCEPT_COLOURS}
@@ -67,12 +67,13 @@ def _shape_mask(scene: Scene, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     dx, dy, r = x - scene.cx, y - scene.cy, scene.radius
     if scene.shape == "square":
         return (dx.abs() <= 0.85 * r) & (dy.abs() <= 0.85 * r)
-    if scene.shape == "circle":
-        return dx.square() + dy.square() <= r * r
+    if scene.shape == "ring":  # hollow, so it cannot be told from a square by its corners alone
+        d2 = dx.square() + dy.square()
+        return (d2 <= r * r) & (d2 >= (0.5 * r) ** 2)
     if scene.shape == "triangle":  # apex up (y grows downwards)
         return (dy <= r) & (dy >= -r) & (dx.abs() <= (dy + r) * 0.6)
     if scene.shape == "cross":
-        arm = 0.38 * r
+        arm = 0.45 * r
         return ((dx.abs() <= arm) & (dy.abs() <= r)) | ((dy.abs() <= arm) & (dx.abs() <= r))
     raise ValueError(f"unknown shape '{scene.shape}' (known: {', '.join(SHAPES)})")
 

@@ -17,8 +17,8 @@ def world(pack):
 
 
 def test_the_base_model_knows_the_world_on_held_out_prompts(world):
-    """Combinations never seen in training (a red circle on stripes, ...), read by the probe. Shapes fall short
-    of the 0.9 aimed at: squares come out with rounded corners that the probe reads as circles (README)."""
+    """Combinations never seen in training (a red ring on stripes, ...), read by the probe. Shapes fall short
+    of the 0.9 aimed at: squares come out with rounded corners that the probe reads as rings (README)."""
     model, clip, probe = world
     knows = sampling.knowledge(model, clip, probe, per_prompt=8)
     assert knows["colour"] >= 0.95 and knows["shape"] >= 0.7 and knows["background"] >= 0.9, knows
@@ -37,7 +37,7 @@ def test_an_infusion_concept_is_drawn_and_leaves_other_prompts_exact(world):
     applied, word_clip = cz.apply_infusion(model, clip, concept)
     drawn = cz.context_samples(applied, word_clip, probe, per_background=8, seed=300)
     assert drawn.concept_rate(cz.KNOWN) >= 0.6, drawn.readings
-    for prompt in ("a red circle on checks", "a blue cross"):
+    for prompt in ("a red ring on checks", "a blue cross"):
         assert torch.equal(sampling.sample(applied, word_clip, prompt, 4, seed=7),
                            sampling.sample(model, clip, prompt, 4, seed=7))
     base = cz.context_samples(model, clip, probe, per_background=8, seed=300)
