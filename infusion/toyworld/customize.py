@@ -26,7 +26,7 @@ WORD = "triangle"
 PHOTO_BACKGROUND = "stripes"
 OTHER_SHAPES = tuple(s for s in scenes.SHAPES if s != WORD)
 # Train Infusion Concept's settings that suit this world (see the README's toy-world section).
-TUNED = dict(learning_rate=0.05, steps=300, gradient_accumulation=1)
+TUNED = dict(learning_rate=0.1, steps=600, gradient_accumulation=1)
 
 
 @dataclass(frozen=True)
