@@ -67,7 +67,7 @@ def _shape_mask(scene: Scene, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     dx, dy, r = x - scene.cx, y - scene.cy, scene.radius
     if scene.shape == "square":
         return (dx.abs() <= 0.85 * r) & (dy.abs() <= 0.85 * r)
-    if scene.shape == "ring":  # hollow, so it cannot be told from a square by its corners alone
+    if scene.shape == "ring":  # hollow: a filled disc differs from a square only at its corners, which blur at 16x16
         d2 = dx.square() + dy.square()
         return (d2 <= r * r) & (d2 >= (0.5 * r) ** 2)
     if scene.shape == "triangle":  # apex up (y grows downwards)
