@@ -207,7 +207,7 @@ def main() -> None:
     run = "smoke" if args.smoke else "quick" if args.quick else "full"
     setting = {"smoke": Setting([0], 2, 2, 1), "quick": Setting([0], 8, 4, 2),
                "full": Setting([0, 1, 2], 24, 8, 8)}[run]
-    scale = {"smoke": 0.01, "quick": 0.3, "full": 1.0}[run]
+    scale = {"smoke": 0.01, "quick": 0.25, "full": 1.0}[run]
     steps = lambda n: max(1, round(n * scale))  # noqa: E731
     tuned = {**cz.TUNED, "steps": steps(cz.TUNED["steps"])}
     lora = dict(rank=LORA_RANK, steps=steps(LORA_STEPS), learning_rate=LORA_LR)
