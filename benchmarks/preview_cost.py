@@ -24,7 +24,7 @@ DEFAULT_STEPS, DEFAULT_ROUNDS = 500, 500 // 100 + 1
 
 
 def timed_run(pack, model, clip, vae, photos, steps: int, every: int, size: int) -> float:
-    node = h.pack_submodule(pack, "nodes.train").TrainInfusion.PREPARE_CLASS_CLONE({"UNIQUE_ID": "bench"})
+    node = h.train_node(pack, "bench")
     started = time.perf_counter()
     h.run_node(node, model, clip, vae=vae, photos=photos, output_name=f"preview_cost_{every}", steps=steps,
                resolution=size, precision="fp32", sample_every=every, save_every=0)

@@ -20,10 +20,10 @@ import comfy_harness as h  # noqa: E402
 
 
 def random_sd15(channels: int):
+    """Loaded from a file, as a user's checkpoint is (ComfyUI's Train LoRA reloads its model)."""
     import comfy.supported_models
-    unet = comfy.supported_models.SD15({**h.sd15_unet_config(), "model_channels": channels}).get_model({})
-    h.init_weights(unet)
-    return h._patcher(unet)
+    config = {**h.sd15_unet_config(), "model_channels": channels}
+    return h.model_from_file(f"sd15_{channels}", lambda: comfy.supported_models.SD15(config).get_model({}), h.SEED)
 
 
 def forward_times(pack, model, conds, latents, batch: int, repeats: int) -> list[float]:

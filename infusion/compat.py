@@ -7,7 +7,22 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
+
+
+def node_class(node: Any, unique_id: str, prompt: dict | None = None) -> Any:
+    """A V3 node class prepared as the executor prepares it before `execute`: a clone carrying the
+    hidden inputs (unique id, prompt), so nodes that read `cls.hidden` can be called outside a graph.
+
+    0.3.64: PREPARE_CLASS_CLONE(hidden_inputs), the hidden inputs by their Hidden names. 0.33:
+    PREPARE_CLASS_CLONE(v3_data), the same dict under v3_data["hidden_inputs"].
+    """
+    from comfy_api.latest import io
+
+    hidden = {io.Hidden.unique_id: unique_id, io.Hidden.prompt: prompt}
+    if "v3_data" in inspect.signature(node.PREPARE_CLASS_CLONE).parameters:
+        return node.PREPARE_CLASS_CLONE({"hidden_inputs": hidden})
+    return node.PREPARE_CLASS_CLONE(hidden)
 
 
 def prompt_executor(server: Any) -> Any:
@@ -69,6 +84,17 @@ def classic_patcher(model: Any) -> Any:
     except RuntimeError as e:  # a model built without ComfyUI's loaders cannot be reloaded
         raise RuntimeError(f"this model cannot be switched to classic loading for training ({e}); "
                            "start ComfyUI with --disable-dynamic-vram") from e
+
+
+def register_reload(patcher: Any, load: Callable[..., Any], *args: Any) -> None:
+    """Tell ComfyUI how to load this model again from its file: `load(*args, disable_dynamic=...)` returns
+    a fresh ModelPatcher over the same weights.
+
+    0.33: what its core loaders register as `cached_patcher_init`, used by clone(force_deepcopy=True)
+    (Train LoRA trains on such a deep copy) and by the dynamic VRAM delegate; a model built any other
+    way cannot be copied there. 0.3.64 reads no such attribute: setting it changes nothing.
+    """
+    patcher.cached_patcher_init = (load, args)
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ import contextlib
 import json
 import os
 import tempfile
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -114,6 +114,34 @@ def write_tiny_sd15_checkpoint(path: str, seed: int = SEED, every_layer: bool = 
     return path
 
 
+def load_unet_file(path: str, new_model: Callable[[], Any], disable_dynamic: bool = False) -> Any:
+    """A ModelPatcher over `new_model()` (an empty ComfyUI BaseModel of the right config) with the UNet
+    weights of `path`; ComfyUI is told to load it again the same way (Train LoRA's deep copy, the dynamic
+    VRAM delegate), as its own loaders do. `disable_dynamic` is ComfyUI's: these patchers are classic."""
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.utils
+
+    from . import compat
+
+    model = new_model()
+    missing, unexpected = model.diffusion_model.load_state_dict(comfy.utils.load_torch_file(path), strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path} does not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    patcher = comfy.model_patcher.ModelPatcher(model, comfy.model_management.get_torch_device(),
+                                               comfy.model_management.unet_offload_device())
+    compat.register_reload(patcher, load_unet_file, path, new_model)
+    return patcher
+
+
+def save_unet_file(model: Any, path: str) -> str:
+    """The UNet weights of a BaseModel as a .safetensors file (atomic), for `load_unet_file`."""
+    from .format import write_safetensors
+
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.diffusion_model.state_dict().items()}
+    return write_safetensors(state, path, {})
+
+
 def _clip_vision_model(config: dict[str, Any]) -> Any:
     """comfy.clip_vision.ClipVisionModel for `config` (it only reads configs from files)."""
     import comfy.clip_vision
@@ -157,14 +185,15 @@ def tiny_clip_vision_loader() -> Iterator[None]:
 
     original = comfy.clip_vision.load
 
-    def load(path: str) -> Any:
-        config = _tiny_clip_vision_config(path)
+    # ComfyUI's own signature (ckpt_path), and whatever a later version adds passed on.
+    def load(ckpt_path: str, *args: Any, **kwargs: Any) -> Any:
+        config = _tiny_clip_vision_config(ckpt_path)
         if config is None:
-            return original(path)
+            return original(ckpt_path, *args, **kwargs)
         model = _clip_vision_model(config)
-        missing, _ = model.load_sd(comfy.utils.load_torch_file(path))
+        missing, _ = model.load_sd(comfy.utils.load_torch_file(ckpt_path))
         if missing:
-            raise RuntimeError(f"{path}: tiny CLIP vision file lacks {missing[:3]}")
+            raise RuntimeError(f"{ckpt_path}: tiny CLIP vision file lacks {missing[:3]}")
         return model
 
     comfy.clip_vision.load = load

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 import torch
 
+from .. import compat
 from . import scenes
 from .probe import Probe, Reading, read
 from .sampling import sample
@@ -126,7 +127,7 @@ def infusion_node_inputs(**overrides: Any) -> dict[str, Any]:
 def train_infusion_outputs(model: Any, clip: Any, photos: torch.Tensor, **inputs: Any) -> tuple:
     """Every output of the Train Infusion Concept node, trained on the photos' latents."""
     import nodes
-    node = nodes.NODE_CLASS_MAPPINGS["TrainInfusion"].PREPARE_CLASS_CLONE({"UNIQUE_ID": "toyworld"})
+    node = compat.node_class(nodes.NODE_CLASS_MAPPINGS["TrainInfusion"], "toyworld")
     with torch.inference_mode():
         return node.execute(model, clip, latents={"samples": photos}, **infusion_node_inputs(**inputs)).result
 
@@ -151,7 +152,6 @@ def lora_node_inputs(**overrides: Any) -> dict[str, Any]:
 
 def train_lora(model: Any, clip: Any, photos: torch.Tensor, captions: Sequence[str], **inputs: Any) -> Any:
     """ComfyUI's Train LoRA on the photos (one caption per photo, as that node takes them); the patched MODEL."""
-    from .. import compat
     from .sampling import encode
     positive = [c for text in captions for c in encode(clip, text)]
     with torch.inference_mode():

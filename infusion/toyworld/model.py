@@ -47,21 +47,19 @@ def model_config() -> Any:
     return ToyWorld({**UNET_CONFIG, "dtype": torch.float32})
 
 
-def build_model(state_dict: dict[str, torch.Tensor] | None = None) -> Any:
-    """A ModelPatcher over the toy UNet: the given weights, or a fresh deterministic init."""
+def new_model() -> Any:
+    """The toy UNet as a ComfyUI BaseModel, its weights not yet set."""
+    return model_config().get_model({})
+
+
+def build_model() -> Any:
+    """A ModelPatcher over the toy UNet with a fresh deterministic init (for training the base model)."""
     import comfy.model_management
     import comfy.model_patcher
 
     from ..tiny_models import init_weights
 
-    model = model_config().get_model({})
-    if state_dict is None:
-        init_weights(model, seed=2026)
-    else:
-        missing, unexpected = model.diffusion_model.load_state_dict(state_dict, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"toy-world weights do not fit the toy UNet (missing {missing[:3]}, unexpected "
-                             f"{unexpected[:3]})")
+    model = init_weights(new_model(), seed=2026)
     return comfy.model_patcher.ModelPatcher(model, comfy.model_management.get_torch_device(),
                                             comfy.model_management.unet_offload_device())
 
@@ -76,14 +74,14 @@ def build_clip() -> Any:
 
 
 def load(path: str = BASE_WEIGHTS) -> tuple[Any, Any]:
-    """(MODEL, CLIP) of the trained base model."""
-    import safetensors.torch
+    """(MODEL, CLIP) of the trained base model. The MODEL is loaded from its file as ComfyUI's own loaders
+    load a checkpoint, so ComfyUI can load it again (its Train LoRA node trains on such a fresh copy)."""
+    from ..tiny_models import load_unet_file
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no toy-world base model at {path}: build it with `python -m infusion.toyworld.train "
                                 "base` (see README, Toy world)")
-    weights = {k: v.float() for k, v in safetensors.torch.load_file(path).items()}
-    return build_model(weights), build_clip()
+    return load_unet_file(path, new_model), build_clip()
 
 
 class LatentView:

@@ -258,6 +258,15 @@ def _patcher(model: Any) -> Any:
     return comfy.model_patcher.ModelPatcher(model, cpu, cpu)
 
 
+def model_from_file(name: str, new_model: Any, seed: int) -> Any:
+    """A random-weight model saved to <tmp models>/diffusion_models/<name>.safetensors and loaded from
+    there, so ComfyUI can load it again as it reloads a user's checkpoint (Train LoRA's deep copy)."""
+    tiny = _tiny_models()
+    path = os.path.join(models_dir(), "diffusion_models", f"{name}.safetensors")
+    tiny.save_unet_file(init_weights(new_model(), seed), path)
+    return tiny.load_unet_file(path, new_model)
+
+
 def _clip(tokenizer: Any, clip_cls: Any, model_options: dict, seed: int) -> Any:
     import comfy.sd
     from comfy.supported_models_base import ClipTarget
@@ -287,11 +296,10 @@ def tiny_sd15() -> tuple[Any, Any]:
     import comfy.sd1_clip
     import comfy.supported_models
 
-    model = comfy.supported_models.SD15(sd15_unet_config()).get_model({})
-    init_weights(model, SEED)
+    model = model_from_file("tiny_sd15", lambda: comfy.supported_models.SD15(sd15_unet_config()).get_model({}), SEED)
     clip = _clip(comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel,
                  {"clip_l_model_config": dict(TINY_CLIP_L)}, SEED + 1)
-    return _patcher(model), clip
+    return model, clip
 
 
 @_built_in_comfy
@@ -302,18 +310,20 @@ def tiny_sd2v() -> tuple[Any, Any]:
     import comfy.text_encoders.sd2_clip
     import torch
 
-    config = comfy.supported_models.SD20(sd2_unet_config())
-    config.unet_config.update(num_heads=-1, num_head_channels=TINY_HEAD_CHANNELS)
-    # ComfyUI decides SD2 eps vs v from the checkpoint (SD20.model_type: std of this
-    # norm bias > 0.09 means v); feed it such a probe so its own logic picks V_PREDICTION.
-    probe = {"output_blocks.11.1.transformer_blocks.0.norm1.bias": torch.tensor([-1.0, 1.0])}
-    model = config.get_model(probe)
-    if model.model_type != comfy.model_base.ModelType.V_PREDICTION:
-        raise RuntimeError(f"ComfyUI no longer detects v-prediction from the SD2 probe: {model.model_type}")
-    init_weights(model, SEED + 2)
+    def new_model():
+        config = comfy.supported_models.SD20(sd2_unet_config())
+        config.unet_config.update(num_heads=-1, num_head_channels=TINY_HEAD_CHANNELS)
+        # ComfyUI decides SD2 eps vs v from the checkpoint (SD20.model_type: std of this
+        # norm bias > 0.09 means v); feed it such a probe so its own logic picks V_PREDICTION.
+        probe = {"output_blocks.11.1.transformer_blocks.0.norm1.bias": torch.tensor([-1.0, 1.0])}
+        model = config.get_model(probe)
+        if model.model_type != comfy.model_base.ModelType.V_PREDICTION:
+            raise RuntimeError(f"ComfyUI no longer detects v-prediction from the SD2 probe: {model.model_type}")
+        return model
+
     clip = _clip(comfy.text_encoders.sd2_clip.SD2Tokenizer, comfy.text_encoders.sd2_clip.SD2ClipModel,
                  {"clip_h_model_config": dict(TINY_CLIP_H)}, SEED + 3)
-    return _patcher(model), clip
+    return model_from_file("tiny_sd2v", new_model, SEED + 2), clip
 
 
 @_built_in_comfy
@@ -323,13 +333,14 @@ def tiny_sdxl() -> tuple[Any, Any]:
     import comfy.sdxl_clip
     import comfy.supported_models
 
-    config = comfy.supported_models.SDXL(sdxl_unet_config())
-    config.unet_config.update(num_heads=-1, num_head_channels=TINY_HEAD_CHANNELS)
-    model = config.get_model({})
-    init_weights(model, SEED + 4)
+    def new_model():
+        config = comfy.supported_models.SDXL(sdxl_unet_config())
+        config.unet_config.update(num_heads=-1, num_head_channels=TINY_HEAD_CHANNELS)
+        return config.get_model({})
+
     clip = _clip(comfy.sdxl_clip.SDXLTokenizer, comfy.sdxl_clip.SDXLClipModel,
                  {"clip_l_model_config": dict(TINY_CLIP_L), "clip_g_model_config": dict(TINY_CLIP_G)}, SEED + 5)
-    return _patcher(model), clip
+    return model_from_file("tiny_sdxl", new_model, SEED + 4), clip
 
 
 def custom_unet_config() -> dict:
@@ -346,9 +357,8 @@ def tiny_custom() -> tuple[Any, Any]:
     """(ModelPatcher, CLIP): a custom-layout eps UNet in ComfyUI's SD15 model class, with SD1.5's CLIP."""
     import comfy.supported_models
 
-    model = comfy.supported_models.SD15(custom_unet_config()).get_model({})
-    init_weights(model, SEED + 8)
-    return _patcher(model), tiny_sd15()[1]
+    model = model_from_file("tiny_custom", lambda: comfy.supported_models.SD15(custom_unet_config()).get_model({}), SEED + 8)
+    return model, tiny_sd15()[1]
 
 
 # SD's KL autoencoder (8x down via 4 levels, 4 latent channels) at ch 32 instead of 128.
@@ -406,6 +416,12 @@ def run_node(node: Any, *args: Any, **kwargs: Any) -> Any:
             defaults = {i.id: i.default for i in inputs if getattr(i, "default", None) is not None}
             return node.execute(*args, **{**defaults, **kwargs})
         return node(*args, **kwargs)
+
+
+def train_node(pack: Any, unique_id: str = "1", prompt: dict | None = None) -> Any:
+    """Train Infusion Concept's class, prepared as the executor prepares a node (its hidden inputs set)."""
+    compat = pack_submodule(pack, "infusion.compat")
+    return compat.node_class(pack_submodule(pack, "nodes.train").TrainInfusion, unique_id, prompt)
 
 
 def encode(clip: Any, text: str) -> list:

@@ -170,7 +170,10 @@ def test_progress_bar_and_cancel(metrics, sd15):
     comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: updates.append((value, total)))
     try:
         lfd(metrics, model, model.clone(), cond)
-        assert updates == [(i, 8) for i in range(1, 9)]  # 2 models x 2 prompts x 2 timesteps
+        # 2 models x 2 prompts x 2 timesteps: the bar moves forward and reaches its total (newer ComfyUI
+        # throttles the updates in between, so their number is not what a user sees).
+        values = [value for value, total in updates]
+        assert {total for _, total in updates} == {8} and values == sorted(set(values)) and values[-1] == 8
 
         calls = []
 

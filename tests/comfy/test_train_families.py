@@ -13,7 +13,7 @@ SETTINGS = dict(word="dog", steps=1, learning_rate=0.05, batch_size=2, gradient_
 
 
 def train(pack, model, clip, vae, name, **overrides):
-    node = h.pack_submodule(pack, "nodes.train").TrainInfusion.PREPARE_CLASS_CLONE({"UNIQUE_ID": "1"})
+    node = h.train_node(pack, "1")
     photos = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(1))
     return h.run_node(node, model, clip, vae=vae, photos=photos, output_name=name, **{**SETTINGS, **overrides}).result
 
@@ -46,7 +46,7 @@ def test_key_value_variant_masks_and_fp16_autocast_train(pack, sd15, vae):
     model, clip = sd15
     masks = torch.zeros(2, 64, 64)
     masks[:, 16:48, 16:48] = 1.0
-    node = h.pack_submodule(pack, "nodes.train").TrainInfusion.PREPARE_CLASS_CLONE({"UNIQUE_ID": "1"})
+    node = h.train_node(pack, "1")
     photos = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(1))
     concept, loss, _, _, _ = h.run_node(node, model, clip, vae=vae, photos=photos, masks=masks, output_name="kv",
                                      **{**SETTINGS, "variant": "key+value", "precision": "fp16"}).result

@@ -16,8 +16,7 @@ SETTINGS = dict(word="dog", output_name="rex", steps=3, learning_rate=0.01, batc
 
 
 def train(pack, model, clip, vae, photos, masks=None, prompt=None, **overrides):
-    node = h.pack_submodule(pack, "nodes.train").TrainInfusion.PREPARE_CLASS_CLONE(
-        {"PROMPT": prompt, "UNIQUE_ID": "9"})
+    node = h.train_node(pack, "9", prompt)
     return h.run_node(node, model, clip, vae=vae, photos=photos, masks=masks, **{**SETTINGS, **overrides})
 
 
@@ -172,7 +171,7 @@ def test_latents_train_like_the_photos_they_encode(pack, sd15, vae, photos):
     square = photos[:, :64]
     from_photos = train(pack, model, clip, vae, square, output_name="from_photos", flip=False).result[0]
     latents = h.vae_encode(vae, square)
-    node = h.pack_submodule(pack, "nodes.train").TrainInfusion.PREPARE_CLASS_CLONE({"UNIQUE_ID": "9"})
+    node = h.train_node(pack, "9")
     from_latents = h.run_node(node, model, clip, latents=latents, **{**SETTINGS, "output_name": "from_latents",
                                                                      "flip": False}).result[0]
     assert all(torch.equal(from_photos.values[l], from_latents.values[l]) for l in from_photos.values)
@@ -187,7 +186,7 @@ def test_latents_train_like_the_photos_they_encode(pack, sd15, vae, photos):
 def test_photos_or_latents_but_not_both_nor_neither(pack, sd15, vae, photos, given, message):
     model, clip = sd15
     inputs = {"photos": photos, "latents": {"samples": torch.zeros(3, 4, 8, 8)}}
-    node = h.pack_submodule(pack, "nodes.train").TrainInfusion.PREPARE_CLASS_CLONE({"UNIQUE_ID": "9"})
+    node = h.train_node(pack, "9")
     with pytest.raises(ValueError, match=message):
         h.run_node(node, model, clip, **{k: inputs[k] for k in given}, **SETTINGS)
 
@@ -280,6 +279,6 @@ def test_preview_inputs_are_checked(pack, sd15, vae, photos):
     model, clip = sd15
     with pytest.raises(ValueError, match="the sample prompt 'a cat on the moon' does not contain the class word 'dog'"):
         train(pack, model, clip, vae, photos, **{**PREVIEWS, "sample_prompts": "a cat on the moon"})
-    node = h.pack_submodule(pack, "nodes.train").TrainInfusion.PREPARE_CLASS_CLONE({"UNIQUE_ID": "9"})
+    node = h.train_node(pack, "9")
     with pytest.raises(ValueError, match="sample previews are decoded with the VAE: connect vae, or set sample_every"):
         h.run_node(node, model, clip, latents=h.vae_encode(vae, photos[:, :64]), **{**SETTINGS, **PREVIEWS})

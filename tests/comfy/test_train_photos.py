@@ -67,7 +67,7 @@ TRAIN = dict(word="dog", output_name="captioned", steps=2, learning_rate=0.05, b
 
 
 def train(pack, model, clip, vae, photos, captions, **overrides):
-    node = h.pack_submodule(pack, "nodes.train").TrainInfusion.PREPARE_CLASS_CLONE({"UNIQUE_ID": "5"})
+    node = h.train_node(pack, "5")
     return h.run_node(node, model, clip, vae=vae, photos=photos, captions=captions, **{**TRAIN, **overrides}).result
 
 
