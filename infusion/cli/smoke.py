@@ -74,6 +74,19 @@ def output_slot(definitions: Mapping[str, Mapping[str, Any]], class_type: str, k
     return list(definitions[class_type]["output"]).index(kind)
 
 
+def smoke_prompt(name: str, bypass: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(API prompt, definitions): an example workflow at smoke size, on the tiny models' file names."""
+    workflow = bypassed(workflows.load(workflows.resolve(name)), bypass)
+    prompt, definitions = as_prompt(workflow)
+    for node_id, node in prompt.items():
+        for key, value in TINY_SETTINGS.get(node["class_type"], {}).items():
+            set_input(prompt, definitions, node_id, key, value)
+        for key, value in (("ckpt_name", CHECKPOINT), ("clip_name", CLIP_VISION)):
+            if key in node["inputs"]:
+                node["inputs"][key] = value
+    return prompt, definitions
+
+
 @dataclass
 class Smoke:
     runner: Runner
@@ -95,16 +108,7 @@ class Smoke:
         return cls(runner, photos)
 
     def prompt(self, name: str, bypass: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
-        """An example workflow as an API prompt at smoke size, on the tiny models."""
-        workflow = bypassed(workflows.load(workflows.resolve(name)), bypass)
-        prompt, definitions = as_prompt(workflow)
-        for node_id, node in prompt.items():
-            for key, value in TINY_SETTINGS.get(node["class_type"], {}).items():
-                set_input(prompt, definitions, node_id, key, value)
-            for key, value in (("ckpt_name", CHECKPOINT), ("clip_name", CLIP_VISION)):
-                if key in node["inputs"]:
-                    node["inputs"][key] = value
-        return prompt, definitions
+        return smoke_prompt(name, bypass)
 
     def _concepts(self, prompt: dict[str, Any], definitions: Mapping[str, Any], words: tuple[str, ...]) -> None:
         for node_id, word in zip(nodes_of(prompt, "LoadInfusion"), words):

@@ -478,3 +478,81 @@ def record_attn2_blocks(model: Any, positive: list, negative: list, **sample_kwa
     m.set_model_attn2_patch(patch)
     sample(m, positive, negative, **{"steps": 1, **sample_kwargs})
     return seen
+
+
+# --------------------------------------------------------------------------- a real server
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """ComfyUI's main.py as a user starts it (this Python, --cpu), on 127.0.0.1, with `base` as its base
+    directory (custom_nodes, models, input, output, user) and this pack linked into base/custom_nodes."""
+
+    PACK_DIR_NAME = "ComfyUI-Infusion"
+
+    def __init__(self, comfy_root: str, base: str):
+        self.comfy_root, self.base = comfy_root, base
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.log_path = os.path.join(base, "server.log")
+        self.process: Any = None
+
+    def __enter__(self) -> "Server":
+        import subprocess
+        os.makedirs(os.path.join(self.base, "custom_nodes"), exist_ok=True)
+        os.makedirs(os.path.join(self.base, "user"), exist_ok=True)
+        link = os.path.join(self.base, "custom_nodes", self.PACK_DIR_NAME)
+        if not os.path.exists(link):
+            os.symlink(PACK_ROOT, link)
+        with open(self.log_path, "w") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+                 "--base-directory", self.base, "--disable-auto-launch"],
+                cwd=self.comfy_root, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            self.wait_for("object_info/TrainInfusion")
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+    def log(self) -> str:
+        with open(self.log_path) as f:
+            return f.read()
+
+    def wait_for(self, route: str, timeout: float = 180) -> None:
+        import time
+        import urllib.request
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                with urllib.request.urlopen(self.url + route, timeout=5) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(1)
+        raise RuntimeError(f"ComfyUI did not serve {self.url + route}:\n{self.log()[-4000:]}")
+
+    def get(self, route: str) -> Any:
+        import json
+        import urllib.request
+        with urllib.request.urlopen(self.url + route, timeout=30) as response:
+            return json.load(response)
+
+    def post(self, route: str, body: Any = None) -> Any:
+        import json
+        import urllib.request
+        request = urllib.request.Request(self.url + route, data=json.dumps(body or {}).encode(),
+                                         headers={"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(request, timeout=30) as response:
+            text = response.read()
+        return json.loads(text) if text.strip() else None

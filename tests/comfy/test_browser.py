@@ -17,10 +17,8 @@ import importlib.util
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
@@ -29,7 +27,7 @@ import comfy_harness as h
 
 from infusion.cli import workflows
 
-PACK_DIR_NAME = "ComfyUI-Infusion"
+PACK_DIR_NAME = h.Server.PACK_DIR_NAME
 SCREENSHOTS = os.environ.get("INFUSION_SCREENSHOTS") or os.path.join(h.PACK_ROOT, "benchmarks", "out", "browser")
 MODEL_FOLDERS = {"CheckpointLoaderSimple": "checkpoints", "LoadInfusion": "infusion", "CLIPVisionLoader": "clip_vision"}
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -174,27 +172,6 @@ def _missing_parts() -> tuple[str | None, str | None, str]:
     return chromium, node_path, "; ".join(missing)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for(url: str, server: subprocess.Popen, log_path: str, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            break
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(1)
-    with open(log_path) as f:
-        pytest.fail(f"ComfyUI did not serve {url}:\n{f.read()[-4000:]}")
-
-
 @pytest.fixture(scope="module")
 def server(comfy_path, tmp_path_factory):
     """A real ComfyUI server with only this pack, in a temporary base directory, and the model
@@ -204,27 +181,14 @@ def server(comfy_path, tmp_path_factory):
         # CI installs them (.ci/run): there a missing part is a failure, never a silent skip.
         (pytest.fail if os.environ.get("CI") == "true" else pytest.skip)(f"browser check needs {missing}")
     base = tmp_path_factory.mktemp("comfyui_browser")
-    os.makedirs(base / "custom_nodes")
-    os.symlink(h.PACK_ROOT, base / "custom_nodes" / PACK_DIR_NAME)
     for name in workflows.example_names():
         for node in workflows.load(workflows.resolve(name))["nodes"]:
             if node["type"] in MODEL_FOLDERS:
                 folder = base / "models" / MODEL_FOLDERS[node["type"]]
                 folder.mkdir(parents=True, exist_ok=True)
                 (folder / node["widgets_values"][0]).touch()
-    port = _free_port()
-    log_path = str(base / "server.log")
-    with open(log_path, "w") as log:
-        process = subprocess.Popen([sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-                                    "--base-directory", str(base), "--disable-auto-launch"],
-                                   cwd=comfy_path, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        url = f"http://127.0.0.1:{port}/"
-        _wait_for(url + "object_info/TrainInfusion", process, log_path)
-        yield {"url": url, "chromium": chromium, "node_path": node_path, "log": log_path}
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    with h.Server(comfy_path, str(base)) as running:
+        yield {"url": running.url, "chromium": chromium, "node_path": node_path, "log": running.log_path}
 
 
 def test_template_route_lists_the_examples(server):
