@@ -1,7 +1,8 @@
 """The ComfyUI-version seams (infusion/compat.py and the pack's overrides of ComfyUI methods).
 
-On the real 0.3.64 every 0.3.64 path runs for real; the 0.38 paths (found by reading its code) run
-against stand-ins shaped as 0.38's objects are, so a branch is never left untried.
+The suite runs on the real 0.3.64 and 0.33.0, so each runs its own paths for real; the paths of the
+other (and of 0.38, found by reading its code) run against stand-ins shaped as their objects are, so a
+branch is never left untried.
 """
 import asyncio
 import inspect
@@ -120,6 +121,45 @@ def test_training_mode_sets_the_switch_where_comfyui_has_one(compat, monkeypatch
             assert mm.in_training is True
             raise KeyError("a failing step")
     assert mm.in_training is False
+
+
+def test_a_dynamic_vram_model_trains_on_comfyuis_own_classic_delegate(pack, compat, sd15_checkpoint, vae):
+    """0.33 on NVIDIA: main.py loads models as ModelPatcherDynamic. A CPU cannot build one (ComfyUI falls
+    back to the classic patcher there), so a model loaded by ComfyUI's own checkpoint loader is marked
+    dynamic and given ComfyUI's own get_non_dynamic_delegate, which reloads it from its file: the concept
+    trained on that delegate (previews sampled on the user's model) is the one classic loading gives, and
+    the user's MODEL is untouched."""
+    import comfy.model_patcher
+    import comfy.sd
+
+    with h.executor_mode():
+        model = comfy.sd.load_checkpoint_guess_config(sd15_checkpoint)[0]
+    dynamic_class = getattr(comfy.model_patcher, "ModelPatcherDynamic", None)
+    if dynamic_class is None:  # 0.3.64: no dynamic VRAM, every model is classic
+        assert compat.classic_patcher(model) is model
+        return
+    dynamic = model.clone()
+    dynamic.is_dynamic = lambda: True
+    dynamic.non_dynamic_delegate_model = None
+    dynamic.get_non_dynamic_delegate = dynamic_class.get_non_dynamic_delegate.__get__(dynamic)
+    delegate = compat.classic_patcher(dynamic)
+    assert not delegate.is_dynamic() and delegate.model is not dynamic.model  # reloaded from the file
+
+    _, clip = h.tiny_sd15()
+    photos = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(1))
+    settings = dict(word="dog", steps=2, learning_rate=0.05, batch_size=2, gradient_accumulation=1, resolution=64,
+                    seed=0, templates="a photo of a {}", flip=False, save_every=0, resume=False, variant="value",
+                    precision="fp32", gradient_checkpointing=True, sample_every=1, sample_steps=1, sample_size=64)
+    before = {k: v.clone() for k, v in dynamic.model.state_dict().items()}
+    trained = {}
+    for name, user_model in (("dynamic", dynamic), ("classic", model)):
+        trained[name] = h.run_node(h.train_node(pack), user_model, clip, vae=vae, photos=photos,
+                                   output_name=f"delegate_{name}", **settings).result[0]
+    dynamic_values, classic_values = trained["dynamic"].values, trained["classic"].values
+    assert all(torch.equal(dynamic_values[layer], classic_values[layer]) for layer in classic_values)
+    assert any(v.abs().sum() > 0 for v in trained["dynamic"].values.values())
+    after = dynamic.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
 
 
 LORA_INPUTS = dict(batch_size=1, steps=1, grad_accumulation_steps=1, learning_rate=0.01, rank=1, optimizer="AdamW",
