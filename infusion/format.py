@@ -1,10 +1,12 @@
 """The concept file: safetensors only (never pickle), validated before anything is applied.
 
-Tensors: "value.<layer>" (and "key.<layer>" for the key+value variant), each a text-space
-residual of the model's text width, fp16 or fp32. Metadata (all strings, JSON where
-structured): format "infusion", format_version, method, variant, family (ComfyUI's name for the
-base model, a label), text_width, word, token_ids, layers ([name, value width] pairs), training,
-provenance.
+Tensors: "value.<layer>" (and "key.<layer>" for the key+value variant), each one residual vector,
+fp16 or fp32. Metadata (all strings, JSON where structured): format "infusion", format_version,
+method, variant, family (ComfyUI's name for the base model, a label), word, token_ids, layers
+([name, value width] pairs), training, provenance, and the vectors' space:
+- version 1 (UNet concepts): vector_space "text", text_width (the vectors are the model's text width);
+- version 2 (DiT concepts, value space): vector_space "value", vector_width.
+A text-space concept is still written as version 1, so older packs read it as they always did.
 """
 from __future__ import annotations
 
@@ -18,13 +20,13 @@ import torch
 import safetensors.torch
 from safetensors import SafetensorError
 
-from .concept import VARIANTS, InfusionConcept
+from .concept import VARIANTS, VECTOR_SPACES, InfusionConcept
 from .layers import LayerId
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this pack reads and writes
 _DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
-_RESERVED = {"format", "format_version", "method", "variant", "family", "text_width", "vector_space",
-             "word", "name", "token_ids", "layers"}
+_RESERVED = {"format", "format_version", "method", "variant", "family", "text_width", "vector_width",
+             "vector_space", "word", "name", "token_ids", "layers"}
 
 
 class ConceptFileError(ValueError):
@@ -38,14 +40,15 @@ def save_concept(concept: InfusionConcept, path: str, dtype: str = "fp16") -> st
     tensors = {f"value.{l.key}": v.detach().to("cpu", _DTYPES[dtype]).contiguous() for l, v in concept.values.items()}
     for l, k in (concept.keys or {}).items():
         tensors[f"key.{l.key}"] = k.detach().to("cpu", _DTYPES[dtype]).contiguous()
+    text_space = concept.vector_space == "text"
     meta = {
         "format": "infusion",
-        "format_version": str(FORMAT_VERSION),
+        "format_version": "1" if text_space else "2",
         "method": "infusion",
         "variant": concept.variant,
         "family": concept.family,
-        "text_width": str(concept.text_width),
-        "vector_space": "text",
+        "text_width" if text_space else "vector_width": str(concept.text_width),
+        "vector_space": concept.vector_space,
         "word": concept.word,
         "name": concept.name,
         "token_ids": json.dumps(list(concept.token_ids)),
@@ -215,7 +218,11 @@ def _concept(name: str, meta: dict[str, str], tensors: dict[str, torch.Tensor]) 
         raise ConceptFileError(f"{name} has Infusion format version '{version}', this pack reads versions "
                                f"1..{FORMAT_VERSION}: update ComfyUI-Infusion")
     family = meta.get("family", "")
-    width = _decimal(meta.get("text_width", ""), "text_width")
+    space = meta.get("vector_space", "text") if int(version) >= 2 else "text"
+    if space not in VECTOR_SPACES:
+        raise ConceptFileError(f"{name}: unknown vector space '{space}' (known: {', '.join(VECTOR_SPACES)})")
+    width_field = "vector_width" if int(version) >= 2 else "text_width"
+    width = _decimal(meta.get(width_field, ""), width_field)
     variant = meta.get("variant")
     if variant not in VARIANTS:
         raise ConceptFileError(f"{name}: unknown variant '{variant}' (known: {', '.join(VARIANTS)})")
@@ -246,6 +253,8 @@ def _concept(name: str, meta: dict[str, str], tensors: dict[str, torch.Tensor]) 
         token_ids=tuple(_non_negative_int(i, "a token id") for i in token_ids),
         name=meta.get("name") or os.path.splitext(name)[0],
         metadata=extra,
+        vector_space=space,
+        image_queries_only=variant == "image-queries",
     )
 
 

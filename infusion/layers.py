@@ -1,4 +1,4 @@
-"""Cross-attention layers: their identity in ComfyUI, and the layer set of a UNet."""
+"""Attention layers that read text: their identity in ComfyUI, and the cross-attention layers of a UNet."""
 from __future__ import annotations
 
 import re
@@ -7,30 +7,38 @@ from dataclasses import dataclass
 import torch
 
 # ASCII digits only: int() would also take "-1", " 1" or "1_0", names no layer has.
-_LAYER_KEY = re.compile(r"(input|middle|output)\.([0-9]{1,4})\.([0-9]{1,4})")
+_LAYER_KEY = re.compile(r"(input|middle|output)\.([0-9]{1,4})\.([0-9]{1,4})|(double|single)\.([0-9]{1,4})")
+DIT_BLOCKS = ("double", "single")
 
 
 @dataclass(frozen=True, order=True)
 class LayerId:
-    """One cross-attention layer, named as ComfyUI names it at run time.
+    """One attention layer that reads text, named as ComfyUI names it at run time.
 
-    `block` is "input", "middle" or "output"; `number` the block's index in that list;
-    `index` the transformer block inside it (ComfyUI's `block_index`).
+    UNet cross-attention: `block` is "input", "middle" or "output", `number` the block's index in that
+    list, `index` the transformer block inside it (ComfyUI's `block_index`); key "input.1.0".
+    DiT joint attention: `block` is the `block_type` ComfyUI labels the block with ("double" for
+    two-stream or joint blocks, "single" for Flux's single-stream ones), `number` its `block_index`,
+    `index` 0; key "double.0".
     """
 
     block: str
     number: int
-    index: int
+    index: int = 0
 
     @property
     def key(self) -> str:
+        if self.block in DIT_BLOCKS:
+            return f"{self.block}.{self.number}"
         return f"{self.block}.{self.number}.{self.index}"
 
     @classmethod
     def parse(cls, key: str) -> "LayerId":
         match = _LAYER_KEY.fullmatch(key)
         if match is None:
-            raise ValueError(f"'{key}' is not a cross-attention layer name (expected e.g. 'input.1.0')")
+            raise ValueError(f"'{key}' is not an attention layer name (expected e.g. 'input.1.0' or 'double.0')")
+        if match[4]:
+            return cls(match[4], int(match[5]))
         return cls(match[1], int(match[2]), int(match[3]))
 
 

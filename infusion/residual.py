@@ -1,9 +1,10 @@
-"""The Infusion residual as a composable ComfyUI `attn2_patch`.
+"""The Infusion residual: one concept's vectors, added at its word's token rows.
 
-In every cross-attention layer l the value input at the class word's positions P becomes
-c_j + s * u_l (j in P), so V[j] = W_v c_j + s * W_v u_l: the attention maps (keys, softmax) stay
-the base model's and the output changes by s * A[:, P] W_v u_l. Rows outside P are returned
-untouched, so a prompt without the word, or s = 0, gives the base model's output bit for bit.
+UNet (a composable `attn2_patch`): in every cross-attention layer l the value input at the class word's
+positions P becomes c_j + s * u_l (j in P), so V[j] = W_v c_j + s * W_v u_l: the attention maps (keys,
+softmax) stay the base model's and the output changes by s * A[:, P] W_v u_l. DiT (families/dit.py): the
+projected values at the word's text rows get s * r_l. Rows outside P are returned untouched, so a
+prompt without the word, or s = 0, gives the base model's output bit for bit.
 """
 from __future__ import annotations
 
@@ -75,12 +76,18 @@ def carry_word_positions(executor, model, conds, x_in, timestep, model_options, 
     return executor(model, conds, x_in, timestep, options, *args, **kwargs)
 
 
-class InfusionResidual(torch.nn.Module):
-    """attn2_patch adding one concept's residuals at its word's positions.
+def add_at_rows(tensor: torch.Tensor, rows: tuple[torch.Tensor, torch.Tensor], vector: torch.Tensor) -> torch.Tensor:
+    """`tensor` [batch, tokens, ...] with `vector` added at the (batch, token) rows; every other row keeps its
+    exact bits (index_put returns a new tensor, so autograd reaches the vector). The paper's V[j] += s r."""
+    return tensor.index_put(rows, vector.to(tensor), accumulate=True)
 
-    The residuals are fp32 masters: ComfyUI calls `.to(dtype)` on patches when it loads a model
-    in fp16, which is ignored here; they are cast to the activation dtype at the moment of use.
-    Trainable as an nn.Module (the residuals are parameters).
+
+class ConceptResidual(torch.nn.Module):
+    """One concept's residual vectors as the attention patches use them: fp32 masters (ComfyUI calls
+    `.to(dtype)` on patches when it loads a model in fp16, which is ignored here; they are cast to the
+    activation dtype at the moment of use), a strength per layer, and the part of the schedule where the
+    concept acts. Trainable as an nn.Module (the residuals are parameters). Subclasses say how a family
+    names a layer at run time (`runtime_key`) and where the residual goes.
     """
 
     def __init__(self, concept: InfusionConcept, strength: float = 1.0,
@@ -94,25 +101,28 @@ class InfusionResidual(torch.nn.Module):
         self.layers = sorted(concept.values)
         # strength x the layer's own (block weights); a layer at 0 is left exactly as the base model's
         self.strengths = [self.strength * float((layer_strengths or {}).get(l, 1.0)) for l in self.layers]
-        # keyed as the UNet reports a layer: ((block, number), block_index)
-        self.index = {((l.block, l.number), l.index): i for i, l in enumerate(self.layers)}
+        self.index = {self.runtime_key(l): i for i, l in enumerate(self.layers)}
         self.values = self._stack(concept.values, trainable)
         self.keys = None if concept.keys is None else self._stack(concept.keys, trainable)
+
+    @staticmethod
+    def runtime_key(layer: LayerId) -> Any:
+        raise NotImplementedError
 
     def _stack(self, vectors: Mapping[LayerId, torch.Tensor], trainable: bool) -> torch.nn.ParameterList:
         return torch.nn.ParameterList(
             torch.nn.Parameter(vectors[l].detach().to(torch.float32).clone(), requires_grad=trainable)
             for l in self.layers)
 
-    def to(self, *args, **kwargs) -> "InfusionResidual":
+    def to(self, *args, **kwargs) -> "ConceptResidual":
         device = next((a for a in list(args) + list(kwargs.values()) if isinstance(a, (torch.device, str))), None)
         if device is not None and torch.device(device) != self.values[0].device:
             super().to(device=device)
         return self
 
     def __deepcopy__(self, memo):
-        # ModelPatcher.clone() deep-copies model options; residuals are immutable at inference and
-        # shared by reference while training, so a clone may share this object.
+        # ModelPatcher.clone() deep-copies model options (0.3.64); residuals are immutable at inference
+        # and shared by reference while training, so a clone may share this object.
         return self
 
     def active(self, extra_options: Mapping[str, Any]) -> bool:
@@ -127,19 +137,39 @@ class InfusionResidual(torch.nn.Module):
         high, low = self.sigma_range
         return low <= sigma <= high
 
+    def layer_at(self, key: Any, extra_options: Mapping[str, Any]) -> int | None:
+        """The index of the layer ComfyUI is running (by its run-time key), or None where this concept does
+        not act: another layer, strength 0 there, or outside its part of the schedule."""
+        i = self.index.get(key)
+        if i is None or self.strengths[i] == 0 or not self.active(extra_options):
+            return None
+        return i
+
+    def scaled(self, i: int, keys: bool = False) -> torch.Tensor:
+        return self.strengths[i] * (self.keys if keys else self.values)[i]
+
+
+class InfusionResidual(ConceptResidual):
+    """UNet: an attn2_patch adding one concept's residuals to the value input (and, for key+value, the key
+    input) of each cross-attention layer at its word's positions."""
+
+    @staticmethod
+    def runtime_key(layer: LayerId) -> Any:
+        return (layer.block, layer.number), layer.index  # as the UNet reports a layer: block, block_index
+
     def forward(self, n, context, value, extra_options):
         block = extra_options.get("block")
-        i = self.index.get((tuple(block), extra_options.get("block_index", 0))) if block is not None else None
         batch_positions = extra_options.get(BATCH_KEY)
-        if i is None or batch_positions is None or self.strengths[i] == 0 or not self.active(extra_options):
+        if block is None or batch_positions is None:
+            return n, context, value
+        i = self.layer_at((tuple(block), extra_options.get("block_index", 0)), extra_options)
+        if i is None:
             return n, context, value
         rows = batch_positions.rows(self.word, extra_options.get("uuids", []), value.shape[0], value.shape[1],
                                     value.device)
         if rows is None:
             return n, context, value
-        # index_put returns a new tensor with only the word's rows changed: every other row keeps
-        # its exact bits, and autograd reaches the residual.
-        value = value.index_put(rows, (self.strengths[i] * self.values[i]).to(value), accumulate=True)
+        value = add_at_rows(value, rows, self.scaled(i))
         if self.keys is not None:
-            context = context.index_put(rows, (self.strengths[i] * self.keys[i]).to(context), accumulate=True)
+            context = add_at_rows(context, rows, self.scaled(i, keys=True))
         return n, context, value

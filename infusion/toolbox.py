@@ -12,9 +12,9 @@ import torch
 
 from .concept import InfusionConcept, normalize_word
 from .layers import LayerId
-from .patching import model_layers, value_weights
+from .patching import check_fits, value_weights
 
-BLOCKS = ("input", "middle", "output")
+BLOCKS = ("input", "middle", "output", "double", "single")
 
 
 def blend(a: InfusionConcept, b: InfusionConcept, weight: float, word: str = "") -> InfusionConcept:
@@ -36,7 +36,8 @@ def blend(a: InfusionConcept, b: InfusionConcept, weight: float, word: str = "")
     lineage = {"blend": {"a": _describe(a), "b": _describe(b), "weight": weight}}
     return InfusionConcept(word=word, family=a.family, values=mix(a.values, b.values),
                            keys=mix(a.keys, b.keys) if a.keys is not None else None,
-                           value_widths=dict(a.value_widths), token_ids=token_ids,
+                           value_widths=dict(a.value_widths), token_ids=token_ids, vector_space=a.vector_space,
+                           image_queries_only=a.image_queries_only,
                            name=f"{a.name or a.word}+{b.name or b.word}",
                            metadata={**{k: v for k, v in a.metadata.items() if k != "lineage"}, "lineage": lineage})
 
@@ -67,16 +68,17 @@ def layer_weights(text: str, layers: list[LayerId]) -> dict[LayerId, float]:
             raise ValueError(f"block_weights: {len(numbers)} numbers for {len(layers)} layers; {hint}")
         return dict(zip(layers, (_number(n, hint) for n in numbers)))
     keys = {layer.key: layer for layer in layers}
+    blocks = [b for b in BLOCKS if any(layer.block == b for layer in layers)]
     for entry in entries:
         name, _, value = (part.strip() for part in entry.partition("="))
         if not value:
             raise ValueError(f"block_weights: '{entry}' is not understood; {hint}")
-        if name in BLOCKS:
+        if name in blocks:
             weights.update({layer: _number(value, hint) for layer in layers if layer.block == name})
         elif name in keys:
             weights[keys[name]] = _number(value, hint)
         else:
-            raise ValueError(f"block_weights: '{name}' is neither a block ({', '.join(BLOCKS)}) nor one of this "
+            raise ValueError(f"block_weights: '{name}' is neither a block ({', '.join(blocks)}) nor one of this "
                              f"concept's layers ({', '.join(list(keys)[:4])}, ...)")
     return weights
 
@@ -89,12 +91,14 @@ def _number(text: str, hint: str) -> float:
 
 
 def residual_norms(concept: InfusionConcept, model: Any = None) -> dict[LayerId, float]:
-    """|u_l| per layer; with its base model (a ModelPatcher), |W_v u_l|: the residual where it acts."""
+    """|u_l| per layer; with its base model (a ModelPatcher), the residual where it acts: |W_v u_l| on a
+    UNet (text-space vectors), |r_l| on a DiT (its vectors are value-space already)."""
     if model is None:
         return {l: float(v.float().norm()) for l, v in sorted(concept.values.items())}
-    layers, family = model_layers(model)
-    concept.check_fits(layers, family)
+    check_fits(model, concept)
     weights = value_weights(model)
+    if weights is None:
+        return {l: float(v.float().norm()) for l, v in sorted(concept.values.items())}
     return {l: float((weights[l] @ v.float()).norm()) for l, v in sorted(concept.values.items())}
 
 
@@ -103,9 +107,11 @@ def report(concept: InfusionConcept, norms: Mapping[LayerId, float], value_space
     training = concept.metadata.get("training") or {}
     provenance = concept.metadata.get("provenance") or {}
     size = os.path.getsize(concept.path) if concept.path and os.path.isfile(concept.path) else None
+    layers = (f"{len(concept.values)} attention layers, value width {concept.text_width}"
+              if concept.vector_space == "value" else
+              f"{len(concept.values)} cross-attention layers, text width {concept.text_width}")
     lines = [f"Infusion concept {concept.label}",
-             f"model: {concept.family}, {len(concept.values)} cross-attention layers, text width {concept.text_width}, "
-             f"variant {concept.variant}",
+             f"model: {concept.family}, {layers}, variant {concept.variant}",
              f"file: {concept.path or '(not saved)'}" + (f", {size / 1024:.1f} KB" if size is not None else "")]
     if training:
         lines.append("training: " + ", ".join(f"{k} {training[k]}" for k in (
@@ -115,11 +121,13 @@ def report(concept: InfusionConcept, norms: Mapping[LayerId, float], value_space
         lines.append(f"base model: {provenance.get('base_model') or training.get('base_model')}")
     if "lineage" in concept.metadata:
         lines.append(f"lineage: {concept.metadata['lineage']}")
-    lines.append(f"residual norm per block ({'|W_v u|, value space' if value_space else '|u|, text space'}):")
+    space = ("|r|, value space" if concept.vector_space == "value" else
+             "|W_v u|, value space" if value_space else "|u|, text space")
+    lines.append(f"residual norm per block ({space}):")
     for block in BLOCKS:
         in_block = [(l, n) for l, n in norms.items() if l.block == block]
         if in_block:
-            lines.append(f"  {block:<6} " + "  ".join(f"{l.number}.{l.index}: {n:.3g}" for l, n in in_block))
+            lines.append(f"  {block:<6} " + "  ".join(f"{l.key.split('.', 1)[1]}: {n:.3g}" for l, n in in_block))
     return "\n".join(lines)
 
 
@@ -127,7 +135,8 @@ def norms_chart(norms: Mapping[LayerId, float], title: str) -> Any:
     """A PIL bar chart of the per-layer norms, coloured and grouped by block."""
     from PIL import Image, ImageDraw
 
-    colours = {"input": (70, 110, 200), "middle": (200, 120, 40), "output": (60, 160, 90)}
+    colours = {"input": (70, 110, 200), "middle": (200, 120, 40), "output": (60, 160, 90), "double": (70, 110, 200),
+               "single": (60, 160, 90)}
     layers = list(norms)
     width, height, left, bottom = 640, 320, 40, 280
     img = Image.new("RGB", (width, height), "white")
@@ -141,7 +150,7 @@ def norms_chart(norms: Mapping[LayerId, float], title: str) -> Any:
         draw.rectangle([x + 1, top, x + max(bar - 1, 2), bottom], fill=colours[layer.block])
     draw.line([left, bottom, width - 10, bottom], fill="black")
     draw.text((4, 24), f"{peak:.3g}", fill="black")
-    for j, block in enumerate(BLOCKS):
+    for j, block in enumerate(b for b in BLOCKS if any(layer.block == b for layer in layers)):
         draw.rectangle([left + 150 * j, 296, left + 150 * j + 10, 306], fill=colours[block])
         draw.text((left + 150 * j + 14, 294), block, fill="black")
     return img

@@ -22,11 +22,17 @@ def _model_sampling(model: Any, name: str) -> Any:
     import comfy.model_sampling
 
     sampling = model.get_model_object("model_sampling")
-    # EPS covers eps, v-prediction and EDM models: all use x_t = x0 + sigma * eps.
-    if not isinstance(sampling, comfy.model_sampling.EPS) or not hasattr(sampling, "sigmas"):
-        raise ValueError(f"{name}: the Latent Fisher divergence needs a discrete-time eps or v-prediction "
-                         f"model (SD1.x, SD2.x, SDXL); got {type(sampling).__name__}")
+    # EPS covers eps, v-prediction and EDM models (x_t = x0 + sigma * eps); CONST the flow-matching ones.
+    if not isinstance(sampling, (comfy.model_sampling.EPS, comfy.model_sampling.CONST)) \
+            or not hasattr(sampling, "sigmas"):
+        raise ValueError(f"{name}: the Latent Fisher divergence needs a discrete-time eps, v-prediction or "
+                         f"flow-matching model; got {type(sampling).__name__}")
     return sampling
+
+
+def _is_flow(sampling: Any) -> bool:
+    import comfy.model_sampling
+    return isinstance(sampling, comfy.model_sampling.CONST)
 
 
 def _reference_latents(base_model: Any, custom_model: Any, latent: dict) -> torch.Tensor:
@@ -37,7 +43,9 @@ def _reference_latents(base_model: Any, custom_model: Any, latent: dict) -> torc
 
 
 def noise_predictions(model: Any, conditioning: list, plan: LFDPlan, on_batch: Callable[[], None]) -> list[torch.Tensor]:
-    """One model's noise predictions on every draw of the plan (one entry per conditioning entry)."""
+    """One model's noise predictions on every draw of the plan (one entry per conditioning entry), from its
+    denoised x0: eps = (x_t - x0) / sigma, or (x_t - (1 - sigma) x0) / sigma for flow matching (which is
+    (1 - sigma) times the difference of two models' velocities)."""
     import comfy.samplers
 
     def body(model_wrap: Any, options: dict) -> list[torch.Tensor]:
@@ -46,8 +54,8 @@ def noise_predictions(model: Any, conditioning: list, plan: LFDPlan, on_batch: C
         def eps(x: torch.Tensor, sigma: torch.Tensor, prompt: int) -> torch.Tensor:
             x, sigma = x.to(device), sigma.to(device)
             denoised = comfy.samplers.calc_cond_batch(inner, [[conds[prompt]]], x, sigma, options)[0]
-            # apply_model returns x0 for eps and v models alike; x_t = x0 + sigma * eps.
-            return (x - denoised) / sigma.view((-1,) + (1,) * (x.ndim - 1))
+            s = sigma.view((-1,) + (1,) * (x.ndim - 1))
+            return (x - ((1 - s) * denoised if plan.flow else denoised)) / s
 
         return evaluate(plan, eps, on_batch)
 
@@ -70,7 +78,7 @@ def latent_fisher_divergence_between(base_model: Any, custom_model: Any, conditi
     _model_sampling(custom_model, "custom_model")
     plan = make_plan(_reference_latents(base_model, custom_model, reference_latent), sampling.sigmas,
                      len(conditioning), n_timesteps=n_timesteps, n_samples=n_samples, seed=seed,
-                     batch_size=batch_size)
+                     batch_size=batch_size, flow=_is_flow(sampling))
     step = progress(2 * plan.n_batches)
     base = noise_predictions(base_model, conditioning, plan, step)
     custom = noise_predictions(custom_model, conditioning, plan, step)

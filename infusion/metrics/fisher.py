@@ -3,7 +3,8 @@
   LFD = E_p E_t E_{x0, eps} [ w(sigma_t) * |eps_custom(x_t, sigma_t, p) - eps_base(x_t, sigma_t, p)|^2 / d ]
 
 with x_t = x0 + sigma_t * eps (the k-diffusion / ComfyUI parameterisation, where the
-score is -eps / sigma), p over prompts that do not name the concept, x0 over reference
+score is -eps / sigma; flow-matching models, ComfyUI's CONST: x_t = (1 - sigma_t) x0 + sigma_t eps,
+still compared in noise space), p over prompts that do not name the concept, x0 over reference
 latents and d the number of latent elements (so the figure does not scale with the
 resolution). Weightings:
 
@@ -60,6 +61,7 @@ class LFDPlan:
     noise: torch.Tensor  # (P, K, n, ...) float32
     batch_size: int
     seed: int
+    flow: bool = False  # x_t = (1 - sigma) x0 + sigma eps (flow matching) instead of x0 + sigma eps
 
     @property
     def n_samples(self) -> int:
@@ -74,8 +76,9 @@ class LFDPlan:
         """Noised latents and their sigmas for draws ``rows`` of one (prompt, stratum)."""
         sigma = self.sigma[stratum, rows]
         x0 = self.latents[self.latent_index[rows]]
-        shape = (-1,) + (1,) * (x0.ndim - 1)
-        return x0 + sigma.view(shape) * self.noise[prompt, stratum, rows], sigma
+        s = sigma.view((-1,) + (1,) * (x0.ndim - 1))
+        signal = (1 - s) * x0 if self.flow else x0
+        return signal + s * self.noise[prompt, stratum, rows], sigma
 
 
 @dataclass(frozen=True)
@@ -159,7 +162,7 @@ def _balanced_latent_choice(n_latents: int, n_samples: int, g: torch.Generator) 
 
 def make_plan(latents: torch.Tensor, sigma_table: torch.Tensor, n_prompts: int, *,
               n_timesteps: int = 10, n_samples: int = 4, seed: int = 0,
-              t_range: tuple[int, int] | None = None, batch_size: int | None = None) -> LFDPlan:
+              t_range: tuple[int, int] | None = None, batch_size: int | None = None, flow: bool = False) -> LFDPlan:
     """Draw every random number of an LFD estimate from ``torch.Generator().manual_seed(seed)``.
 
     ``sigma_table[t]`` is the model's sigma at discrete timestep t (ComfyUI:
@@ -180,7 +183,7 @@ def make_plan(latents: torch.Tensor, sigma_table: torch.Tensor, n_prompts: int, 
     noise = torch.randn((n_prompts, len(strata), n_samples) + tuple(latents.shape[1:]), generator=g)
     return LFDPlan(latents=latents, n_prompts=n_prompts, strata=strata, latent_index=latent_index,
                    t_index=t_index, sigma=sigma_table[t_index].float(), noise=noise,
-                   batch_size=min(batch_size or n_samples, n_samples), seed=seed)
+                   batch_size=min(batch_size or n_samples, n_samples), seed=seed, flow=flow)
 
 
 def evaluate(plan: LFDPlan, eps: EpsFn, on_batch: Callable[[], None] | None = None) -> list[torch.Tensor]:

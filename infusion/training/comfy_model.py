@@ -15,8 +15,8 @@ import torch
 
 from .. import compat
 from ..concept import InfusionConcept
-from ..patching import install_position_carrier
-from ..residual import InfusionResidual
+from ..families import adapter_for
+from ..patching import install, trainable_residual
 from ..sampling import inside_sampling
 from .loop import PhotoLatents, TrainingHooks, TrainingSettings, train
 from .state import TrainingState
@@ -93,42 +93,6 @@ def autograd_weights(module: torch.nn.Module) -> Iterator[None]:
             p.requires_grad_(True)
 
 
-def _checkpointed(forward: Callable) -> Callable:
-    def run(*args, **kwargs):
-        # The UNet keeps per-call facts ("block", "block_index", ...) in one transformer_options
-        # dict that it overwrites as it goes; the recomputation during backward must see this
-        # call's values, so it gets its own copy.
-        args = tuple(dict(a) if isinstance(a, dict) else a for a in args)
-        kwargs = {k: dict(v) if isinstance(v, dict) else v for k, v in kwargs.items()}
-        return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, preserve_rng_state=False,
-                                                 **kwargs)
-    return run
-
-
-@contextmanager
-def gradient_checkpointing(unet: torch.nn.Module, enabled: bool = True) -> Iterator[None]:
-    """Recompute every ResBlock and SpatialTransformer in backward instead of storing their
-    activations; the modules' own forward is restored afterwards."""
-    if not enabled:
-        yield
-        return
-    from comfy.ldm.modules.attention import SpatialTransformer
-    from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock
-
-    blocks = [m for m in unet.modules() if isinstance(m, (ResBlock, SpatialTransformer))]
-    previous = [m.__dict__.get("forward") for m in blocks]
-    for m in blocks:
-        m.forward = _checkpointed(m.forward)
-    try:
-        yield
-    finally:
-        for m, old in zip(blocks, previous):
-            if old is None:
-                del m.forward
-            else:
-                m.forward = old
-
-
 def _clone_tensors(value: Any) -> Any:
     """Conditioning made in the executor holds inference tensors: ordinary copies for autograd."""
     if isinstance(value, torch.Tensor):
@@ -175,13 +139,13 @@ def train_on_model(model: Any, start: InfusionConcept, conditionings: Sequence[l
         raise ValueError("the teacher must be a clone of the model being trained")
     model = compat.classic_patcher(model)
     teacher = compat.classic_patcher(teacher) if teacher is not None else None
+    adapter = adapter_for(model)
     with torch.inference_mode(False), compat.training_mode():
-        residual = InfusionResidual(start, trainable=True)
+        residual = trainable_residual(model, start)
         patcher = model.clone()
         if settings.precision == "fp32" and patcher.model_dtype() != torch.float32:
             patcher.set_model_compute_dtype(torch.float32)  # "fp32" means fp32 even for a half model
-        patcher.set_model_attn2_patch(residual)
-        install_position_carrier(patcher)
+        install(patcher, residual)
 
         def loop(model_wrap: Any, model_options: dict) -> TrainingState:
             device = patcher.load_device
@@ -192,12 +156,13 @@ def train_on_model(model: Any, start: InfusionConcept, conditionings: Sequence[l
                 comfy.sampler_helpers.prepare_model_patcher(teacher, model_wrap.conds, teacher_options)
             residual.to(device)
             denoiser = ComfyDenoiser(model_wrap, model_options, len(conditionings), device, teacher_options)
+            vectors = named_vectors(residual)
             with ExitStack() as stack:
                 stack.enter_context(autograd_weights(model_wrap.inner_model))
-                stack.enter_context(gradient_checkpointing(model_wrap.inner_model.diffusion_model,
-                                                           gradient_checkpointing_on))
-                return train(named_vectors(residual), denoiser, photos, templates or len(conditionings), settings,
-                             hooks, run, resume)
+                stack.enter_context(adapter.training_blocks(model_wrap.inner_model.diffusion_model,
+                                                            gradient_checkpointing_on, list(vectors.values())))
+                return train(vectors, denoiser, photos, templates or len(conditionings), settings, hooks, run,
+                             resume)
 
         shape = (settings.batch_size,) + tuple(photos.latents.shape[1:])
         return in_sampling(patcher, conditionings, shape, settings.seed, loop)

@@ -4,7 +4,7 @@ After this neither the VAE nor CLIP is needed (ComfyUI may unload them for the t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -104,10 +104,11 @@ def photo_caption_indices(captions: PhotoCaptions, word: str,
     return texts, sources, torch.tensor([-1 if t is None else first + texts.index(t) for t in filled])
 
 
-def encode_captions(clip: Any, word: str, captions: Sequence[str], origins: Sequence[str] = ()) -> list[list]:
-    """One CONDITIONING per caption, each marked with where the class word stands. `origins` says
-    where each caption came from ("the caption dog1.txt"; default "the caption template"), for the
-    message when one lacks the word."""
+def encode_captions(clip: Any, word: str, captions: Sequence[str], origins: Sequence[str] = (),
+                    extras: Mapping[str, Any] | None = None) -> list[list]:
+    """One CONDITIONING per caption, each marked with where the class word stands (and carrying
+    `extras`, e.g. Flux-dev's guidance). `origins` says where each caption came from ("the caption
+    dog1.txt"; default "the caption template"), for the message when one lacks the word."""
     out = []
     for i, text in enumerate(captions):
         tokens = clip.tokenize(text)
@@ -117,7 +118,8 @@ def encode_captions(clip: Any, word: str, captions: Sequence[str], origins: Sequ
             raise ValueError(f"{origin} '{text}' does not contain the class word '{word}' as a whole word (CLIP "
                              "reads 'dogs' or 'hotdog' as other words): add the word, or {} for it")
         conditioning = clip.encode_from_tokens_scheduled(tokens, show_pbar=False)
-        for _, extras in conditioning:
-            extras[CONDITIONING_KEY] = positions
+        for _, entry in conditioning:
+            entry.update(extras or {})
+            entry[CONDITIONING_KEY] = positions
         out.append(conditioning)
     return out

@@ -19,9 +19,10 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..concept import InfusionConcept, normalize_word
+from ..families import adapter_for
 from ..format import save_concept
 from ..patching import model_layers
-from ..prompt import word_token_ids
+from ..prompt import context_key, word_token_ids
 from .comfy_model import train_on_model
 from .encoding import ConceptData, encode_captions, photo_caption_indices
 from .loop import NonFiniteLossError, TrainingHooks, TrainingSettings, is_out_of_memory
@@ -30,6 +31,8 @@ from .state import RESUME_SUFFIX, TrainingState, load_state, save_state
 from .templates import AUTHOR_TEMPLATES, fill
 from .vectors import FILE_DTYPE, trained_concept
 
+# What the model predicts, by ComfyUI's model type: the loss is the MSE of that prediction.
+PREDICTIONS = {"EPS": "eps", "V_PREDICTION": "v", "FLUX": "flow velocity", "FLOW": "flow velocity"}
 STATUS = {"final": "complete", "checkpoint": "checkpoint", "interrupted": "interrupted",
           "out-of-memory": "paused: out of memory",
           "non-finite": "stopped: non-finite loss"}
@@ -73,18 +76,6 @@ def check_name(name: str) -> str:
     if not name or name != os.path.basename(name) or name.startswith("."):
         raise ValueError(f"output name '{name}' must be a plain file name (no folders), e.g. 'my_dog'")
     return name[:-len(".safetensors")] if name.endswith(".safetensors") else name
-
-
-def native_resolution(model: Any, text_width: int) -> int:
-    """The size the base model was trained at: SDXL and its distilled variants 1024, SD2.x 768 (v)
-    or 512 (eps), SD1.x and anything else 512."""
-    import comfy.model_base
-
-    if isinstance(model.model, comfy.model_base.SDXL):
-        return 1024
-    if text_width == 1024 and getattr(model.model.model_type, "name", "") == "V_PREDICTION":
-        return 768
-    return 512
 
 
 class OutOfMemoryPause(RuntimeError):
@@ -156,21 +147,21 @@ def train_concept(model: Any, clip: Any, data: ConceptData, request: TrainingReq
     word = normalize_word(request.word)
     name = check_name(request.name)
     settings = request.settings
+    adapter = adapter_for(model)
     layers, family = model_layers(model)
     # Latents come at their own size; photos are fitted to the resolution.
-    resolution = (request.resolution or native_resolution(model, next(iter(layers.values()))[0])
-                  if data.photos is not None else None)
-    tokens = clip.tokenize(word)
-    key = "l" if "l" in tokens else next(iter(tokens))
-    start = InfusionConcept.zeros(word, layers, family, variant=request.variant, name=name,
-                                  token_ids=word_token_ids(clip.tokenizer, word, key))
+    resolution = (request.resolution or adapter.native_resolution(model)) if data.photos is not None else None
+    start = InfusionConcept.zeros(word, layers, family, variant=request.variant, vector_space=adapter.vector_space,
+                                  name=name, token_ids=word_token_ids(clip.tokenizer, word,
+                                                                      context_key(clip.tokenize(word))))
     captions = [fill(t, word) for t in request.templates]
     run = {
         "word": word, "variant": request.variant, "family": family, "resolution": resolution,
         "templates": list(request.templates), "photos": data.count, "masked": data.masks is not None,
         "photos_sha256": data.fingerprint(), "captions": data.captions is not None, "base_model": request.base_model_name,
     }
-    prediction = getattr(model.model.model_type, "name", "EPS").lower().replace("v_prediction", "v")
+    model_type = getattr(model.model.model_type, "name", "EPS")
+    prediction = PREDICTIONS.get(model_type, model_type.lower())
 
     def describe(state: TrainingState, reason: str) -> dict:
         training = {**run, **settings.trajectory(), "optimizer": "AdamW", "steps": settings.steps,
@@ -187,7 +178,8 @@ def train_concept(model: Any, clip: Any, data: ConceptData, request: TrainingReq
     own, sources = [], []
     if data.captions is not None:
         own, sources, latents.captions = photo_caption_indices(data.captions, word, len(captions))
-    conditionings = encode_captions(clip, word, captions + own, [""] * len(captions) + sources)
+    conditionings = encode_captions(clip, word, captions + own, [""] * len(captions) + sources,
+                                    adapter.training_conditioning(model.get_model_object("diffusion_model")))
     hooks = _FileHooks(request, name, start, describe, on_step, check_cancel)
     previewer = _previewer(model, clip, data, word, request, resolution or 8 * latents.latents.shape[-1],
                            check_cancel)

@@ -30,4 +30,5 @@ def trained_concept(start: InfusionConcept, vectors: Mapping[str, torch.Tensor],
     return InfusionConcept(word=start.word, family=start.family, values=pick("value"),
                            keys=pick("key") if start.keys is not None else None,
                            value_widths=dict(start.value_widths), token_ids=start.token_ids,
-                           name=start.name, metadata=dict(metadata))
+                           name=start.name, metadata=dict(metadata), vector_space=start.vector_space,
+                           image_queries_only=start.image_queries_only)

@@ -1,0 +1,232 @@
+"""Joint-attention DiTs (Flux, Chroma, Qwen-Image, Z-Image / Lumina 2): the residual in value space.
+
+In these models the prompt's tokens are a stream that attention updates: each attention layer runs
+over [text tokens, image tokens] at once. In every such layer l a residual r_l (heads x head width) is
+added to the values at the class word's text rows; keys are untouched, so the layer's attention logits
+are the base model's. Two readings (the concept's variant):
+- value: every query sees the residual, so the text tokens carry the concept on into later layers;
+- image-queries: only the image queries do; the text rows are computed from the base values, and the
+  text stream entering the next layer is the base model's (the same cost: the queries are split).
+
+The values are reached through ComfyUI's attention override (`transformer_options
+["optimized_attention_override"]`), which these models' attention honours; it is one slot, so the
+override here calls whatever was set before it (another pack's) and adds nothing where no concept acts.
+ComfyUI labels each call with `block_type` and `block_index`; the prompt's context length reaches the
+override through an APPLY_MODEL wrapper. The text comes first in the joint sequence in every family here.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+
+from ..concept import InfusionConcept
+from ..layers import LayerId
+from ..residual import BATCH_KEY, ConceptResidual, add_at_rows
+from .base import FamilyAdapter
+from .unet import call_copies, replaced_forwards
+
+OVERRIDE_KEY = "optimized_attention_override"  # ComfyUI's, in transformer_options
+TEXT_KEY = "infusion_text"  # transformer_options entry: (context rows, text rows in the joint sequence)
+TEXT_WRAPPER_KEY = "infusion_text_rows"
+
+
+class DiTResidual(ConceptResidual):
+    """A concept's value-space residuals, by the block labels ComfyUI gives each attention call."""
+
+    def __init__(self, concept: InfusionConcept, **options: Any):
+        super().__init__(concept, **options)
+        self.image_queries_only = concept.image_queries_only
+
+    @staticmethod
+    def runtime_key(layer: LayerId) -> Any:
+        return layer.block, layer.number  # transformer_options["block_type"], ["block_index"]
+
+
+def add_to_values(values: torch.Tensor, rows: tuple[torch.Tensor, torch.Tensor], vector: torch.Tensor,
+                  heads_first: bool) -> torch.Tensor:
+    """`values` with `vector` (heads x head width) added at the (batch, token) rows. Layouts: [batch, heads,
+    tokens, head width] (`heads_first`, ComfyUI's skip_reshape) or [batch, tokens, heads x head width]."""
+    if not heads_first:
+        return add_at_rows(values, rows, vector)
+    per_head = vector.view(values.shape[1], values.shape[3])
+    return add_at_rows(values.transpose(1, 2), rows, per_head).transpose(1, 2)
+
+
+class JointAttention:
+    """ComfyUI's attention override, adding the applied concepts' residuals to the values.
+
+    Called as `override(func, q, k, v, heads, [mask], **kwargs)` by ComfyUI's attention wrapper; passes
+    on to `previous` (another pack's override) or to `func`. Immutable: applying one more concept makes a
+    new one (so clones of a model never share a changed override).
+    """
+
+    def __init__(self, residuals: tuple[DiTResidual, ...], previous: Callable | None):
+        self.residuals = residuals
+        self.previous = previous
+
+    def __deepcopy__(self, memo):  # 0.3.64 deep-copies model options on clone; nothing here changes
+        return self
+
+    def _next(self, func: Callable, *args: Any, **kwargs: Any) -> Any:
+        if self.previous is not None:
+            return self.previous(func, *args, **kwargs)
+        return func(*args, **kwargs)
+
+    def _acting(self, options: dict, values: torch.Tensor) -> list[tuple[DiTResidual, int, tuple]]:
+        positions, text = options.get(BATCH_KEY), options.get(TEXT_KEY)
+        if positions is None or text is None or options.get("block_type") is None:
+            return []
+        key = (options["block_type"], options.get("block_index"))
+        out = []
+        for residual in self.residuals:
+            i = residual.layer_at(key, options)
+            if i is None:
+                continue
+            rows = positions.rows(residual.word, options.get("uuids", []), values.shape[0], text[0], values.device)
+            if rows is not None:
+                out.append((residual, i, rows))
+        return out
+
+    def __call__(self, func: Callable, *args: Any, **kwargs: Any) -> Any:
+        options = kwargs.get("transformer_options") or {}
+        q, k, v = args[:3]
+        acting = self._acting(options, v)
+        if not acting:
+            return self._next(func, *args, **kwargs)
+        heads_first = bool(kwargs.get("skip_reshape", False))
+        every = v
+        for residual, i, rows in acting:
+            if not residual.image_queries_only:
+                every = add_to_values(every, rows, residual.scaled(i), heads_first)
+        image = every
+        for residual, i, rows in acting:
+            if residual.image_queries_only:
+                image = add_to_values(image, rows, residual.scaled(i), heads_first)
+        if image is every:
+            return self._next(func, q, k, every, *args[3:], **kwargs)
+        return self._split_queries(func, args, kwargs, every, image, options[TEXT_KEY][1], heads_first)
+
+    def _split_queries(self, func: Callable, args: tuple, kwargs: dict, text_values: torch.Tensor,
+                       image_values: torch.Tensor, text_rows: int, heads_first: bool) -> torch.Tensor:
+        """Text queries against `text_values`, image queries against `image_values`, joined back."""
+        q, k = args[:2]
+        queries = q.shape[2] if heads_first else q.shape[1]
+        mask_positional = len(args) > 4
+        mask = args[4] if mask_positional else kwargs.get("mask")
+        outputs = []
+        for rows, values in ((slice(0, text_rows), text_values), (slice(text_rows, None), image_values)):
+            part = q[:, :, rows] if heads_first else q[:, rows]
+            # A mask with a row per query is split alike; a key-only mask serves both halves.
+            per_query = mask is not None and mask.ndim >= 3 and mask.shape[-2] == queries
+            part_mask = mask[..., rows, :] if per_query else mask
+            rest = (args[3], part_mask) + args[5:] if mask_positional else args[3:]
+            call_kwargs = kwargs if mask_positional else {**kwargs, "mask": part_mask}
+            outputs.append(self._next(func, part, k, values, *rest, **call_kwargs))
+        return torch.cat(outputs, dim=2 if kwargs.get("skip_output_reshape", False) else 1)
+
+
+def carry_text_rows(text_rows: Callable[[int], int]) -> Callable:
+    """APPLY_MODEL wrapper: the prompt's context length (and how many rows the text takes in the joint
+    sequence) handed to the attention override of this model call."""
+    def wrapper(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None,
+                *args, **kwargs):
+        if c_crossattn is not None and transformer_options is not None:
+            length = int(c_crossattn.shape[1])
+            transformer_options = {**transformer_options, TEXT_KEY: (length, text_rows(length))}
+        return executor(x, t, c_concat, c_crossattn, control, transformer_options, *args, **kwargs)
+    return wrapper
+
+
+class DiTAdapter(FamilyAdapter):
+    """What every joint-attention family here shares; subclasses name their layers and blocks."""
+
+    vector_space = "value"
+    variants = ("value", "image-queries")
+    # Blocks that add to their input tensors in place (Flux's `img += ...`): see safe_blocks.
+    mutates_block_inputs = False
+
+    def text_rows(self, diffusion_model: torch.nn.Module, context_length: int) -> int:
+        """How many rows of the joint sequence the text takes, for a context of `context_length` rows."""
+        return context_length
+
+    def blocks(self, diffusion_model: torch.nn.Module) -> list[torch.nn.Module]:
+        raise NotImplementedError
+
+    def residual(self, concept: InfusionConcept, **options: Any) -> DiTResidual:
+        return DiTResidual(concept, **options)
+
+    def install(self, patcher: Any, residual: DiTResidual) -> None:
+        from comfy.patcher_extension import WrappersMP
+
+        options = patcher.model_options.setdefault("transformer_options", {})
+        current = options.get(OVERRIDE_KEY)
+        if isinstance(current, JointAttention):
+            options[OVERRIDE_KEY] = JointAttention(current.residuals + (residual,), current.previous)
+        else:
+            options[OVERRIDE_KEY] = JointAttention((residual,), current)
+        if not patcher.get_wrappers(WrappersMP.APPLY_MODEL, TEXT_WRAPPER_KEY):
+            dm = patcher.get_model_object("diffusion_model")
+            patcher.add_wrapper_with_key(WrappersMP.APPLY_MODEL, TEXT_WRAPPER_KEY,
+                                         carry_text_rows(lambda n: self.text_rows(dm, n)))
+
+    def applied(self, patcher: Any) -> list[DiTResidual]:
+        current = patcher.model_options.get("transformer_options", {}).get(OVERRIDE_KEY)
+        return list(current.residuals) if isinstance(current, JointAttention) else []
+
+    @contextmanager
+    def training_blocks(self, diffusion_model: torch.nn.Module, checkpointing: bool,
+                        trained: Sequence[torch.Tensor]) -> Iterator[None]:
+        if not checkpointing and not self.mutates_block_inputs:
+            yield
+            return
+        with replaced_forwards(self.blocks(diffusion_model), lambda f: safe_block(f, checkpointing, trained)):
+            yield
+
+
+@contextmanager
+def saved_copies(inputs: Sequence[torch.Tensor]) -> Iterator[None]:
+    """Tensors that autograd saves for backward are copied when they share memory with `inputs`.
+
+    A block that adds to its inputs in place (`img += attn`) changes tensors its own layer norms saved:
+    autograd then refuses the backward, and a recomputation under gradient checkpointing would silently
+    read the changed values (a wrong gradient, measured here at 0.25% on a Flux double block). The copies
+    keep what each operation saw; nothing else is copied.
+    """
+    storages = {t.untyped_storage().data_ptr() for t in inputs}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        return t.clone() if t.untyped_storage().data_ptr() in storages else t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield
+
+
+def safe_block(forward: Callable, checkpointing: bool, trained: Sequence[torch.Tensor]) -> Callable:
+    """A block's forward that backpropagates correctly although it changes its inputs in place; with
+    `checkpointing`, recomputed during backward (PyTorch's reentrant checkpoint: the forward runs without
+    autograd, the backward reruns it on copies of the inputs under ordinary autograd, so saved_copies
+    works). The trained vectors go in as inputs too: the block's output depends on them through the
+    attention override even where its tensor inputs do not."""
+    def run(*args, **kwargs):
+        args, kwargs = call_copies(args, kwargs)
+        slots = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+        names = [n for n, v in kwargs.items() if isinstance(v, torch.Tensor)]
+
+        def call(*tensors):
+            tensors = [t.clone() for t in tensors[:len(slots) + len(names)]]  # the block may change them
+            call_args, call_kwargs = list(args), dict(kwargs)
+            for i, t in zip(slots, tensors):
+                call_args[i] = t
+            for n, t in zip(names, tensors[len(slots):]):
+                call_kwargs[n] = t
+            with saved_copies(tensors):
+                return forward(*call_args, **call_kwargs)
+
+        inputs = [args[i] for i in slots] + [kwargs[n] for n in names]
+        if not checkpointing:
+            return call(*inputs)
+        return torch.utils.checkpoint.checkpoint(call, *inputs, *trained, use_reentrant=True,
+                                                 preserve_rng_state=False)
+    return run

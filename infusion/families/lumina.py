@@ -1,0 +1,29 @@
+"""Lumina 2 and Z-Image (ComfyUI's NextDiT, comfy.ldm.lumina): joint layers over [caption, image], labelled
+"double". The caption is refined on its own first (context_refiner, unlabelled: not a layer here) and
+padded to a multiple of `pad_tokens_multiple` rows (Z-Image) before it joins the image."""
+from __future__ import annotations
+
+import torch
+
+from ..layers import LayerId
+from .base import Layers
+from .dit import DiTAdapter
+
+
+class LuminaAdapter(DiTAdapter):
+    name = "Lumina 2 / Z-Image"
+
+    def matches(self, diffusion_model: torch.nn.Module) -> bool:
+        return type(diffusion_model).__module__ == "comfy.ldm.lumina.model" and hasattr(diffusion_model, "layers")
+
+    def layers(self, diffusion_model: torch.nn.Module) -> Layers:
+        def width(attention: torch.nn.Module) -> int:
+            return attention.n_local_kv_heads * attention.head_dim  # the values' heads (grouped-query)
+        return {LayerId("double", i): (width(layer.attention),) * 2 for i, layer in enumerate(diffusion_model.layers)}
+
+    def text_rows(self, diffusion_model: torch.nn.Module, context_length: int) -> int:
+        multiple = getattr(diffusion_model, "pad_tokens_multiple", None)
+        return -(-context_length // multiple) * multiple if multiple else context_length
+
+    def blocks(self, diffusion_model: torch.nn.Module) -> list[torch.nn.Module]:
+        return list(diffusion_model.layers)

@@ -1,0 +1,23 @@
+"""Qwen-Image (ComfyUI's comfy.ldm.qwen_image): joint-attention blocks, text first, labelled "double"."""
+from __future__ import annotations
+
+import torch
+
+from ..layers import LayerId
+from .base import Layers
+from .dit import DiTAdapter
+
+
+class QwenImageAdapter(DiTAdapter):
+    name = "Qwen-Image"
+
+    def matches(self, diffusion_model: torch.nn.Module) -> bool:
+        return type(diffusion_model).__module__ == "comfy.ldm.qwen_image.model"
+
+    def layers(self, diffusion_model: torch.nn.Module) -> Layers:
+        # The text rows' values come from each block's add_v_proj.
+        return {LayerId("double", i): (block.attn.add_v_proj.out_features,) * 2
+                for i, block in enumerate(diffusion_model.transformer_blocks)}
+
+    def blocks(self, diffusion_model: torch.nn.Module) -> list[torch.nn.Module]:
+        return list(diffusion_model.transformer_blocks)
