@@ -1,6 +1,6 @@
 """Every place where the pack depends on a ComfyUI version, and nowhere else.
 
-Tested: ComfyUI 0.3.64 (real, in CI). Reviewed by reading: 0.38.x (Comfy-Org/ComfyUI up to 0.38.1).
+Tested: ComfyUI 0.3.64 and 0.33.0 (real, in CI). Reviewed by reading: 0.38.x (Comfy-Org/ComfyUI up to 0.38.1).
 Each function says which versions each branch serves. ComfyUI is imported inside functions only.
 """
 from __future__ import annotations
@@ -84,6 +84,13 @@ def classic_patcher(model: Any) -> Any:
     except RuntimeError as e:  # a model built without ComfyUI's loaders cannot be reloaded
         raise RuntimeError(f"this model cannot be switched to classic loading for training ({e}); "
                            "start ComfyUI with --disable-dynamic-vram") from e
+
+
+def labels_blocks(diffusion_model: Any) -> bool:
+    """Whether this ComfyUI's DiT labels its blocks' attention calls (transformer_options["block_type"],
+    ["block_index"]), read off the model class's own source: 0.33's Lumina 2 / Z-Image does, 0.3.64's does
+    not (and offers no block patches to label them with instead)."""
+    return '"block_type"' in inspect.getsource(type(diffusion_model))
 
 
 def register_reload(patcher: Any, load: Callable[..., Any], *args: Any) -> None:

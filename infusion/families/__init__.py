@@ -40,6 +40,9 @@ def adapter_for(model: Any) -> FamilyAdapter:
     diffusion_model = model.get_model_object("diffusion_model")
     for adapter in ADAPTERS:
         if adapter.matches(diffusion_model):
+            reason = adapter.unreachable(diffusion_model)
+            if reason is not None:
+                raise ValueError(f"this is a {model_family(model)} model, which Infusion cannot reach here: {reason}")
             return adapter
     module = type(diffusion_model).__module__
     reason = REFUSED.get(module, "its attention is not one this pack knows how to reach")

@@ -30,6 +30,10 @@ class FamilyAdapter:
     def matches(self, diffusion_model: torch.nn.Module) -> bool:
         raise NotImplementedError
 
+    def unreachable(self, diffusion_model: torch.nn.Module) -> str | None:
+        """Why this ComfyUI's version of the family cannot be reached (None: it can)."""
+        return None
+
     def layers(self, diffusion_model: torch.nn.Module) -> Layers:
         raise NotImplementedError
 

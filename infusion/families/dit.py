@@ -139,6 +139,26 @@ def carry_text_rows(text_rows: Callable[[int], int]) -> Callable:
     return wrapper
 
 
+class BlockLabel:
+    """A `patches_replace["dit"]` block patch that labels the block's attention calls with its block_type
+    and block_index (as newer ComfyUI does itself; 0.3.64's Flux and Qwen-Image do not), then runs
+    whatever replaced the block before it (another pack's patch) or the block itself."""
+
+    def __init__(self, block_type: str, index: int, previous: Any = None):
+        self.block_type, self.index, self.previous = block_type, index, previous
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __call__(self, args: dict, extra: dict) -> dict:
+        options = args.get("transformer_options")
+        if options is not None:
+            options["block_type"], options["block_index"] = self.block_type, self.index
+        if self.previous is not None:
+            return self.previous(args, extra)
+        return extra["original_block"](args)
+
+
 class DiTAdapter(FamilyAdapter):
     """What every joint-attention family here shares; subclasses name their layers and blocks."""
 
@@ -154,6 +174,10 @@ class DiTAdapter(FamilyAdapter):
     def blocks(self, diffusion_model: torch.nn.Module) -> list[torch.nn.Module]:
         raise NotImplementedError
 
+    def labelled_blocks(self, diffusion_model: torch.nn.Module) -> list[tuple[str, int, str]]:
+        """(block patch name, index, block_type) of each block whose attention a BlockLabel labels."""
+        return []
+
     def residual(self, concept: InfusionConcept, **options: Any) -> DiTResidual:
         return DiTResidual(concept, **options)
 
@@ -166,10 +190,15 @@ class DiTAdapter(FamilyAdapter):
             options[OVERRIDE_KEY] = JointAttention(current.residuals + (residual,), current.previous)
         else:
             options[OVERRIDE_KEY] = JointAttention((residual,), current)
+        dm = patcher.get_model_object("diffusion_model")
         if not patcher.get_wrappers(WrappersMP.APPLY_MODEL, TEXT_WRAPPER_KEY):
-            dm = patcher.get_model_object("diffusion_model")
             patcher.add_wrapper_with_key(WrappersMP.APPLY_MODEL, TEXT_WRAPPER_KEY,
                                          carry_text_rows(lambda n: self.text_rows(dm, n)))
+        replaced = options.get("patches_replace", {}).get("dit", {})
+        for name, i, block_type in self.labelled_blocks(dm):
+            previous = replaced.get((name, i))
+            if not isinstance(previous, BlockLabel):
+                patcher.set_model_patch_replace(BlockLabel(block_type, i, previous), "dit", name, i)
 
     def applied(self, patcher: Any) -> list[DiTResidual]:
         current = patcher.model_options.get("transformer_options", {}).get(OVERRIDE_KEY)

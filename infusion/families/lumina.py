@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import compat
 from ..layers import LayerId
 from .base import Layers
 from .dit import DiTAdapter
@@ -15,6 +16,12 @@ class LuminaAdapter(DiTAdapter):
 
     def matches(self, diffusion_model: torch.nn.Module) -> bool:
         return type(diffusion_model).__module__ == "comfy.ldm.lumina.model" and hasattr(diffusion_model, "layers")
+
+    def unreachable(self, diffusion_model: torch.nn.Module) -> str | None:
+        # Its layers offer no block patches to label them with, so ComfyUI must label them itself.
+        if not compat.labels_blocks(diffusion_model):
+            return "this ComfyUI's Lumina 2 does not label its layers (newer ComfyUI does): update ComfyUI"
+        return None
 
     def layers(self, diffusion_model: torch.nn.Module) -> Layers:
         def width(attention: torch.nn.Module) -> int:

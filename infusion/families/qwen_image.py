@@ -21,3 +21,6 @@ class QwenImageAdapter(DiTAdapter):
 
     def blocks(self, diffusion_model: torch.nn.Module) -> list[torch.nn.Module]:
         return list(diffusion_model.transformer_blocks)
+
+    def labelled_blocks(self, diffusion_model: torch.nn.Module) -> list[tuple[str, int, str]]:
+        return [("double_block", i, "double") for i in range(len(diffusion_model.transformer_blocks))]

@@ -1,0 +1,160 @@
+"""Tiny random-weight DiT models in ComfyUI's own classes, for the tests, benchmarks and smoke run (never a
+user's model): Flux (dev and schnell), Chroma, Qwen-Image and Z-Image, each with its family's real
+tokenizer and text encoder class at a tiny width.
+
+A tiny Flux is written to a file and loaded from there in a way ComfyUI can repeat (tiny_models.
+load_unet_file; its Train LoRA trains on such a reloaded copy); 0.3.64's detection only knows full-size
+Flux configs. The others are built from a config. ComfyUI must already be importable; every ComfyUI
+import is inside a function.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import torch
+
+from .tiny_models import init_weights, save_unet_file
+
+SEED = 1251
+# Text encoders, at the widths the tiny models read (the tokenizers are the real ones).
+TINY_CLIP_L = {"num_hidden_layers": 3, "intermediate_size": 256, "num_attention_heads": 4}  # width stays 768
+TINY_T5 = {"d_model": 64, "d_ff": 128, "d_kv": 32, "num_heads": 2, "num_layers": 2}
+TINY_LLM = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3, "num_attention_heads": 1,
+            "num_key_value_heads": 1}
+TEXT_WIDTH = 64
+
+FAMILIES = ("flux", "flux_schnell", "chroma", "qwen_image", "z_image")
+
+
+def _fields_of(params: type, values: dict[str, Any]) -> dict[str, Any]:
+    """`values` for the fields this ComfyUI's params dataclass has (newer versions add fields)."""
+    names = {f.name for f in dataclasses.fields(params)}
+    missing = [f.name for f in dataclasses.fields(params) if f.name not in values
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise RuntimeError(f"this ComfyUI's {params.__name__} asks for {missing}, which the tiny model does not set")
+    return {k: v for k, v in values.items() if k in names}
+
+
+def flux_config(guidance: bool = True) -> dict[str, Any]:
+    """A Flux that ComfyUI's detection reads back as itself: heads of 128 (its axes 16/56/56), 2 double and
+    2 single blocks of width 128, T5 context of width 64, CLIP-L pooled vector of 768."""
+    import comfy.ldm.flux.model
+
+    values = {"in_channels": 16, "out_channels": 16, "vec_in_dim": 768, "context_in_dim": TEXT_WIDTH,
+              "hidden_size": 128, "mlp_ratio": 4.0, "num_heads": 1, "depth": 2, "depth_single_blocks": 2,
+              "axes_dim": [16, 56, 56], "theta": 10000, "patch_size": 2, "qkv_bias": True,
+              "guidance_embed": guidance, "txt_ids_dims": []}
+    return {"image_model": "flux", **_fields_of(comfy.ldm.flux.model.FluxParams, values)}
+
+
+def _flux(guidance: bool) -> Any:
+    import comfy.supported_models
+
+    config = comfy.supported_models.Flux if guidance else comfy.supported_models.FluxSchnell
+    return config(flux_config(guidance)).get_model({})
+
+
+def flux_model(folder: str, guidance: bool = True, seed: int = SEED) -> Any:
+    """A tiny FLUX.1 dev (`guidance`) or schnell, written to `folder` and loaded from its file."""
+    from functools import partial
+
+    from .tiny_models import load_unet_file
+
+    path = os.path.join(folder, f"tiny_flux_{'dev' if guidance else 'schnell'}.safetensors")
+    with torch.inference_mode():
+        save_unet_file(init_weights(_flux(guidance), seed), path)
+    return load_unet_file(path, partial(_flux, guidance))
+
+
+def _patcher(model: Any) -> Any:
+    import comfy.model_management
+    import comfy.model_patcher
+    return comfy.model_patcher.ModelPatcher(model, comfy.model_management.get_torch_device(),
+                                            comfy.model_management.unet_offload_device())
+
+
+def chroma_model(seed: int = SEED + 1) -> Any:
+    import comfy.ldm.chroma.model
+    import comfy.supported_models
+
+    values = {"in_channels": 64, "out_channels": 64, "context_in_dim": TEXT_WIDTH, "hidden_size": 128,
+              "mlp_ratio": 4.0, "num_heads": 1, "depth": 1, "depth_single_blocks": 2, "axes_dim": [16, 56, 56],
+              "theta": 10000, "patch_size": 2, "qkv_bias": True, "in_dim": 64, "out_dim": 128, "hidden_dim": 64,
+              "n_layers": 1, "txt_ids_dims": [], "vec_in_dim": None}
+    config = {"image_model": "chroma", **_fields_of(comfy.ldm.chroma.model.ChromaParams, values)}
+    return _patcher(init_weights(comfy.supported_models.Chroma(config).get_model({}), seed))
+
+
+def qwen_image_model(seed: int = SEED + 2) -> Any:
+    import comfy.supported_models
+
+    config = {"image_model": "qwen_image", "patch_size": 2, "in_channels": 64, "out_channels": 16, "num_layers": 2,
+              "attention_head_dim": 32, "num_attention_heads": 2, "joint_attention_dim": TEXT_WIDTH,
+              "axes_dims_rope": (8, 12, 12)}
+    return _patcher(init_weights(comfy.supported_models.QwenImage(config).get_model({}), seed))
+
+
+def z_image_model(seed: int = SEED + 3) -> Any:
+    import comfy.supported_models
+
+    # Width 256: Z-Image's timestep embedding is 256 wide and its modulation reads min(width, 256) of it.
+    config = {"image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 256, "cap_feat_dim": TEXT_WIDTH,
+              "n_layers": 2, "n_refiner_layers": 1, "n_heads": 2, "n_kv_heads": 2, "qk_norm": True,
+              "axes_dims": [32, 48, 48], "axes_lens": [1536, 512, 512], "rope_theta": 256.0,
+              "ffn_dim_multiplier": 8.0 / 3.0, "z_image_modulation": True, "time_scale": 1000.0,
+              "pad_tokens_multiple": 32}
+    return _patcher(init_weights(comfy.supported_models.ZImage(config).get_model({}), seed))
+
+
+def _tiny_qwen_lm() -> type:
+    """A text-only Qwen causal LM at tiny width, where Qwen-Image's Qwen2.5-VL goes (its vision tower
+    alone is hundreds of MB); Qwen-Image's own text encoder around it drops its template rows."""
+    import comfy.sd1_clip
+    import comfy.text_encoders.llama
+
+    class TinyQwenLM(comfy.sd1_clip.SDClipModel):
+        def __init__(self, device="cpu", dtype=None, model_options={}, **kwargs):
+            super().__init__(device=device, layer="last", textmodel_json_config=dict(TINY_LLM), dtype=dtype,
+                             special_tokens={"pad": 151643}, layer_norm_hidden_state=False,
+                             model_class=comfy.text_encoders.llama.Qwen25_3B, enable_attention_masks=True,
+                             return_attention_masks=True, model_options=model_options)
+    return TinyQwenLM
+
+
+# Per family: its tokenizer and text encoder (module, class names in comfy.text_encoders), and the model
+# options that make the encoder tiny.
+_TEXT = {
+    "flux": ("flux", "FluxTokenizer", "FluxClipModel", {"clip_l_model_config": TINY_CLIP_L,
+                                                        "t5xxl_model_config": TINY_T5}),
+    "chroma": ("pixart_t5", "PixArtTokenizer", "PixArtT5XXL", {"t5xxl_model_config": TINY_T5}),
+    "qwen_image": ("qwen_image", "QwenImageTokenizer", "QwenImageTEModel", {}),
+    "z_image": ("z_image", "ZImageTokenizer", "ZImageTEModel", {"qwen3_4b_model_config": TINY_LLM}),
+}
+
+
+def clip(family: str, seed: int = SEED + 10) -> Any:
+    """The family's CLIP object: its real tokenizer and text encoder classes, tiny widths."""
+    import importlib
+
+    import comfy.sd
+    from comfy.supported_models_base import ClipTarget
+
+    module, tokenizer, model, options = _TEXT["flux" if family == "flux_schnell" else family]
+    module = importlib.import_module(f"comfy.text_encoders.{module}")
+    if family == "qwen_image":
+        options = {"qwen25_7b_class": _tiny_qwen_lm()}
+    out = comfy.sd.CLIP(ClipTarget(getattr(module, tokenizer), getattr(module, model)), model_options=dict(options))
+    init_weights(out.cond_stage_model, seed)
+    return out
+
+
+def model_and_clip(family: str, folder: str) -> tuple[Any, Any]:
+    """(MODEL, CLIP) of one tiny family; a Flux is written to `folder` and loaded from there."""
+    if family in ("flux", "flux_schnell"):
+        model = flux_model(folder, guidance=family == "flux")
+    else:
+        model = {"chroma": chroma_model, "qwen_image": qwen_image_model, "z_image": z_image_model}[family]()
+    return model, clip(family)
