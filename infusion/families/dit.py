@@ -106,15 +106,29 @@ class JointAttention:
                 image = add_to_values(image, rows, residual.scaled(i), heads_first)
         if image is every:
             return self._next(func, q, k, every, *args[3:], **kwargs)
-        return self._split_queries(func, args, kwargs, every, image, options[TEXT_KEY][1], heads_first)
+        # The prompts that say an image-queries concept's word get their queries split; every other
+        # prompt of the batch keeps the unsplit call the base model makes (so its output keeps its bits).
+        items = sorted({int(b) for residual, _, rows in acting if residual.image_queries_only for b in rows[0]})
+        if len(items) == v.shape[0]:
+            return self._split_queries(func, args, kwargs, every, image, options[TEXT_KEY][1], heads_first)
+        out = self._next(func, q, k, every, *args[3:], **kwargs).clone()
+        index = torch.tensor(items, device=v.device)
+        sub = tuple(t.index_select(0, index) for t in (q, k)) + args[2:]
+        out[index] = self._split_queries(func, sub, kwargs, every[index], image[index], options[TEXT_KEY][1],
+                                         heads_first, index, v.shape[0])
+        return out
 
     def _split_queries(self, func: Callable, args: tuple, kwargs: dict, text_values: torch.Tensor,
-                       image_values: torch.Tensor, text_rows: int, heads_first: bool) -> torch.Tensor:
-        """Text queries against `text_values`, image queries against `image_values`, joined back."""
+                       image_values: torch.Tensor, text_rows: int, heads_first: bool,
+                       items: torch.Tensor | None = None, batch: int = 0) -> torch.Tensor:
+        """Text queries against `text_values`, image queries against `image_values`, joined back (for the
+        batch `items` of a batch of `batch`, when given)."""
         q, k = args[:2]
         queries = q.shape[2] if heads_first else q.shape[1]
         mask_positional = len(args) > 4
         mask = args[4] if mask_positional else kwargs.get("mask")
+        if mask is not None and items is not None and mask.ndim >= 3 and mask.shape[0] == batch:
+            mask = mask.index_select(0, items)
         outputs = []
         for rows, values in ((slice(0, text_rows), text_values), (slice(text_rows, None), image_values)):
             part = q[:, :, rows] if heads_first else q[:, rows]

@@ -112,7 +112,7 @@ def setup_comfy(path: str | None = None) -> str:
 def release_models() -> None:
     """Drop the session-cached models (and ComfyUI's loaded-model list)."""
     import gc
-    for fn in (tiny_sd15, tiny_sd2v, tiny_sdxl, tiny_custom, tiny_vae):
+    for fn in (tiny_sd15, tiny_sd2v, tiny_sdxl, tiny_custom, tiny_vae, tiny_dit):
         fn.cache_clear()
     import comfy.model_management
     comfy.model_management.unload_all_models()
@@ -359,6 +359,28 @@ def tiny_custom() -> tuple[Any, Any]:
 
     model = model_from_file("tiny_custom", lambda: comfy.supported_models.SD15(custom_unet_config()).get_model({}), SEED + 8)
     return model, tiny_sd15()[1]
+
+
+def dit_families() -> list[str]:
+    """The tiny DiT families this ComfyUI has (read off its tree: Z-Image came after 0.3.64)."""
+    root = find_comfyui() or ""
+    has = {"z_image": os.path.isfile(os.path.join(root, "comfy", "text_encoders", "z_image.py"))}
+    return [f for f in ("flux", "flux_schnell", "chroma", "qwen_image", "z_image") if has.get(f, True)]
+
+
+@functools.cache
+def tiny_dit(family: str) -> tuple[Any, Any]:
+    """(ModelPatcher, CLIP) of a tiny DiT family (infusion/tiny_dits.py), built as in the executor."""
+    setup_comfy()
+    from infusion import tiny_dits
+    with executor_mode():
+        return tiny_dits.model_and_clip(family, os.path.join(models_dir(), "diffusion_models"))
+
+
+def dit_latent(batch: int = 1, size: int = 8) -> dict:
+    """An empty 16-channel LATENT (Flux, Qwen-Image and Z-Image latents) of size x size."""
+    import torch
+    return {"samples": torch.zeros(batch, 16, size, size)}
 
 
 # SD's KL autoencoder (8x down via 4 levels, 4 latent channels) at ch 32 instead of 128.
