@@ -17,6 +17,12 @@ from .loop import PhotoLatents
 LATENT_MULTIPLE = 64  # 8x VAE downscale, then the UNet halves the latent three times
 
 
+def _matching(weights: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+    """Loss weights [N, 1, h, w] shaped to broadcast over latents [N, C, h, w] or, from a video VAE (Qwen-Image's),
+    [N, C, frames, h, w]."""
+    return weights.reshape(weights.shape[:2] + (1,) * (latents.ndim - 4) + weights.shape[2:])
+
+
 def check_resolution(resolution: int) -> None:
     if resolution < LATENT_MULTIPLE or resolution % LATENT_MULTIPLE:
         raise ValueError(f"resolution must be a multiple of {LATENT_MULTIPLE} (e.g. 512, 768, 1024), not {resolution}")
@@ -35,7 +41,7 @@ def encode_photos(vae: Any, model: Any, photos: torch.Tensor, masks: torch.Tenso
     latents = encode(pixels)
     weights = None
     if masks is not None:
-        weights = loss_weights(fit_masks(masks, photos, resolution), tuple(latents.shape[-2:]))
+        weights = _matching(loss_weights(fit_masks(masks, photos, resolution), tuple(latents.shape[-2:])), latents)
     if not mirrored:
         return PhotoLatents(latents, weights=weights)
     # Mirrored pixels, not mirrored latents: the VAE is not exactly mirror-symmetric.
@@ -45,15 +51,16 @@ def encode_photos(vae: Any, model: Any, photos: torch.Tensor, masks: torch.Tenso
 def prepare_latents(model: Any, latents: torch.Tensor, masks: torch.Tensor | None, mirrored: bool) -> PhotoLatents:
     """Latents given as they are (a LATENT's samples, as VAE Encode gives them, as ComfyUI's own trainer
     takes them): brought into the model's space; a mirrored photo is the mirrored latent."""
-    if latents.ndim != 4:
-        raise ValueError(f"latents must be a LATENT batch [N, C, h, w], got shape {tuple(latents.shape)}")
+    if latents.ndim not in (4, 5):
+        raise ValueError(f"latents must be a LATENT batch [N, C, h, w] (or [N, C, frames, h, w] from a video VAE), "
+                         f"got shape {tuple(latents.shape)}")
     x0 = model.model.process_latent_in(latents.float()).cpu()
     weights = None
     if masks is not None:
         masks = masks[None] if masks.ndim == 2 else masks
         if masks.shape[0] != x0.shape[0]:
             raise ValueError(f"{masks.shape[0]} masks for {x0.shape[0]} latents: give one mask per latent")
-        weights = loss_weights(masks, tuple(x0.shape[-2:]))
+        weights = _matching(loss_weights(masks, tuple(x0.shape[-2:])), x0)
     if not mirrored:
         return PhotoLatents(x0, weights=weights)
     return PhotoLatents(x0, x0.flip(-1), weights, None if weights is None else weights.flip(-1))

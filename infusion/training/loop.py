@@ -86,8 +86,9 @@ class Denoiser(Protocol):
 
 @dataclass
 class PhotoLatents:
-    """The photos, encoded once: clean latents in the model's space [N, C, h, w], the same photos
-    mirrored (encoded from mirrored pixels), and mask loss weights [N, 1, h, w] if masked."""
+    """The photos, encoded once: clean latents in the model's space [N, C, h, w] (or [N, C, 1, h, w] from a
+    video VAE), the same photos mirrored (encoded from mirrored pixels), and mask loss weights [N, 1, h, w]
+    (shaped alike) if masked."""
 
     latents: torch.Tensor
     flipped: torch.Tensor | None = None
@@ -111,7 +112,7 @@ class PhotoLatents:
     def select(self, index: torch.Tensor, mirror: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         x0, w = self.latents[index], None if self.weights is None else self.weights[index]
         if mirror is not None:
-            m = mirror.to(x0.device).view(-1, 1, 1, 1)
+            m = mirror.to(x0.device).view((-1,) + (1,) * (x0.ndim - 1))
             x0 = torch.where(m, self.flipped[index], x0)
             if w is not None:
                 w = torch.where(m, self.flipped_weights[index], w)

@@ -21,6 +21,16 @@ def dit(request, pack):
     return request.param, model.clone(), clip.clone()
 
 
+@pytest.fixture
+def compat_mod(pack):
+    return h.pack_submodule(pack, "infusion.compat")
+
+
+@pytest.fixture
+def metrics_mod(pack):
+    return h.pack_submodule(pack, "nodes.metrics")
+
+
 def P(pack, name):
     return h.pack_submodule(pack, name)
 
@@ -202,3 +212,132 @@ def test_a_unet_concept_or_another_dits_concept_is_refused(pack, dit, sd15):
                  is not model.model.diffusion_model.__class__)
     with pytest.raises(ValueError, match="Train the concept on this model"):
         apply(model, clip, random_concept(pack, h.tiny_dit(other)[0]))
+
+
+# ------------------------------------------------------------------ training
+
+TRAIN = dict(word="dog", steps=2, learning_rate=0.05, batch_size=2, gradient_accumulation=1, seed=0,
+             templates="a photo of a {}\n{}", flip=True, save_every=0, resume=False, variant="value",
+             precision="fp32", gradient_checkpointing=True, sample_every=0)
+PREDICTIONS = {"flux": "flow velocity", "flux_schnell": "flow velocity", "chroma": "flow velocity",
+               "qwen_image": "flow velocity", "z_image": "flow velocity"}
+
+
+def photo_latents(n=2, seed=3, family="flux"):
+    """Latents as the family's VAE gives them: Qwen-Image's (a video VAE) have one frame."""
+    shape = (n, 16, 1, 8, 8) if family == "qwen_image" else (n, 16, 8, 8)
+    return {"samples": torch.randn(shape, generator=torch.Generator().manual_seed(seed))}
+
+
+def train(pack, model, clip, name, family, **overrides):
+    return h.run_node(h.train_node(pack), model, clip, latents=photo_latents(family=family), output_name=name,
+                      **{**TRAIN, **overrides}).result
+
+
+def test_trains_through_the_node_saves_value_space_and_applies(pack, dit, tmp_models_dir):
+    family, model, clip = dit
+    before = {k: v.clone() for k, v in model.model.state_dict().items()}
+    concept, loss, _, path, _ = train(pack, model, clip, f"dit_{family}", family)
+    assert concept.vector_space == "value" and len(loss["loss"]) == 2 and all(v == v for v in loss["loss"])
+    assert all(v.abs().sum() > 0 for v in concept.values.values())
+    assert concept.metadata["provenance"]["prediction"] == PREDICTIONS[family]
+    if family == "flux":  # FLUX.1-dev is guidance-distilled: trained at guidance 1 (see families/flux.py)
+        conditioning = P(pack, "infusion.families").adapter_for(model).training_conditioning(
+            model.get_model_object("diffusion_model"))
+        assert conditioning == {"guidance": 1.0}
+    after = model.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    loaded = P(pack, "infusion.format").load_concept(path)
+    assert loaded.vector_space == "value" and all(torch.equal(loaded.values[l], concept.values[l]) for l in concept.values)
+    applied, word_clip = apply(model, clip, loaded)
+    assert not torch.equal(sample(applied, word_clip, WORD_PROMPT), sample(model, clip, WORD_PROMPT))
+    assert torch.equal(sample(applied, word_clip, NO_WORD), sample(model, clip, NO_WORD))
+
+
+@pytest.mark.parametrize("family", [f for f in ("flux", "qwen_image") if f in FAMILIES])
+def test_gradient_checkpointing_and_the_image_queries_variant_train(pack, family):
+    """Flux's blocks add to their inputs in place; with and without recomputation the concept is the same."""
+    model, clip = h.tiny_dit(family)
+    runs = {on: train(pack, model.clone(), clip, f"ckpt_{family}_{on}", family, gradient_checkpointing=on)[0]
+            for on in (False, True)}
+    assert all(torch.equal(runs[False].values[l], runs[True].values[l]) for l in runs[True].values)
+    image, _, _, _, _ = train(pack, model.clone(), clip, f"image_{family}", family, variant="image-queries")
+    assert image.variant == "image-queries" and all(v.abs().sum() > 0 for v in image.values.values())
+    assert any(not torch.equal(image.values[l], runs[True].values[l]) for l in image.values)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_backpropagation_through_flux_blocks_matches_finite_differences(pack, checkpointing):
+    """The gradient reaching a residual through blocks that change their inputs in place (Flux's), in
+    float64: autograd against central differences along a random direction."""
+    import comfy.model_patcher
+
+    dit = P(pack, "infusion.families.dit")
+    residual_mod, tokens = P(pack, "infusion.residual"), P(pack, "infusion.tokens")
+    adapter = P(pack, "infusion.families").adapter_for(h.tiny_dit("flux")[0])
+    tiny = P(pack, "infusion.tiny_dits")
+    model = P(pack, "infusion.tiny_models").init_weights(tiny._flux(True), 5).double()
+    dm = model.diffusion_model
+    patcher = comfy.model_patcher.ModelPatcher(model, torch.device("cpu"), torch.device("cpu"))
+    concept = random_concept(pack, h.tiny_dit("flux")[0], scale=0.0)
+    residual = dit.DiTResidual(concept, trainable=True).double()
+    adapter.install(patcher, residual)
+    g = torch.Generator().manual_seed(0)
+    x, context = torch.randn(1, 16, 4, 4, generator=g).double(), torch.randn(1, 5, 64, generator=g).double()
+    options = {**patcher.model_options["transformer_options"], "uuids": ["a"], dit.TEXT_KEY: (5, 5),
+               residual_mod.BATCH_KEY: residual_mod.BatchPositions({"a": tokens.WordPositions(5, {"dog": (1, 2)})})}
+
+    def loss():
+        out = dm(x, torch.tensor([0.6]).double(), context, torch.randn(1, 768, generator=torch.Generator().manual_seed(1)).double(),
+                 guidance=torch.tensor([1.0]).double(), transformer_options=dict(options))
+        return out.square().mean()
+
+    with P(pack, "infusion.compat").training_mode(), adapter.training_blocks(dm, checkpointing, list(residual.values)):
+        loss().backward()
+    grads = torch.cat([p.grad for p in residual.values])
+    direction = torch.randn(grads.shape, generator=g, dtype=torch.float64)
+    eps = 1e-3  # ComfyUI computes Flux's rotary embedding in float32: smaller steps drown in its rounding
+    with torch.no_grad(), P(pack, "infusion.compat").training_mode():
+        def shifted(step):
+            offset = 0
+            for p in residual.values:
+                p.add_(step * direction[offset:offset + p.numel()])
+                offset += p.numel()
+        shifted(eps)
+        up = loss()
+        shifted(-2 * eps)
+        down = loss()
+        shifted(eps)
+    torch.testing.assert_close(grads @ direction, (up - down) / (2 * eps), rtol=1e-4, atol=1e-12)  # a wrong backward was 2.5e-3 off
+
+
+def random_lora(model, rank=2, seed=4):
+    """A LoRA in ComfyUI's format on the first double block's projections (image and text)."""
+    g = torch.Generator().manual_seed(seed)
+    lora = {}
+    for name in ("double_blocks.0.img_attn.qkv", "double_blocks.0.txt_attn.qkv", "double_blocks.0.img_mlp.0"):
+        weight = model.model.diffusion_model.get_submodule(name).weight
+        lora[f"diffusion_model.{name}.lora_up.weight"] = torch.randn(weight.shape[0], rank, generator=g) * 0.1
+        lora[f"diffusion_model.{name}.lora_down.weight"] = torch.randn(rank, weight.shape[1], generator=g) * 0.1
+    return lora
+
+
+def test_a_lora_and_the_metrics_on_the_same_flux(pack, compat_mod, metrics_mod):
+    """A concept applied on top of a LoRA (ComfyUI's LoRA loading) leaves prompts without the word exactly
+    the LoRA model's; the Latent Fisher divergence of an applied concept on such prompts is exactly 0, a
+    LoRA's is not (flow-matching models are compared in noise space)."""
+    model, clip = h.tiny_dit("flux")
+    with_lora = compat_mod.apply_lora(model, random_lora(model), 1.0)
+    assert not torch.equal(sample(with_lora, clip, NO_WORD), sample(model, clip, NO_WORD))
+    applied, word_clip = apply(with_lora, clip, random_concept(pack, model))
+    assert torch.equal(sample(applied, word_clip, NO_WORD), sample(with_lora, clip, NO_WORD))
+    assert not torch.equal(sample(applied, word_clip, WORD_PROMPT), sample(with_lora, clip, WORD_PROMPT))
+
+    cond = [entry for p in (NO_WORD, "a red house") for entry in h.encode(word_clip, p)]
+    reference = photo_latents(2, seed=9)
+
+    def lfd(custom):
+        return h.run_node(metrics_mod.InfusionLatentFisherDivergence, model, custom, cond, reference, 2, 2, 0,
+                          "epsilon").result[0]
+    assert lfd(apply(model, clip, random_concept(pack, model))[0]) == 0.0
+    assert lfd(with_lora) > 0.0
