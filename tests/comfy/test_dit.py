@@ -341,3 +341,101 @@ def test_a_lora_and_the_metrics_on_the_same_flux(pack, compat_mod, metrics_mod):
                           "epsilon").result[0]
     assert lfd(apply(model, clip, random_concept(pack, model))[0]) == 0.0
     assert lfd(with_lora) > 0.0
+
+
+# ------------------------------------------------------------------ full-size models, files, refusals
+
+def full_size(name):
+    """A full-size model of a family on the meta device (no weight allocated), configured as ComfyUI's
+    detection configures it for the released checkpoints."""
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    tiny = h.pack_submodule(h.load_pack(), "infusion.tiny_dits")
+    flux = {**tiny.flux_config(), "vec_in_dim": 768, "context_in_dim": 4096, "hidden_size": 3072, "num_heads": 24,
+            "depth": 19, "depth_single_blocks": 38}
+    configs = {
+        "Flux": (comfy.supported_models.Flux, flux),
+        "QwenImage": (comfy.supported_models.QwenImage, {"image_model": "qwen_image", "in_channels": 64}),
+        "ZImage": (getattr(comfy.supported_models, "ZImage", None),
+                   {"image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 3840, "cap_feat_dim": 2560,
+                    "n_layers": 30, "n_heads": 30, "n_kv_heads": 30, "qk_norm": True, "axes_dims": [32, 48, 48],
+                    "axes_lens": [1536, 512, 512], "rope_theta": 256.0, "ffn_dim_multiplier": 8.0 / 3.0,
+                    "z_image_modulation": True, "time_scale": 1000.0, "pad_tokens_multiple": 32}),
+        "SD3": (comfy.supported_models.SD3,
+                {"in_channels": 16, "patch_size": 2, "out_channels": 16, "depth": 24, "num_patches": 36864,
+                 "pos_embed_max_size": 192, "pos_embed_scaling_factor": None, "adm_in_channels": 2048,
+                 "context_embedder_config": {"target": "torch.nn.Linear",
+                                             "params": {"in_features": 4096, "out_features": 1536}}}),
+    }
+    config, unet_config = configs[name]
+    model = config(unet_config).get_model({}, device=torch.device("meta"))
+    return comfy.model_patcher.ModelPatcher(model, torch.device("cpu"), torch.device("cpu"))
+
+
+FULL_SIZE = {"Flux": (57, 3072, "double.18", "single.37"), "QwenImage": (60, 3072, "double.59", None),
+             "ZImage": (30, 3840, "double.29", None)}
+
+
+@pytest.mark.parametrize("name", [n for n in FULL_SIZE if n != "ZImage" or "z_image" in FAMILIES])
+def test_full_size_layer_tables_and_file_sizes(pack, name, tmp_path):
+    count, width, last_double, last_single = FULL_SIZE[name]
+    model = full_size(name)
+    layers, family = P(pack, "infusion.patching").model_layers(model)
+    assert family == name and len(layers) == count and set(layers.values()) == {(width, width)}
+    keys = {layer.key for layer in layers}
+    assert last_double in keys and (last_single is None or last_single in keys)
+    concept = P(pack, "infusion.concept").InfusionConcept.zeros("dog", layers, family, vector_space="value")
+    path = P(pack, "infusion.format").save_concept(concept, str(tmp_path / "c.safetensors"))
+    # fp16: two bytes a number, and a header of a few KB (FLUX.1: 57 x 3072 numbers, 342 KiB of them)
+    assert count * width * 2 < os.path.getsize(path) < count * width * 2 + 8192
+
+
+def test_families_it_cannot_reach_are_refused_by_name(pack):
+    with pytest.raises(ValueError, match="this is a SD3 model .*which Infusion does not support: ComfyUI calls SD3's "
+                                         "attention without transformer_options"):
+        P(pack, "infusion.patching").model_layers(full_size("SD3"))
+
+
+# ------------------------------------------------------------------ the word in T5 and Qwen tokens
+
+@pytest.mark.parametrize("family", [f for f in ("flux", "qwen_image", "z_image") if f in FAMILIES])
+def test_the_word_is_marked_in_every_piece_and_occurrence_after_the_template(pack, family):
+    _, clip = h.tiny_dit(family)
+    prompt = P(pack, "infusion.prompt")
+    tokenizer = clip.tokenizer
+
+    def marked(text, word):
+        """The marked tokens, decoded together, and how many there are."""
+        tokens = clip.tokenize(text)
+        key = prompt.context_key(tokens)
+        ids = [t[0] for chunk in tokens[key] for t in chunk]
+        positions = prompt.word_positions(tokenizer, tokens, [word])
+        dropped = len(ids) - positions.length
+        rows = positions.words.get(word, ())
+        return " ".join(getattr(tokenizer, key).tokenizer.decode([ids[j + dropped]]) for j in rows).split(), len(rows)
+
+    assert marked("A Dog, and another dog.", "dog")[0] == ["Dog", "dog"]
+    assert marked("dogs and a hotdog", "dog") == ([], 0)
+    pieces, count = marked("an axolotl swims", "axolotl")
+    assert "".join(pieces).lower() == "axolotl" and (family != "flux" or count > 1)  # T5: several pieces
+    assert "".join(marked("my teddy  bear sleeps", "teddy bear")[0]) == "teddybear"
+    long_prompt = "a photo of a dog " + "in a green field with flowers and trees " * 40 + "and one more dog"
+    assert marked(long_prompt, "dog")[0] == ["dog", "dog"]
+
+
+@pytest.mark.parametrize("family", [f for f in ("flux", "qwen_image") if f in FAMILIES])
+def test_combined_and_concatenated_conditioning_keep_the_marks(pack, family):
+    """ConditioningCombine batches both prompts; ConditioningConcat appends the other prompt's rows after
+    conditioning_to, whose marks stay valid."""
+    model, clip = h.tiny_dit(family)
+    applied, word_clip = apply(model, clip, random_concept(pack, model))
+    with h.executor_mode():
+        concat = node("ConditioningConcat")().concat(h.encode(word_clip, WORD_PROMPT), h.encode(word_clip, "sunny"))[0]
+        base_concat = node("ConditioningConcat")().concat(h.encode(clip, WORD_PROMPT), h.encode(clip, "sunny"))[0]
+        combined = node("ConditioningCombine")().combine(h.encode(word_clip, NO_WORD), h.encode(word_clip, "a red car"))[0]
+        base_combined = node("ConditioningCombine")().combine(h.encode(clip, NO_WORD), h.encode(clip, "a red car"))[0]
+    negative = h.encode(word_clip, NEGATIVE)
+    run = lambda m, positive: h.sample(m, positive, negative, h.dit_latent(), scheduler="simple")["samples"]  # noqa: E731
+    assert not torch.equal(run(applied, concat), run(model, base_concat))
+    assert torch.equal(run(applied, combined), run(model, base_combined))

@@ -4,7 +4,6 @@ ComfyUI's distilled SDXL families (SSD-1B, Segmind Vega, KOALA) are built the wa
 from a checkpoint (its own detection picks the config from the checkpoint's keys), on the meta device
 so no weight is allocated. A small UNet of no family trains, applies and reloads.
 """
-import inspect
 import os
 
 import pytest
@@ -77,24 +76,6 @@ def test_a_concept_made_on_one_layer_set_is_refused_on_another(distilled, patchi
     # Same layers, same family name: KOALA_1B's concept fits KOALA_1B only.
     koala_layers, koala = patching.model_layers(distilled["KOALA_1B"])
     patching.apply_concept(distilled["KOALA_1B"], concept_mod.InfusionConcept.zeros("dog", koala_layers, koala))
-
-
-def test_a_model_without_unet_cross_attention_is_refused_naming_its_family(comfy_path, patching, concept_mod):
-    import comfy.ldm.flux.model
-    import comfy.model_patcher
-    import comfy.supported_models
-
-    flux_config = {"image_model": "flux", "in_channels": 16, "patch_size": 2, "out_channels": 16, "vec_in_dim": 768,
-                   "context_in_dim": 4096, "hidden_size": 64, "mlp_ratio": 4.0, "num_heads": 2, "depth": 1,
-                   "depth_single_blocks": 1, "axes_dim": [8, 12, 12], "theta": 10000, "qkv_bias": True,
-                   "guidance_embed": True}
-    if "txt_ids_dims" in inspect.signature(comfy.ldm.flux.model.FluxParams).parameters:  # 0.33 asks for it
-        flux_config["txt_ids_dims"] = []
-    flux = comfy.supported_models.Flux(flux_config).get_model({}, device=torch.device("meta"))
-    patcher = comfy.model_patcher.ModelPatcher(flux, torch.device("cpu"), torch.device("cpu"))
-    concept = concept_mod.InfusionConcept.zeros("dog", {concept_mod.LayerId("input", 1, 0): (768, 320)}, "SD15")
-    with pytest.raises(ValueError, match="this is a Flux model \\(Flux\\), which has no UNet cross-attention"):
-        patching.apply_concept(patcher, concept)
 
 
 def test_a_custom_unet_trains_applies_and_reloads(pack, custom, sd15, vae, patching, tmp_models_dir):
