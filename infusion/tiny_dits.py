@@ -1,5 +1,5 @@
 """Tiny random-weight DiT models in ComfyUI's own classes, for the tests, benchmarks and smoke run (never a
-user's model): Flux (dev and schnell), Chroma, Qwen-Image and Z-Image, each with its family's real
+user's model): FLUX.1 (dev and schnell), FLUX.2 (as klein), Chroma, Qwen-Image and Z-Image, each with its family's real
 tokenizer and text encoder class at a tiny width.
 
 A tiny Flux is written to a file and loaded from there in a way ComfyUI can repeat (tiny_models.
@@ -25,7 +25,7 @@ TINY_LLM = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
             "num_key_value_heads": 1}
 TEXT_WIDTH = 64
 
-FAMILIES = ("flux", "flux_schnell", "chroma", "qwen_image", "z_image")
+FAMILIES = ("flux", "flux_schnell", "flux2", "chroma", "qwen_image", "z_image")
 
 
 def _fields_of(params: type, values: dict[str, Any]) -> dict[str, Any]:
@@ -67,6 +67,20 @@ def flux_model(folder: str, guidance: bool = True, seed: int = SEED) -> Any:
     with torch.inference_mode():
         save_unet_file(init_weights(_flux(guidance), seed), path)
     return load_unet_file(path, partial(_flux, guidance))
+
+
+def flux2_model(seed: int = SEED + 4) -> Any:
+    """A tiny FLUX.2 as its klein variants are built (Qwen3 text, global modulation, 128-channel latents)."""
+    import comfy.ldm.flux.model
+    import comfy.supported_models
+
+    values = {"in_channels": 128, "out_channels": 128, "vec_in_dim": None, "context_in_dim": 3 * TEXT_WIDTH,
+              "hidden_size": 128, "mlp_ratio": 3.0, "num_heads": 1, "depth": 1, "depth_single_blocks": 2,
+              "axes_dim": [32, 32, 32, 32], "theta": 2000, "patch_size": 1, "qkv_bias": False,
+              "guidance_embed": False, "txt_ids_dims": [3], "global_modulation": True, "mlp_silu_act": True,
+              "ops_bias": False, "default_ref_method": "index", "ref_index_scale": 10.0}
+    config = {"image_model": "flux2", **_fields_of(comfy.ldm.flux.model.FluxParams, values)}
+    return _patcher(init_weights(comfy.supported_models.Flux2(config).get_model({}), seed))
 
 
 def _patcher(model: Any) -> Any:
@@ -132,6 +146,8 @@ _TEXT = {
     "chroma": ("pixart_t5", "PixArtTokenizer", "PixArtT5XXL", {"t5xxl_model_config": TINY_T5}),
     "qwen_image": ("qwen_image", "QwenImageTokenizer", "QwenImageTEModel", {}),
     "z_image": ("z_image", "ZImageTokenizer", "ZImageTEModel", {"qwen3_4b_model_config": TINY_LLM}),
+    # klein reads three of Qwen3's layers (9, 18, 27), side by side: 28 tiny layers, a 3 x 64 wide context.
+    "flux2": ("flux", "KleinTokenizer", None, {"qwen3_4b_model_config": {**TINY_LLM, "num_hidden_layers": 28}}),
 }
 
 
@@ -146,7 +162,8 @@ def clip(family: str, seed: int = SEED + 10) -> Any:
     module = importlib.import_module(f"comfy.text_encoders.{module}")
     if family == "qwen_image":
         options = {"qwen25_7b_class": _tiny_qwen_lm()}
-    out = comfy.sd.CLIP(ClipTarget(getattr(module, tokenizer), getattr(module, model)), model_options=dict(options))
+    encoder = module.klein_te() if family == "flux2" else getattr(module, model)
+    out = comfy.sd.CLIP(ClipTarget(getattr(module, tokenizer), encoder), model_options=dict(options))
     init_weights(out.cond_stage_model, seed)
     return out
 
@@ -156,5 +173,6 @@ def model_and_clip(family: str, folder: str) -> tuple[Any, Any]:
     if family in ("flux", "flux_schnell"):
         model = flux_model(folder, guidance=family == "flux")
     else:
-        model = {"chroma": chroma_model, "qwen_image": qwen_image_model, "z_image": z_image_model}[family]()
+        model = {"chroma": chroma_model, "qwen_image": qwen_image_model, "z_image": z_image_model,
+                 "flux2": flux2_model}[family]()
     return model, clip(family)

@@ -364,8 +364,10 @@ def tiny_custom() -> tuple[Any, Any]:
 def dit_families() -> list[str]:
     """The tiny DiT families this ComfyUI has (read off its tree: Z-Image came after 0.3.64)."""
     root = find_comfyui() or ""
-    has = {"z_image": os.path.isfile(os.path.join(root, "comfy", "text_encoders", "z_image.py"))}
-    return [f for f in ("flux", "flux_schnell", "chroma", "qwen_image", "z_image") if has.get(f, True)]
+    with open(os.path.join(root, "comfy", "text_encoders", "flux.py")) as f:
+        klein = "class KleinTokenizer" in f.read()
+    has = {"z_image": os.path.isfile(os.path.join(root, "comfy", "text_encoders", "z_image.py")), "flux2": klein}
+    return [f for f in ("flux", "flux_schnell", "flux2", "chroma", "qwen_image", "z_image") if has.get(f, True)]
 
 
 @functools.cache
@@ -377,10 +379,13 @@ def tiny_dit(family: str) -> tuple[Any, Any]:
         return tiny_dits.model_and_clip(family, os.path.join(models_dir(), "diffusion_models"))
 
 
-def dit_latent(batch: int = 1, size: int = 8) -> dict:
-    """An empty 16-channel LATENT (Flux, Qwen-Image and Z-Image latents) of size x size."""
+def dit_latent(model: Any, batch: int = 1, pixels: int = 64) -> dict:
+    """An empty LATENT of the model's latent format for an image of pixels x pixels (FLUX.2's latents
+    have 128 channels at 1/16 of the size, the others 16 at 1/8)."""
     import torch
-    return {"samples": torch.zeros(batch, 16, size, size)}
+    channels = model.get_model_object("latent_format").latent_channels
+    size = pixels // (16 if channels == 128 else 8)
+    return {"samples": torch.zeros(batch, channels, size, size)}
 
 
 # SD's KL autoencoder (8x down via 4 levels, 4 latent channels) at ch 32 instead of 128.

@@ -1,4 +1,4 @@
-"""Infusion on joint-attention DiTs (Flux dev and schnell, Chroma, Qwen-Image, Z-Image), on a real ComfyUI:
+"""Infusion on joint-attention DiTs (FLUX.1 dev and schnell, FLUX.2, Chroma, Qwen-Image, Z-Image), on a real ComfyUI:
 tiny random-weight models in ComfyUI's own classes with their families' real tokenizers, the exact
 promises through ComfyUI's sampler, both variants, another pack's attention override alongside, the
 full-size layer tables, training, LoRA and the metrics."""
@@ -55,7 +55,7 @@ def apply(model, clip, concept, strength=1.0, **kw):
 
 
 def sample(model, clip, positive, negative=NEGATIVE, seed=0):
-    return h.sample(model, h.encode(clip, positive), h.encode(clip, negative), h.dit_latent(), seed=seed,
+    return h.sample(model, h.encode(clip, positive), h.encode(clip, negative), h.dit_latent(model), seed=seed,
                     scheduler="simple")["samples"]
 
 
@@ -70,7 +70,7 @@ def first_step(model, clip, positive, negative=NEGATIVE):
 
     m = model.clone()
     m.set_model_sampler_post_cfg_function(grab, disable_cfg1_optimization=True)
-    h.sample(m, h.encode(clip, positive), h.encode(clip, negative), h.dit_latent(), steps=1, scheduler="simple")
+    h.sample(m, h.encode(clip, positive), h.encode(clip, negative), h.dit_latent(model), steps=1, scheduler="simple")
     return seen["cond"], seen["uncond"]
 
 
@@ -208,8 +208,8 @@ def test_a_unet_concept_or_another_dits_concept_is_refused(pack, dit, sd15):
     with pytest.raises(ValueError, match="made for a custom model \\(16 cross-attention layers, text width 768\\) but "
                                          "this model is .*attention layers, value width"):
         apply(model, clip, unet_concept)
-    other = next(f for f in FAMILIES if f != family and h.tiny_dit(f)[0].model.diffusion_model.__class__
-                 is not model.model.diffusion_model.__class__)
+    layers = P(pack, "infusion.patching").model_layers
+    other = next(f for f in FAMILIES if layers(h.tiny_dit(f)[0])[0] != layers(model)[0])
     with pytest.raises(ValueError, match="Train the concept on this model"):
         apply(model, clip, random_concept(pack, h.tiny_dit(other)[0]))
 
@@ -219,13 +219,12 @@ def test_a_unet_concept_or_another_dits_concept_is_refused(pack, dit, sd15):
 TRAIN = dict(word="dog", steps=2, learning_rate=0.05, batch_size=2, gradient_accumulation=1, seed=0,
              templates="a photo of a {}\n{}", flip=True, save_every=0, resume=False, variant="value",
              precision="fp32", gradient_checkpointing=True, sample_every=0)
-PREDICTIONS = {"flux": "flow velocity", "flux_schnell": "flow velocity", "chroma": "flow velocity",
-               "qwen_image": "flow velocity", "z_image": "flow velocity"}
+PREDICTIONS = {family: "flow velocity" for family in FAMILIES}
 
 
 def photo_latents(n=2, seed=3, family="flux"):
     """Latents as the family's VAE gives them: Qwen-Image's (a video VAE) have one frame."""
-    shape = (n, 16, 1, 8, 8) if family == "qwen_image" else (n, 16, 8, 8)
+    shape = {"qwen_image": (n, 16, 1, 8, 8), "flux2": (n, 128, 4, 4)}.get(family, (n, 16, 8, 8))
     return {"samples": torch.randn(shape, generator=torch.Generator().manual_seed(seed))}
 
 
@@ -436,6 +435,6 @@ def test_combined_and_concatenated_conditioning_keep_the_marks(pack, family):
         combined = node("ConditioningCombine")().combine(h.encode(word_clip, NO_WORD), h.encode(word_clip, "a red car"))[0]
         base_combined = node("ConditioningCombine")().combine(h.encode(clip, NO_WORD), h.encode(clip, "a red car"))[0]
     negative = h.encode(word_clip, NEGATIVE)
-    run = lambda m, positive: h.sample(m, positive, negative, h.dit_latent(), scheduler="simple")["samples"]  # noqa: E731
+    run = lambda m, positive: h.sample(m, positive, negative, h.dit_latent(model), scheduler="simple")["samples"]  # noqa: E731
     assert not torch.equal(run(applied, concat), run(model, base_concat))
     assert torch.equal(run(applied, combined), run(model, base_combined))
