@@ -168,6 +168,20 @@ def clip(family: str, seed: int = SEED + 10) -> Any:
     return out
 
 
+def flux_vae(seed: int = SEED + 20) -> Any:
+    """A tiny KL autoencoder with FLUX.1's 16 latent channels and 8x downscale (ComfyUI's own VAE class)."""
+    import comfy.sd
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+
+    ddconfig = {"double_z": True, "z_channels": 16, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 32,
+                "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
+    params = {"ddconfig": ddconfig, "embed_dim": 16}
+    sd = init_weights(AutoencoderKL(**params), seed).state_dict()
+    vae = comfy.sd.VAE(sd=sd, config={"params": params})
+    vae.latent_channels = 16  # ComfyUI reads it off the weights only for the layouts it detects
+    return vae
+
+
 def model_and_clip(family: str, folder: str) -> tuple[Any, Any]:
     """(MODEL, CLIP) of one tiny family; a Flux is written to `folder` and loaded from there."""
     if family in ("flux", "flux_schnell"):

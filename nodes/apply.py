@@ -19,7 +19,7 @@ class ApplyInfusion(io.ComfyNode):
                         "without the word are drawn exactly as by the base model. Chain several to combine concepts.",
             inputs=[
                 io.Model.Input("model", tooltip="The base model the concept was trained for (a model with the same "
-                                                "cross-attention layers)."),
+                                                "attention layers: any fine-tune of its family)."),
                 io.Clip.Input("clip", tooltip="Its CLIP. Encode your prompts with the CLIP this node returns: "
                                               "it marks where the class word stands."),
                 INFUSION.Input("infusion", tooltip="A concept from Load Infusion or Train Infusion Concept."),
@@ -36,8 +36,9 @@ class ApplyInfusion(io.ComfyNode):
                                         "attention puts that word."),
                 io.String.Input("block_weights", default="", optional=True,
                                 tooltip="Per-block strengths, as LoRA block-weight tools write them: "
-                                        "'input=1, middle=0.5, output=1', single layers ('output.3.0=0'), or one "
-                                        "number per layer. Empty = 1 everywhere; a block at 0 is left untouched."),
+                                        "'input=1, middle=0.5, output=1' (DiTs: 'double=1, single=0.5'), single layers "
+                                        "('output.3.0=0', 'single.7=0'), or one number per layer. Empty = 1 everywhere; "
+                                        "a block at 0 is left untouched."),
             ],
             outputs=[io.Model.Output(), io.Clip.Output()],
         )

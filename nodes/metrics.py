@@ -39,7 +39,7 @@ class InfusionLatentFisherDivergence(io.ComfyNode):
                         "Works for any customization: Infusion, LoRA, fine-tunes." + _CACHE_NOTE,
             is_output_node=True,
             inputs=[
-                io.Model.Input("base_model", tooltip="The base model (SD1.x, SD2.x or SDXL)."),
+                io.Model.Input("base_model", tooltip="The base model (SD1.x, SD2.x, SDXL, Flux, Qwen-Image, ...)."),
                 io.Model.Input("custom_model", tooltip="The customized model: Infusion-applied, LoRA-patched, "
                                                        "fine-tuned... of the same family as the base model."),
                 io.Conditioning.Input("conditioning",
@@ -55,7 +55,7 @@ class InfusionLatentFisherDivergence(io.ComfyNode):
                                      "down per stratum."),
                 io.Int.Input("samples", default=4, min=2, max=4096,
                              tooltip="Latent/noise draws per (prompt, timestep). Reference latents are used "
-                                     "in turn, each equally often. Cost: 2 UNet evaluations per draw, per "
+                                     "in turn, each equally often. Cost: 2 model evaluations per draw, per "
                                      "prompt and timestep."),
                 io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=False,
                              tooltip="Seed of every random draw (latent choice, timesteps, noise); keep it "
@@ -66,7 +66,7 @@ class InfusionLatentFisherDivergence(io.ComfyNode):
                                        f"clamped at {DEFAULT_SIGMA_FLOOR:g} so near-clean timesteps cannot "
                                        "dominate."),
                 io.Int.Input("batch_size", default=0, min=0, max=4096, optional=True,
-                             tooltip="Most draws per UNet call (lower it if memory runs out). 0 = all "
+                             tooltip="Most draws per model call (lower it if memory runs out). 0 = all "
                                      "samples of a (prompt, timestep) in one call."),
             ],
             outputs=[

@@ -66,11 +66,13 @@ class TrainInfusion(io.ComfyNode):
             node_id="TrainInfusion",
             display_name="Train Infusion Concept",
             category="Infusion",
-            description="Learn a concept (a few KB: one residual vector per cross-attention layer) from 3-10 photos, "
+            description="Learn a concept (one residual vector per attention layer that reads text: KBs on SD1.5, "
+                        "hundreds of KB on Flux) from 3-10 photos, "
                         "bound to its plain class word. Only the vectors train; the model stays frozen and unchanged. "
                         "Saved to models/infusion with a resume state. " + _RETRAIN,
             inputs=[
-                io.Model.Input("model", tooltip="The base model (SD1.x, SD2.x or SDXL) to train the concept for. "
+                io.Model.Input("model", tooltip="The base model to train the concept for: SD1.x, SD2.x, SDXL, FLUX.1, "
+                                                "FLUX.2, Chroma, Qwen-Image or Z-Image. "
                                                 "It is not modified."),
                 io.Clip.Input("clip", tooltip="The model's CLIP: encodes every caption once, before training."),
                 io.Vae.Input("vae", optional=True,
@@ -100,7 +102,7 @@ class TrainInfusion(io.ComfyNode):
                                      "(the authors: 4 x 4 = 16)."),
                 io.Int.Input("resolution", default=0, min=0, max=4096, step=64,
                              tooltip="Training size in pixels (a multiple of 64). 0 = the model's own: 512 for "
-                                     "SD1.x, 768 for SD2.x 768-v (512 for SD2 base), 1024 for SDXL."),
+                                     "SD1.x, 768 for SD2.x 768-v (512 for SD2 base), 1024 for SDXL and the DiTs (Flux, ...)."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
                              tooltip="Seeds every random draw (photo order, captions, flips, timesteps, noise): the "
                                      "same inputs and seed give the same concept (bit-identical on CPU). "
@@ -120,9 +122,11 @@ class TrainInfusion(io.ComfyNode):
                                          "generator are restored, so the result equals one uninterrupted run. "
                                          "Cancel saves a resume state."),
                 io.Combo.Input("variant", options=list(VARIANTS), default="value",
-                               tooltip="value: the method (residual on the values, attention maps kept). "
-                                       "key+value: also learns a key residual, which changes the attention maps "
-                                       "(seen in the authors' code; an option, not the default)."),
+                               tooltip="value: the method (residual on the values at the word, attention maps "
+                                       "kept). key+value (UNet models): also a key residual, which changes the "
+                                       "attention maps (seen in the authors' code). image-queries (DiT models): only "
+                                       "the image tokens see the residual; the prompt's own tokens stay the base "
+                                       "model's."),
                 io.Combo.Input("precision", options=list(PRECISIONS), default="fp16",
                                tooltip="Autocast precision of the model during training; the vectors stay fp32. fp16 "
                                        "(the authors', with loss scaling) is fastest on most GPUs; bf16 on recent "

@@ -91,12 +91,18 @@ def parse_assignment(text: str) -> tuple[str, str, str]:
 
 
 def positive_prompt_nodes(prompt: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """Text encoders whose conditioning goes straight into an input named 'positive' (a sampler's)."""
+    """Text encoders whose conditioning goes into an input named 'positive' (a sampler's), straight or
+    through nodes that pass a conditioning on (Flux's FluxGuidance, ConditioningSetArea, ...)."""
     ids = []
     for node in prompt.values():
-        link = node["inputs"].get("positive")
-        if isinstance(link, list) and isinstance(prompt.get(link[0], {}).get("inputs", {}).get("text"), str):
-            ids.append(link[0])
+        link, seen = node["inputs"].get("positive"), set()
+        while isinstance(link, list) and link[0] in prompt and link[0] not in seen:
+            seen.add(link[0])
+            inputs = prompt[link[0]]["inputs"]
+            if isinstance(inputs.get("text"), str):
+                ids.append(link[0])
+                break
+            link = inputs.get("conditioning")
     return list(dict.fromkeys(ids))
 
 

@@ -361,6 +361,18 @@ def tiny_custom() -> tuple[Any, Any]:
     return model, tiny_sd15()[1]
 
 
+# The model files an example workflow names, by loader: (models/ folder, which widgets hold file names).
+LOADER_FILES = {"CheckpointLoaderSimple": ("checkpoints", (0,)), "LoadInfusion": ("infusion", (0,)),
+                "CLIPVisionLoader": ("clip_vision", (0,)), "UNETLoader": ("diffusion_models", (0,)),
+                "DualCLIPLoader": ("text_encoders", (0, 1)), "VAELoader": ("vae", (0,))}
+
+
+def model_files(workflow: dict) -> list[tuple[str, str]]:
+    """(models/ folder, file name) of every model file a UI workflow's loaders name."""
+    return [(LOADER_FILES[n["type"]][0], n["widgets_values"][i]) for n in workflow["nodes"] if n["type"] in LOADER_FILES
+            for i in LOADER_FILES[n["type"]][1]]
+
+
 def dit_families() -> list[str]:
     """The tiny DiT families this ComfyUI has (read off its tree: Z-Image came after 0.3.64)."""
     root = find_comfyui() or ""

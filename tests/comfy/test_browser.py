@@ -29,7 +29,6 @@ from infusion.cli import workflows
 
 PACK_DIR_NAME = h.Server.PACK_DIR_NAME
 SCREENSHOTS = os.environ.get("INFUSION_SCREENSHOTS") or os.path.join(h.PACK_ROOT, "benchmarks", "out", "browser")
-MODEL_FOLDERS = {"CheckpointLoaderSimple": "checkpoints", "LoadInfusion": "infusion", "CLIPVisionLoader": "clip_vision"}
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync"]
 
@@ -182,11 +181,9 @@ def server(comfy_path, tmp_path_factory):
         (pytest.fail if os.environ.get("CI") == "true" else pytest.skip)(f"browser check needs {missing}")
     base = tmp_path_factory.mktemp("comfyui_browser")
     for name in workflows.example_names():
-        for node in workflows.load(workflows.resolve(name))["nodes"]:
-            if node["type"] in MODEL_FOLDERS:
-                folder = base / "models" / MODEL_FOLDERS[node["type"]]
-                folder.mkdir(parents=True, exist_ok=True)
-                (folder / node["widgets_values"][0]).touch()
+        for kind, file_name in h.model_files(workflows.load(workflows.resolve(name))):
+            (base / "models" / kind).mkdir(parents=True, exist_ok=True)
+            (base / "models" / kind / file_name).touch()
     with h.Server(comfy_path, str(base)) as running:
         yield {"url": running.url, "chromium": chromium, "node_path": node_path, "log": running.log_path}
 

@@ -23,16 +23,13 @@ from infusion.cli import smoke as smoke_mod
 from infusion.cli import train, workflows
 from infusion.cli.convert import to_api
 from infusion.cli.executor import Runner
+from infusion.cli.overrides import set_prompt
 from infusion.cli.prompts import definitions_for
 from infusion.cli.registry import node_definition, node_definitions
 from infusion.cli.validate import check_workflow
 from infusion.format import load_concept
 
 EXAMPLES = workflows.example_names()
-# Model files the examples name, by loader: created empty so the loaders' lists offer them, as in a
-# user's ComfyUI that has the models.
-MODEL_INPUTS = {"CheckpointLoaderSimple": ("checkpoints", "ckpt_name"), "LoadInfusion": ("infusion", "concept_name"),
-                "CLIPVisionLoader": ("clip_vision", "clip_name")}
 
 
 def quiet(event, data):
@@ -50,17 +47,18 @@ def registry(pack):
 
 @pytest.fixture(scope="module")
 def named_models(registry):
+    """The model files the examples name, created empty so the loaders' lists offer them, as in a user's
+    ComfyUI that has the models."""
     import folder_paths
     made = []
     for name in EXAMPLES:
-        for node in workflows.load(workflows.resolve(name))["nodes"]:
-            if node["type"] in MODEL_INPUTS:
-                folder = folder_paths.get_folder_paths(MODEL_INPUTS[node["type"]][0])[0]
-                path = os.path.join(folder, node["widgets_values"][0])
-                if not os.path.exists(path):
-                    os.makedirs(folder, exist_ok=True)
-                    open(path, "wb").close()
-                    made.append(path)
+        for kind, file_name in h.model_files(workflows.load(workflows.resolve(name))):
+            folder = folder_paths.get_folder_paths(kind)[0]
+            path = os.path.join(folder, file_name)
+            if not os.path.exists(path):
+                os.makedirs(folder, exist_ok=True)
+                open(path, "wb").close()
+                made.append(path)
     yield
     for path in made:
         os.remove(path)
@@ -178,3 +176,66 @@ def test_check_command_on_this_comfyui(comfy_path, tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     for name in EXAMPLES:
         assert f"ok     {name}" in done.stdout
+
+
+# ------------------------------------------------------------------ the Flux example, end to end
+
+class _TinyFlux:
+    """Test-only stand-ins for the Flux example's three loaders: the tiny FLUX.1 dev (tests' tiny_dit),
+    its CLIP (CLIP-L and T5 at tiny widths) and a 16-channel VAE. ComfyUI's own loaders detect only
+    full-size Flux files; everything downstream runs as a user's graph does."""
+    CATEGORY = "tests"
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+
+def _tiny_flux_loaders():
+    from infusion import tiny_dits
+
+    model, clip = h.tiny_dit("flux")
+    vae = tiny_dits.flux_vae()
+    made = {}
+    for name, kind, value in (("UNETLoader", "MODEL", model), ("DualCLIPLoader", "CLIP", clip),
+                              ("VAELoader", "VAE", vae)):
+        made[name] = type(f"TinyFlux{kind.title()}", (_TinyFlux,), {"RETURN_TYPES": (kind,),
+                                                                    "load": lambda self, v=value: (v,)})
+    return made
+
+
+def _flux_prompt(smoke, loaders, bypass=(), text=None):
+    prompt, definitions = smoke_mod.smoke_prompt("flux_concept", bypass)
+    if text is not None:
+        set_prompt(prompt, definitions, text)
+    for node_id, node in prompt.items():
+        if node["class_type"] in loaders:
+            node["class_type"], node["inputs"] = loaders[node["class_type"]].__name__, {}
+        elif node["class_type"] == "EmptySD3LatentImage":
+            node["inputs"].update(width=smoke_mod.IMAGE_SIZE, height=smoke_mod.IMAGE_SIZE)
+        elif node["class_type"] == "LoadConceptPhotos":
+            node["inputs"]["folder"] = smoke.photos["dog"]
+    return prompt
+
+
+def test_the_flux_example_trains_and_generates_and_leaves_other_prompts_exact(smoke, monkeypatch):
+    import nodes
+    loaders = _tiny_flux_loaders()
+    for kind in loaders.values():
+        monkeypatch.setitem(nodes.NODE_CLASS_MAPPINGS, kind.__name__, kind)
+    prompt = _flux_prompt(smoke, loaders)
+    result = smoke.runner.run_or_raise(prompt)
+    train_id = smoke_mod.nodes_of(prompt, "TrainInfusion")[0]
+    concept = load_concept(result.output(train_id, 3))
+    assert concept.family == "Flux" and concept.vector_space == "value" and len(concept.values) == 4
+    image = result.output(smoke_mod.nodes_of(prompt, "VAEDecode")[0])
+    assert image.shape == (1, smoke_mod.IMAGE_SIZE, smoke_mod.IMAGE_SIZE, 3) and torch.isfinite(image).all()
+
+    def drawn(text, bypass=()):
+        p = _flux_prompt(smoke, loaders, bypass, text)
+        return smoke.runner.run_or_raise(p).output(smoke_mod.nodes_of(p, "VAEDecode")[0])
+    no_word = "a photo of a red car in the city"
+    assert torch.equal(drawn(no_word), drawn(no_word, ("ApplyInfusion",)))
+    with_word = "a photo of a dog in the city"
+    assert not torch.equal(drawn(with_word), drawn(with_word, ("ApplyInfusion",)))

@@ -187,6 +187,17 @@ def test_shortcuts_find_their_settings_or_say_they_are_absent():
         overrides.set_shortcut(prompt, DEFS, "word", "word", "dog")
 
 
+def test_the_prompt_is_found_through_nodes_that_pass_a_conditioning_on():
+    """Flux graphs: CLIPTextEncode -> FluxGuidance -> the sampler's positive."""
+    prompt = {"1": {"class_type": "CLIPTextEncode", "inputs": {"text": "a dog", "clip": ["9", 0]}},
+              "2": {"class_type": "FluxGuidance", "inputs": {"conditioning": ["1", 0], "guidance": 3.5}},
+              "3": {"class_type": "KSampler", "inputs": {"positive": ["2", 0], "negative": ["4", 0]}},
+              "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["9", 0]}}}
+    assert overrides.positive_prompt_nodes(prompt) == ["1"]
+    prompt["2"]["inputs"]["conditioning"] = ["2", 0]  # a cycle ends the search instead of looping
+    assert overrides.positive_prompt_nodes(prompt) == []
+
+
 # ------------------------------------------------------------------ train command options and batch files
 
 TRAIN_DEF = {"input": {"required": {
