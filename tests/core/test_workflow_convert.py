@@ -291,7 +291,7 @@ EXAMPLES = workflows.example_names()
 
 
 def test_the_examples_are_shipped_where_comfyui_serves_templates():
-    assert EXAMPLES == ["blend_concepts", "generate_with_concept", "measure_overfitting", "multi_concept",
+    assert EXAMPLES == ["blend_concepts", "flux_concept", "generate_with_concept", "measure_overfitting", "multi_concept",
                         "train_concept"]
     assert os.path.basename(workflows.WORKFLOWS_DIR) == "workflows"
 
