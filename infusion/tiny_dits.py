@@ -38,23 +38,36 @@ def _fields_of(params: type, values: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if k in names}
 
 
-def flux_config(guidance: bool = True) -> dict[str, Any]:
-    """A Flux that ComfyUI's detection reads back as itself: heads of 128 (its axes 16/56/56), 2 double and
-    2 single blocks of width 128, T5 context of width 64, CLIP-L pooled vector of 768."""
+def flux_config(guidance: bool = True, width: int = 128, double: int = 2, single: int = 2) -> dict[str, Any]:
+    """A FLUX.1 with FLUX.1's heads of 128 (its axes 16/56/56) and its T5 context of width 64, CLIP-L pooled
+    vector of 768; by default 2 double and 2 single blocks of width 128."""
     import comfy.ldm.flux.model
 
     values = {"in_channels": 16, "out_channels": 16, "vec_in_dim": 768, "context_in_dim": TEXT_WIDTH,
-              "hidden_size": 128, "mlp_ratio": 4.0, "num_heads": 1, "depth": 2, "depth_single_blocks": 2,
+              "hidden_size": width, "mlp_ratio": 4.0, "num_heads": width // 128, "depth": double,
+              "depth_single_blocks": single,
               "axes_dim": [16, 56, 56], "theta": 10000, "patch_size": 2, "qkv_bias": True,
               "guidance_embed": guidance, "txt_ids_dims": []}
     return {"image_model": "flux", **_fields_of(comfy.ldm.flux.model.FluxParams, values)}
 
 
-def _flux(guidance: bool) -> Any:
+def _flux(guidance: bool, **shape: int) -> Any:
     import comfy.supported_models
 
     config = comfy.supported_models.Flux if guidance else comfy.supported_models.FluxSchnell
-    return config(flux_config(guidance)).get_model({})
+    return config(flux_config(guidance, **shape)).get_model({})
+
+
+def flux_shaped(folder: str, width: int, double: int, single: int, seed: int = SEED) -> Any:
+    """A FLUX.1 dev of another width and depth (benchmarks), written to `folder` and loaded from its file."""
+    from functools import partial
+
+    from .tiny_models import load_unet_file
+
+    path = os.path.join(folder, f"flux_{width}_{double}_{single}.safetensors")
+    with torch.inference_mode():
+        save_unet_file(init_weights(_flux(True, width=width, double=double, single=single), seed), path)
+    return load_unet_file(path, partial(_flux, True, width=width, double=double, single=single))
 
 
 def flux_model(folder: str, guidance: bool = True, seed: int = SEED) -> Any:

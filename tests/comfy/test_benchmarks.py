@@ -19,6 +19,13 @@ RUNS = {
     "gpu_train.py": (["--smoke", "--steps", "1"], "peak"),
     "preview_cost.py": (["--channels", "32", "--size", "64", "--steps", "2"], "ratio"),
     "toyworld.py": (["--smoke", "--out", "{tmp}"], "colours the probe saw"),
+    # FLUX.1-shaped
+    "apply_overhead.py flux": (["--model", "flux", "--width", "128", "--size", "64", "--steps", "1", "--repeats", "1"],
+                               "ratio"),
+    "train_step_ratio.py flux": (["--model", "flux", "--width", "128", "--size", "64", "--batch", "1", "--repeats", "1"],
+                                 "ratio"),
+    "train_vs_lora.py flux": (["--model", "flux", "--width", "128", "--size", "64", "--batch", "1", "--steps", "1", "2"],
+                              "infusion"),
 }
 
 
@@ -26,7 +33,7 @@ RUNS = {
 def test_benchmark_runs_to_its_report(comfy_path, script, tmp_path):
     args, expected = RUNS[script]
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    done = subprocess.run([sys.executable, os.path.join(BENCHMARKS, script), *args], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, os.path.join(BENCHMARKS, script.split()[0]), *args], capture_output=True, text=True,
                           timeout=600, env={**os.environ, "COMFYUI_PATH": comfy_path, "OUT": ""})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert expected in done.stdout.lower(), done.stdout[-3000:]

@@ -438,3 +438,38 @@ def test_combined_and_concatenated_conditioning_keep_the_marks(pack, family):
     run = lambda m, positive: h.sample(m, positive, negative, h.dit_latent(model), scheduler="simple")["samples"]  # noqa: E731
     assert not torch.equal(run(applied, concat), run(model, base_concat))
     assert torch.equal(run(applied, combined), run(model, base_combined))
+
+
+def test_lumina_2_is_reached_where_comfyui_labels_its_layers_and_refused_by_name_where_not(pack):
+    """0.33's Lumina 2 / Z-Image labels its layers; 0.3.64's neither labels them nor offers block patches."""
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    config = {"image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 2304, "cap_feat_dim": 2304,
+              "n_layers": 26, "n_heads": 24, "n_kv_heads": 8, "qk_norm": True, "axes_dims": [32, 32, 32],
+              "axes_lens": [300, 512, 512], "ffn_dim_multiplier": 4.0}
+    model = comfy.model_patcher.ModelPatcher(comfy.supported_models.Lumina2(config).get_model(
+        {}, device=torch.device("meta")), torch.device("cpu"), torch.device("cpu"))
+    patching, compat = P(pack, "infusion.patching"), P(pack, "infusion.compat")
+    if compat.labels_blocks(model.get_model_object("diffusion_model")):
+        layers, family = patching.model_layers(model)
+        assert family == "Lumina2" and len(layers) == 26 and set(layers.values()) == {(8 * 96, 8 * 96)}
+    else:
+        with pytest.raises(ValueError, match="Lumina2 model, which Infusion cannot reach here: this ComfyUI's "
+                                             "Lumina 2 does not label its layers .*update ComfyUI"):
+            patching.model_layers(model)
+
+
+def test_the_toolbox_reads_a_dit_concept(pack):
+    model, clip = h.tiny_dit("flux")
+    concept = random_concept(pack, model)
+    toolbox = P(pack, "infusion.toolbox")
+    norms = toolbox.residual_norms(concept, model)
+    assert norms == toolbox.residual_norms(concept)  # value space already: the norm is where it acts
+    text = toolbox.report(concept, norms, value_space=True)
+    assert "4 attention layers, value width 128" in text and "|r|, value space" in text
+    assert "double 0: " in text and "  single 0: " in text and "  1: " in text
+    weights = toolbox.layer_weights("double=0, single.1=0.5", sorted(concept.values))
+    assert [weights[layer] for layer in sorted(concept.values)] == [0.0, 0.0, 1.0, 0.5]
+    with pytest.raises(ValueError, match=r"neither a block \(double, single\)"):
+        toolbox.layer_weights("input=0", sorted(concept.values))
