@@ -123,6 +123,16 @@ def test_training_mode_sets_the_switch_where_comfyui_has_one(compat, monkeypatch
     assert mm.in_training is False
 
 
+def as_dynamic(model, dynamic_class):
+    """A clone that says it is dynamic and has ComfyUI's own get_non_dynamic_delegate (which reloads the
+    model from its file through the loader that loaded it)."""
+    dynamic = model.clone()
+    dynamic.is_dynamic = lambda: True
+    dynamic.non_dynamic_delegate_model = None
+    dynamic.get_non_dynamic_delegate = dynamic_class.get_non_dynamic_delegate.__get__(dynamic)
+    return dynamic
+
+
 def test_a_dynamic_vram_model_trains_on_comfyuis_own_classic_delegate(pack, compat, sd15_checkpoint, vae):
     """0.33 on NVIDIA: main.py loads models as ModelPatcherDynamic. A CPU cannot build one (ComfyUI falls
     back to the classic patcher there), so a model loaded by ComfyUI's own checkpoint loader is marked
@@ -138,10 +148,7 @@ def test_a_dynamic_vram_model_trains_on_comfyuis_own_classic_delegate(pack, comp
     if dynamic_class is None:  # 0.3.64: no dynamic VRAM, every model is classic
         assert compat.classic_patcher(model) is model
         return
-    dynamic = model.clone()
-    dynamic.is_dynamic = lambda: True
-    dynamic.non_dynamic_delegate_model = None
-    dynamic.get_non_dynamic_delegate = dynamic_class.get_non_dynamic_delegate.__get__(dynamic)
+    dynamic = as_dynamic(model, dynamic_class)
     delegate = compat.classic_patcher(dynamic)
     assert not delegate.is_dynamic() and delegate.model is not dynamic.model  # reloaded from the file
 
@@ -158,6 +165,40 @@ def test_a_dynamic_vram_model_trains_on_comfyuis_own_classic_delegate(pack, comp
     dynamic_values, classic_values = trained["dynamic"].values, trained["classic"].values
     assert all(torch.equal(dynamic_values[layer], classic_values[layer]) for layer in classic_values)
     assert any(v.abs().sum() > 0 for v in trained["dynamic"].values.values())
+    after = dynamic.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_diffusion_model_file_loaded_dynamic_trains_on_its_delegate(pack, compat, tmp_path):
+    """The same through ComfyUI's diffusion-model loader (UNETLoader's load_diffusion_model, which 0.33 detects
+    the tiny FLUX.1 file with), the path of a user's Flux with separate text-encoder and VAE files."""
+    import comfy.model_patcher
+    import comfy.sd
+
+    from infusion import tiny_dits, tiny_models
+    dynamic_class = getattr(comfy.model_patcher, "ModelPatcherDynamic", None)
+    if dynamic_class is None:  # 0.3.64: no dynamic VRAM (and it detects only full-size Flux files)
+        model = h.tiny_dit("flux")[0]
+        assert compat.classic_patcher(model) is model
+        return
+    path = str(tmp_path / "flux.safetensors")
+    with h.executor_mode():
+        tiny_models.save_unet_file(tiny_models.init_weights(tiny_dits._flux(True), 3), path)
+        model = comfy.sd.load_diffusion_model(path)
+    assert type(model.model.model_config).__name__ == "Flux"
+    dynamic = as_dynamic(model, dynamic_class)
+    before = {k: v.clone() for k, v in dynamic.model.state_dict().items()}
+    _, clip = h.tiny_dit("flux")
+    latents = {"samples": torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(2))}
+    settings = dict(word="dog", steps=2, learning_rate=0.05, batch_size=2, gradient_accumulation=1, seed=0,
+                    templates="a photo of a {}", flip=False, save_every=0, resume=False, variant="value",
+                    precision="fp32", gradient_checkpointing=True, sample_every=1, sample_steps=1,
+                    sample_cfg=1.0, sample_size=64, sample_prompts="a photo of a {}")
+    trained = [h.run_node(h.train_node(pack), m, clip, vae=tiny_dits.flux_vae(), latents=latents,
+                          output_name=f"flux_delegate_{i}", **settings).result for i, m in enumerate((dynamic, model))]
+    assert all(torch.equal(trained[0][0].values[l], trained[1][0].values[l]) for l in trained[1][0].values)
+    previews = trained[0][4]  # steps 0 (the base model), 1 and 2, through ComfyUI's sampler and the VAE
+    assert previews.shape == (1, 64, 192, 3) and not torch.equal(previews[:, :, :64], previews[:, :, 128:])
     after = dynamic.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
 
