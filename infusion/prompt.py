@@ -4,8 +4,8 @@ Which tokenizer's tokens become the model's context, and which of their rows it 
 text encoder; ComfyUI's tokens say which (their keys):
 - CLIP (SD1.x "l", SD2.x "h", SDXL "g" and "l" at the same positions): every row, in 77-token chunks;
 - T5-XXL ("t5xxl": Flux, with "l" for its pooled vector; Chroma): every row;
-- Qwen2.5-VL ("qwen25_7b": Qwen-Image): the rows from the user turn's text on (ComfyUI's text encoder
-  drops the system prompt and "<|im_start|>user\\n" of its template);
+- Qwen2.5-VL ("qwen25_7b": Qwen-Image) and Qwen3-VL ("qwen3vl_4b": Krea 2): the rows from the user
+  turn's text on (ComfyUI's text encoders drop the system prompt and "<|im_start|>user\\n" of the template);
 - Qwen3 ("qwen3_4b", "qwen3_8b": Z-Image, FLUX.2 klein): every row, template included.
 
 The word is found on the tokens' own text: CLIP's BPE by its word-end marks (tokens.py), the others
@@ -22,8 +22,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from .tokens import WordPositions, find_word, flat_ids
 
 CLIP_KEYS = ("l", "h", "g")
-QWEN_IMAGE_KEY = "qwen25_7b"
-CONTEXT_KEYS = ("t5xxl", QWEN_IMAGE_KEY, "qwen3_4b", "qwen3_8b")
+TEMPLATE_DROPPED = ("qwen25_7b", "qwen3vl_4b")  # Qwen-Image, Krea 2
+CONTEXT_KEYS = ("t5xxl", *TEMPLATE_DROPPED, "qwen3_4b", "qwen3_8b")
 _IM_START, _USER, _NEWLINE = 151644, 872, 198  # Qwen's <|im_start|>, "user", "\n"
 
 
@@ -38,7 +38,7 @@ def context_key(tokens: Mapping[str, Any]) -> str:
         return clip[0]
     raise ValueError(f"this CLIP's text encoder ({', '.join(tokens)}) is not one Infusion can mark the class word "
                      "for; supported: CLIP (SD1.x, SD2.x, SDXL), T5-XXL (Flux, Chroma), Qwen2.5-VL (Qwen-Image), "
-                     "Qwen3 (Z-Image, FLUX.2 klein)")
+                     "Qwen3 (Z-Image, FLUX.2 klein), Qwen3-VL (Krea 2)")
 
 
 def _sd_tokenizer(tokenizer: Any, key: str) -> Any:
@@ -53,9 +53,9 @@ def _sd_tokenizer(tokenizer: Any, key: str) -> Any:
 
 def _dropped_rows(key: str, ids: Sequence) -> int:
     """Rows at the start of the tokens that the text encoder leaves out of the context."""
-    if key != QWEN_IMAGE_KEY:
+    if key not in TEMPLATE_DROPPED:
         return 0
-    # Qwen-Image: from the second <|im_start|> (the user turn), past "user\n" when they follow it.
+    # From the second <|im_start|> (the user turn), past "user\n" when they follow it.
     starts = [i for i, t in enumerate(ids) if t == _IM_START][:2]
     if not starts:
         return 0

@@ -1,5 +1,5 @@
 """Tiny random-weight DiT models in ComfyUI's own classes, for the tests, benchmarks and smoke run (never a
-user's model): FLUX.1 (dev and schnell), FLUX.2 (as klein), Chroma, Qwen-Image and Z-Image, each with its family's real
+user's model): FLUX.1 (dev and schnell), FLUX.2 (as klein), Chroma, Qwen-Image, Z-Image and Krea 2, each with its family's real
 tokenizer and text encoder class at a tiny width.
 
 A tiny Flux is written to a file and loaded from there in a way ComfyUI can repeat (tiny_models.
@@ -25,7 +25,7 @@ TINY_LLM = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
             "num_key_value_heads": 1}
 TEXT_WIDTH = 64
 
-FAMILIES = ("flux", "flux_schnell", "flux2", "chroma", "qwen_image", "z_image")
+FAMILIES = ("flux", "flux_schnell", "flux2", "chroma", "qwen_image", "z_image", "krea2")
 
 
 def _fields_of(params: type, values: dict[str, Any]) -> dict[str, Any]:
@@ -96,6 +96,16 @@ def flux2_model(seed: int = SEED + 4) -> Any:
     return _patcher(init_weights(comfy.supported_models.Flux2(config).get_model({}), seed))
 
 
+def krea2_model(seed: int = SEED + 5) -> Any:
+    """A tiny Krea 2: 2 single-stream blocks of width 128 (one head of 128), reading 12 fused layers of a
+    64-wide text encoder."""
+    import comfy.supported_models
+
+    config = {"image_model": "krea2", "features": 128, "channels": 16, "patch": 2, "layers": 2, "heads": 1,
+              "kvheads": 1, "txtlayers": 12, "txtdim": TEXT_WIDTH, "txtheads": 1, "txtkvheads": 1}
+    return _patcher(init_weights(comfy.supported_models.Krea2(config).get_model({}), seed))
+
+
 def _patcher(model: Any) -> Any:
     import comfy.model_management
     import comfy.model_patcher
@@ -136,15 +146,17 @@ def z_image_model(seed: int = SEED + 3) -> Any:
     return _patcher(init_weights(comfy.supported_models.ZImage(config).get_model({}), seed))
 
 
-def _tiny_qwen_lm() -> type:
-    """A text-only Qwen causal LM at tiny width, where Qwen-Image's Qwen2.5-VL goes (its vision tower
-    alone is hundreds of MB); Qwen-Image's own text encoder around it drops its template rows."""
+def _tiny_qwen_lm(layers: int = TINY_LLM["num_hidden_layers"], output: Any = "last") -> type:
+    """A text-only Qwen causal LM at tiny width, where Qwen-Image's Qwen2.5-VL or Krea 2's Qwen3-VL goes
+    (their vision towers alone are hundreds of MB); the family's own text encoder around it drops its
+    template rows (and, for Krea 2, stacks the `output` layers it reads)."""
     import comfy.sd1_clip
     import comfy.text_encoders.llama
 
     class TinyQwenLM(comfy.sd1_clip.SDClipModel):
         def __init__(self, device="cpu", dtype=None, model_options={}, **kwargs):
-            super().__init__(device=device, layer="last", textmodel_json_config=dict(TINY_LLM), dtype=dtype,
+            super().__init__(device=device, layer=output, dtype=dtype,
+                             textmodel_json_config={**TINY_LLM, "num_hidden_layers": layers},
                              special_tokens={"pad": 151643}, layer_norm_hidden_state=False,
                              model_class=comfy.text_encoders.llama.Qwen25_3B, enable_attention_masks=True,
                              return_attention_masks=True, model_options=model_options)
@@ -159,6 +171,7 @@ _TEXT = {
     "chroma": ("pixart_t5", "PixArtTokenizer", "PixArtT5XXL", {"t5xxl_model_config": TINY_T5}),
     "qwen_image": ("qwen_image", "QwenImageTokenizer", "QwenImageTEModel", {}),
     "z_image": ("z_image", "ZImageTokenizer", "ZImageTEModel", {"qwen3_4b_model_config": TINY_LLM}),
+    "krea2": ("krea2", "Krea2Tokenizer", "Krea2TEModel", {}),
     # klein reads three of Qwen3's layers (9, 18, 27), side by side: 28 tiny layers, a 3 x 64 wide context.
     "flux2": ("flux", "KleinTokenizer", None, {"qwen3_4b_model_config": {**TINY_LLM, "num_hidden_layers": 28}}),
 }
@@ -175,6 +188,8 @@ def clip(family: str, seed: int = SEED + 10) -> Any:
     module = importlib.import_module(f"comfy.text_encoders.{module}")
     if family == "qwen_image":
         options = {"qwen25_7b_class": _tiny_qwen_lm()}
+    elif family == "krea2":  # Krea 2 reads 12 layers of Qwen3-VL, up to its 36th
+        options = {"qwen3vl_4b_class": _tiny_qwen_lm(36, list(module.KREA2_TAP_LAYERS))}
     encoder = module.klein_te() if family == "flux2" else getattr(module, model)
     out = comfy.sd.CLIP(ClipTarget(getattr(module, tokenizer), encoder), model_options=dict(options))
     init_weights(out.cond_stage_model, seed)
@@ -201,5 +216,5 @@ def model_and_clip(family: str, folder: str) -> tuple[Any, Any]:
         model = flux_model(folder, guidance=family == "flux")
     else:
         model = {"chroma": chroma_model, "qwen_image": qwen_image_model, "z_image": z_image_model,
-                 "flux2": flux2_model}[family]()
+                 "flux2": flux2_model, "krea2": krea2_model}[family]()
     return model, clip(family)

@@ -5,13 +5,15 @@ from typing import Any
 
 from .base import FamilyAdapter
 from .flux import FluxAdapter
+from .krea2 import Krea2Adapter
 from .lumina import LuminaAdapter
 from .qwen_image import QwenImageAdapter
 from .unet import UNetAdapter
 
-ADAPTERS: tuple[FamilyAdapter, ...] = (UNetAdapter(), FluxAdapter(), QwenImageAdapter(), LuminaAdapter())
+ADAPTERS: tuple[FamilyAdapter, ...] = (UNetAdapter(), FluxAdapter(), QwenImageAdapter(), LuminaAdapter(),
+                                       Krea2Adapter())
 SUPPORTED = ("UNet models with cross-attention (SD1.x, SD2.x, SDXL and its distilled variants), Flux (FLUX.1 dev "
-             "and schnell, FLUX.2), Chroma, Qwen-Image, Z-Image and Lumina 2")
+             "and schnell, FLUX.2), Chroma, Qwen-Image, Z-Image, Lumina 2 and Krea 2")
 
 # Why a family the pack knows of is refused, by its diffusion model's module in ComfyUI.
 REFUSED = {

@@ -378,8 +378,9 @@ def dit_families() -> list[str]:
     root = find_comfyui() or ""
     with open(os.path.join(root, "comfy", "text_encoders", "flux.py")) as f:
         klein = "class KleinTokenizer" in f.read()
-    has = {"z_image": os.path.isfile(os.path.join(root, "comfy", "text_encoders", "z_image.py")), "flux2": klein}
-    return [f for f in ("flux", "flux_schnell", "flux2", "chroma", "qwen_image", "z_image") if has.get(f, True)]
+    has = {"z_image": os.path.isfile(os.path.join(root, "comfy", "text_encoders", "z_image.py")), "flux2": klein,
+           "krea2": os.path.isfile(os.path.join(root, "comfy", "text_encoders", "krea2.py"))}
+    return [f for f in ("flux", "flux_schnell", "flux2", "chroma", "qwen_image", "z_image", "krea2") if has.get(f, True)]
 
 
 @functools.cache

@@ -1,4 +1,5 @@
-"""Infusion on joint-attention DiTs (FLUX.1 dev and schnell, FLUX.2, Chroma, Qwen-Image, Z-Image), on a real ComfyUI:
+"""Infusion on joint-attention DiTs (FLUX.1 dev and schnell, FLUX.2, Chroma, Qwen-Image, Z-Image, Krea 2), on a
+real ComfyUI:
 tiny random-weight models in ComfyUI's own classes with their families' real tokenizers, the exact
 promises through ComfyUI's sampler, both variants, another pack's attention override alongside, the
 full-size layer tables, training, LoRA and the metrics."""
@@ -223,8 +224,8 @@ PREDICTIONS = {family: "flow velocity" for family in FAMILIES}
 
 
 def photo_latents(n=2, seed=3, family="flux"):
-    """Latents as the family's VAE gives them: Qwen-Image's (a video VAE) have one frame."""
-    shape = {"qwen_image": (n, 16, 1, 8, 8), "flux2": (n, 128, 4, 4)}.get(family, (n, 16, 8, 8))
+    """Latents as the family's VAE gives them: Qwen-Image's and Krea 2's (a video VAE) have one frame."""
+    shape = {"qwen_image": (n, 16, 1, 8, 8), "krea2": (n, 16, 1, 8, 8), "flux2": (n, 128, 4, 4)}.get(family, (n, 16, 8, 8))
     return {"samples": torch.randn(shape, generator=torch.Generator().manual_seed(seed))}
 
 
