@@ -16,7 +16,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_step_ratio import random_sd15  # noqa: E402
+from train_step_ratio import random_model  # noqa: E402
 
 import comfy_harness as h  # noqa: E402  (train_step_ratio put it on the path)
 
@@ -40,7 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     h.setup_comfy()
     pack = h.load_pack()
-    model, (_, clip), vae = random_sd15(args.channels), h.tiny_sd15(), h.tiny_vae()
+    (model, clip), vae = random_model("sd15", args.channels), h.tiny_vae()
     photos = torch.rand(4, args.size, args.size, 3, generator=torch.Generator().manual_seed(0))
     timed_run(pack, model, clip, vae, photos, 1, 0, args.size)  # warm-up
     plain = timed_run(pack, model, clip, vae, photos, args.steps, 0, args.size)
