@@ -343,6 +343,20 @@ def test_a_lora_and_the_metrics_on_the_same_flux(pack, compat_mod, metrics_mod):
     assert lfd(with_lora) > 0.0
 
 
+def test_the_latent_fisher_divergence_of_a_concept_is_exactly_zero_without_its_word(pack, dit, metrics_mod):
+    """The metric node on every family (flow-matching models compared in noise space)."""
+    family, model, clip = dit
+    applied, word_clip = apply(model, clip, random_concept(pack, model))
+    reference = photo_latents(2, seed=9, family=family)
+
+    def lfd(prompts):
+        cond = [entry for p in prompts for entry in h.encode(word_clip, p)]
+        return h.run_node(metrics_mod.InfusionLatentFisherDivergence, model, applied, cond, reference, 2, 2, 0,
+                          "epsilon").result[0]
+    assert lfd([NO_WORD, "a red house"]) == 0.0
+    assert lfd([WORD_PROMPT]) > 0.0
+
+
 # ------------------------------------------------------------------ full-size models, files, refusals
 
 def full_size(name):
