@@ -1,6 +1,6 @@
-"""Tiny random-weight DiT models in ComfyUI's own classes, for the tests, benchmarks and smoke run (never a
-user's model): FLUX.1 (dev and schnell), FLUX.2 (as klein), Chroma, Qwen-Image, Z-Image and Krea 2, each with its family's real
-tokenizer and text encoder class at a tiny width.
+"""Tiny random-weight DiT models in ComfyUI's own classes, for the tests and benchmarks (never a user's
+model): FLUX.1 (dev and schnell), FLUX.2 (as klein), Chroma, Qwen-Image, Z-Image and Krea 2, each with its
+family's real tokenizer and text encoder class at a tiny width.
 
 A tiny Flux is written to a file and loaded from there in a way ComfyUI can repeat (tiny_models.
 load_unet_file; its Train LoRA trains on such a reloaded copy); 0.3.64's detection only knows full-size

@@ -489,6 +489,23 @@ def sample(model: Any, positive: list, negative: list, latent: dict | None = Non
                                      latent, denoise=denoise)[0]
 
 
+def first_step(model: Any, positive: list, negative: list, latent: dict | None = None, *, seed: int = 0,
+               scheduler: str = "normal") -> tuple[Any, Any]:
+    """cond and uncond predictions of the first sampler step (batched in one model call, as ComfyUI does;
+    the same input x for every model)."""
+    seen = {}
+
+    def grab(args):
+        seen.setdefault("cond", args["cond_denoised"].clone())
+        seen.setdefault("uncond", args["uncond_denoised"].clone())
+        return args["denoised"]
+
+    m = model.clone()
+    m.set_model_sampler_post_cfg_function(grab, disable_cfg1_optimization=True)
+    sample(m, positive, negative, latent, steps=1, seed=seed, scheduler=scheduler)
+    return seen["cond"], seen["uncond"]
+
+
 def decode(vae: Any, latent: dict) -> Any:
     """IMAGE [B, H, W, 3] in [0, 1] from ComfyUI's own VAEDecode node."""
     import nodes

@@ -38,21 +38,6 @@ def apply(model, clip, concept, strength=1.0, **kw):
     return node("ApplyInfusion").execute(model, clip, concept, strength, **kw).result
 
 
-def first_step(model, positive, negative, seed=0):
-    """cond and uncond predictions of the first sampler step (same input x for every model)."""
-    seen = {}
-
-    def grab(args):
-        seen.setdefault("cond", args["cond_denoised"].clone())
-        seen.setdefault("uncond", args["uncond_denoised"].clone())
-        return args["denoised"]
-
-    m = model.clone()
-    m.set_model_sampler_post_cfg_function(grab, disable_cfg1_optimization=True)
-    h.sample(m, positive, negative, steps=1, seed=seed)
-    return seen["cond"], seen["uncond"]
-
-
 def test_prompt_without_the_word_is_bit_identical(pack, base):
     model, clip = base
     m, c = apply(model, clip, make_concept(pack, model))
@@ -72,8 +57,8 @@ def test_strength_zero_is_bit_identical(pack, base):
 def test_word_changes_only_its_own_conditioning(pack, base):
     model, clip = base
     m, c = apply(model, clip, make_concept(pack, model))
-    cond0, uncond0 = first_step(model, h.encode(clip, PROMPT), h.encode(clip, NEGATIVE))
-    cond1, uncond1 = first_step(m, h.encode(c, PROMPT), h.encode(c, NEGATIVE))
+    cond0, uncond0 = h.first_step(model, h.encode(clip, PROMPT), h.encode(clip, NEGATIVE))
+    cond1, uncond1 = h.first_step(m, h.encode(c, PROMPT), h.encode(c, NEGATIVE))
     assert not torch.equal(cond1, cond0)
     assert torch.equal(uncond1, uncond0)  # the negative prompt's branch is the base model's
     final0 = h.sample(model, h.encode(clip, PROMPT), h.encode(clip, NEGATIVE))["samples"]
@@ -216,11 +201,11 @@ def test_coexists_with_attn2_replace_patch_and_lora(pack, sd15):
         return m
 
     pos, neg = h.encode(clip, PROMPT), h.encode(clip, NEGATIVE)
-    base = first_step(model, pos, neg)[0]
-    replaced = first_step(with_replace(model), pos, neg)[0]
+    base = h.first_step(model, pos, neg)[0]
+    replaced = h.first_step(with_replace(model), pos, neg)[0]
     m, c = apply(with_replace(model), clip, concept)
-    both = first_step(m, h.encode(c, PROMPT), h.encode(c, NEGATIVE))[0]
-    infusion_only = first_step(*[apply(model, clip, concept)[0]], h.encode(c, PROMPT), h.encode(c, NEGATIVE))[0]
+    both = h.first_step(m, h.encode(c, PROMPT), h.encode(c, NEGATIVE))[0]
+    infusion_only = h.first_step(*[apply(model, clip, concept)[0]], h.encode(c, PROMPT), h.encode(c, NEGATIVE))[0]
     assert_all_differ(base, replaced, both, infusion_only)
     assert seen_values  # the replace patch ran, on values that carry the residual
 
@@ -233,9 +218,9 @@ def test_coexists_with_attn2_replace_patch_and_lora(pack, sd15):
         lora[f"{name}.lora_up.weight"] = torch.randn((out_f, 1), generator=g)
         lora[f"{name}.lora_down.weight"] = torch.randn((1, in_f), generator=g)
     lora_model, lora_clip = comfy.sd.load_lora_for_models(model, clip, lora, 1.0, 1.0)
-    lora_only = first_step(lora_model, pos, neg)[0]
+    lora_only = h.first_step(lora_model, pos, neg)[0]
     m, c = apply(lora_model, lora_clip, concept)
-    lora_and_concept = first_step(m, h.encode(c, PROMPT), h.encode(c, NEGATIVE))[0]
+    lora_and_concept = h.first_step(m, h.encode(c, PROMPT), h.encode(c, NEGATIVE))[0]
     assert_all_differ(base, lora_only, infusion_only, lora_and_concept)
 
 
@@ -276,9 +261,9 @@ def test_two_concepts_each_at_its_own_word(pack, sd15):
     m1, c1 = apply(model, clip, dog)
     m2, c2 = apply(m1, c1, barn)
     prompt = "a dog wearing sunglasses near a barn"
-    cond_both = first_step(m2, h.encode(c2, prompt), h.encode(c2, NEGATIVE))[0]
-    cond_dog = first_step(m1, h.encode(c1, prompt), h.encode(c1, NEGATIVE))[0]
-    cond_barn = first_step(apply(model, clip, barn)[0], h.encode(apply(model, clip, barn)[1], prompt),
+    cond_both = h.first_step(m2, h.encode(c2, prompt), h.encode(c2, NEGATIVE))[0]
+    cond_dog = h.first_step(m1, h.encode(c1, prompt), h.encode(c1, NEGATIVE))[0]
+    cond_barn = h.first_step(apply(model, clip, barn)[0], h.encode(apply(model, clip, barn)[1], prompt),
                            h.encode(clip, NEGATIVE))[0]
     assert not torch.equal(cond_both, cond_dog) and not torch.equal(cond_both, cond_barn)
     base = h.sample(model, h.encode(clip, "a cat"), h.encode(clip, NEGATIVE))["samples"]
@@ -303,11 +288,11 @@ def test_start_and_end_percent_limit_the_steps(pack, sd15):
     concept = make_concept(pack, model)
     pos, neg = h.encode(clip, PROMPT), h.encode(clip, NEGATIVE)
     base = h.sample(model, pos, neg, steps=4)["samples"]
-    base_first = first_step(model, pos, neg)[0]
+    base_first = h.first_step(model, pos, neg)[0]
     m, c = apply(model, clip, concept, start_percent=0.0, end_percent=0.0)
     assert torch.equal(h.sample(m, h.encode(c, PROMPT), h.encode(c, NEGATIVE), steps=4)["samples"], base)
     m, c = apply(model, clip, concept, start_percent=0.5, end_percent=1.0)
-    assert torch.equal(first_step(m, h.encode(c, PROMPT), h.encode(c, NEGATIVE))[0], base_first)  # not yet active
+    assert torch.equal(h.first_step(m, h.encode(c, PROMPT), h.encode(c, NEGATIVE))[0], base_first)  # not yet active
     assert not torch.equal(h.sample(m, h.encode(c, PROMPT), h.encode(c, NEGATIVE), steps=4)["samples"], base)
     with pytest.raises(ValueError, match="start_percent"):
         apply(model, clip, concept, start_percent=0.8, end_percent=0.2)
