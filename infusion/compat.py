@@ -106,8 +106,8 @@ def register_reload(patcher: Any, load: Callable[..., Any], *args: Any) -> None:
 
 @contextlib.contextmanager
 def training_mode() -> Iterator[None]:
-    """0.38: comfy.model_management.in_training turns off fast kernels that have no backward
-    (ComfyUI's own trainer sets it around its loop). 0.3.64 has no such switch."""
+    """0.33 and later: comfy.model_management.in_training turns off fast kernels that have no backward
+    (comfy-kitchen's rope in Flux; ComfyUI's own trainer sets it around its loop). 0.3.64 has no such switch."""
     import comfy.model_management as mm
 
     if not hasattr(mm, "in_training"):

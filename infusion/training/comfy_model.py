@@ -41,7 +41,10 @@ class ComfyDenoiser:
         self.num_timesteps = len(self.sampling.sigmas)
 
     def sigma(self, timesteps: torch.Tensor) -> torch.Tensor:
-        return self.sampling.sigma(timesteps).to(self.device)
+        # The model's own schedule, by index: model_sampling.sigma() takes each family's own time unit (a
+        # UNet's 0-999, Flux's fraction 0-1), so integer steps put a flow model at sigma 0 or >= 1.
+        schedule = self.sampling.sigmas
+        return schedule[timesteps.to(schedule.device)].to(self.device)
 
     def noised(self, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return self.sampling.noise_scaling(sigma, noise, x0)

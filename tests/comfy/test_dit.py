@@ -248,6 +248,23 @@ def test_trains_through_the_node_saves_value_space_and_applies(pack, dit, tmp_mo
     assert torch.equal(sample(applied, word_clip, NO_WORD), sample(model, clip, NO_WORD))
 
 
+def test_training_draws_noise_levels_from_the_models_own_schedule(pack, dit, tmp_models_dir):
+    """Every training call sees a timestep of the model's schedule, spread over it (the toy world found
+    integer steps read in Flux's and Z-Image's time unit: sigma 0, a NaN loss, or beyond pure noise)."""
+    family, model, clip = dit
+    sampling = model.get_model_object("model_sampling")
+    seen = []
+    hook = model.model.diffusion_model.register_forward_pre_hook(lambda _, args: seen.append(args[1].detach().clone()))
+    try:
+        train(pack, model, clip, f"schedule_{family}", family, steps=16, gradient_checkpointing=False)
+    finally:
+        hook.remove()
+    seen = torch.cat(seen).float()
+    ends = sorted(float(sampling.timestep(s)) for s in (sampling.sigma_min, sampling.sigma_max))
+    assert ends[0] - 1e-6 <= seen.min() and seen.max() <= ends[1] + 1e-6, (seen, ends)
+    assert seen.unique().numel() >= 8  # 32 draws spread over the schedule, not one noise level
+
+
 @pytest.mark.parametrize("family", [f for f in ("flux", "qwen_image") if f in FAMILIES])
 def test_gradient_checkpointing_and_the_image_queries_variant_train(pack, family):
     """Flux's blocks add to their inputs in place; with and without recomputation the concept is the same."""
