@@ -12,10 +12,12 @@ Each concept: 5 photos, all on stripes, bound to the word "triangle". Per method
   params, file, time   trained numbers, file size, training time as a ratio to the table's first method
 Two concepts (infusion/toyworld/customize.py): one the base model can draw but not on call (a green
 triangle), and one it cannot draw at all (a purple triangle with a black dot).
-Writes {results.md,grid_known.png,grid_new.png,previews.png} to benchmarks/out/toyworld (or --out; --docs: the
-pictures also to docs/).
+Two base models of the same world: the UNet (`--model unet`, the default) and the Flux-class DiT
+(`--model dit`, toyworld/dit.py), where both of Infusion's DiT variants are measured.
+Writes {results.md,grid_known.png,grid_new.png,previews.png} to benchmarks/out/toyworld[_dit] (or --out; --docs:
+the pictures also to docs/, as toyworld[_dit]_<picture>.png).
 
-    COMFYUI_PATH=/path/to/ComfyUI python benchmarks/toyworld.py [--quick | --smoke] [--docs] [--out DIR]
+    COMFYUI_PATH=/path/to/ComfyUI python benchmarks/toyworld.py [--model dit] [--quick | --smoke] [--docs] [--out DIR]
 """
 from __future__ import annotations
 
@@ -190,39 +192,58 @@ def main() -> None:
     size.add_argument("--quick", action="store_true", help="one seed, fewer steps and samples (about 5 minutes)")
     size.add_argument("--smoke", action="store_true", help="a few steps and samples: checks that it runs, measures "
                       "nothing (about a minute)")
-    parser.add_argument("--out", default=OUT, help="where results.md and the pictures go")
+    parser.add_argument("--model", choices=["unet", "dit"], default="unet", help="the toy world's UNet or its DiT")
+    parser.add_argument("--out", default=None, help="where results.md and the pictures go")
     parser.add_argument("--docs", action="store_true", help="also copy the pictures to docs/")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    from infusion.cli import runtime
-    runtime.start(["--use-pytorch-cross-attention"])
-    from infusion.toyworld import customize as cz
-    from infusion.toyworld import model as tw
-    from infusion.toyworld.train import load_probe
-
-    out = args.out
+    tag = "_dit" if args.model == "dit" else ""
+    out = args.out or OUT + tag
     os.makedirs(out, exist_ok=True)
+    from infusion.cli import runtime
+    # ComfyUI's folders (models/infusion, where the trained concepts go) inside `out`, not in the user's ComfyUI.
+    runtime.start(["--use-pytorch-cross-attention", "--base-directory", os.path.join(out, "comfyui")])
+    from infusion.toyworld import customize as cz
+    from infusion.toyworld.train import load_probe, world_model
+
     run = "smoke" if args.smoke else "quick" if args.quick else "full"
     setting = {"smoke": Setting([0], 2, 2, 1), "quick": Setting([0], 8, 4, 2),
                "full": Setting([0, 1, 2], 24, 8, 8)}[run]
     scale = {"smoke": 0.01, "quick": 0.25, "full": 1.0}[run]
     steps = lambda n: max(1, round(n * scale))  # noqa: E731
-    tuned = {**cz.TUNED, "steps": steps(cz.TUNED["steps"])}
-    lora = dict(rank=LORA_RANK, steps=steps(LORA_STEPS), learning_rate=LORA_LR)
-    model, clip = tw.load()
+    tuned_settings = cz.TUNED_DIT if args.model == "dit" else cz.TUNED
+    tuned = {**tuned_settings, "steps": steps(tuned_settings["steps"])}
+    image_queries = {**cz.TUNED_DIT_IMAGE_QUERIES, "steps": steps(cz.TUNED_DIT_IMAGE_QUERIES["steps"])}
+    # ComfyUI's Train LoRA cannot backpropagate through Flux's in-place blocks without its checkpointing.
+    lora = dict(rank=LORA_RANK, steps=steps(LORA_STEPS), learning_rate=LORA_LR,
+                gradient_checkpointing=args.model == "dit")
+    lora_name = f"ComfyUI Train LoRA, rank {LORA_RANK}"
+    model, clip = world_model(args.model).load()
     probe = load_probe()
-    runs = {
-        "known": (cz.KNOWN, [
-            infusion_method("Infusion, defaults", steps=steps(500)),
-            infusion_method("Infusion, tuned", previews=True, **tuned),
-            infusion_method("Infusion, tuned, captions name the background", **tuned,
-                            captions=cz.background_captions()),
-            lora_method(f"ComfyUI Train LoRA, rank {LORA_RANK}", out, **lora)]),
-        "new": (cz.NEW, [infusion_method("Infusion, tuned", **tuned),
-                         lora_method(f"ComfyUI Train LoRA, rank {LORA_RANK}", out, **lora)]),
-    }
+    if args.model == "dit":
+        runs = {
+            "known": (cz.KNOWN, [
+                infusion_method("Infusion, defaults (value)", steps=steps(500)),
+                infusion_method("Infusion, defaults, image queries only", steps=steps(500), variant="image-queries"),
+                infusion_method("Infusion, tuned (value)", previews=True, **tuned),
+                infusion_method("Infusion, tuned, image queries only", **image_queries),
+                lora_method(lora_name, out, **lora)]),
+            "new": (cz.NEW, [infusion_method("Infusion, tuned (value)", **tuned),
+                             infusion_method("Infusion, tuned, image queries only", **image_queries),
+                             lora_method(lora_name, out, **lora)]),
+        }
+    else:
+        runs = {
+            "known": (cz.KNOWN, [
+                infusion_method("Infusion, defaults", steps=steps(500)),
+                infusion_method("Infusion, tuned", previews=True, **tuned),
+                infusion_method("Infusion, tuned, captions name the background", **tuned,
+                                captions=cz.background_captions()),
+                lora_method(lora_name, out, **lora)]),
+            "new": (cz.NEW, [infusion_method("Infusion, tuned", **tuned), lora_method(lora_name, out, **lora)]),
+        }
     tables = []
     reference = baseline(model, clip, probe, setting)
     for key, (concept, methods) in runs.items():
@@ -231,14 +252,15 @@ def main() -> None:
         grid_png(rows, os.path.join(out, f"grid_{key}.png"))
     minutes = (time.perf_counter() - started) / 60
     with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(f"Toy world ({run} run, {minutes:.0f} minutes)\n\n" + "\n\n".join(tables) + "\n")
+        f.write(f"Toy world, {args.model} ({run} run, {minutes:.0f} minutes)\n\n" + "\n\n".join(tables) + "\n")
     from PIL import Image
     for grid in PREVIEW_GRIDS.values():
         Image.fromarray((grid[0].numpy() * 255).round().astype("uint8")).save(os.path.join(out, "previews.png"))
     if args.docs:
         os.makedirs(os.path.join(ROOT, "docs"), exist_ok=True)
         for picture in ("grid_known", "grid_new", "previews"):
-            shutil.copyfile(os.path.join(out, f"{picture}.png"), os.path.join(ROOT, "docs", f"toyworld_{picture}.png"))
+            shutil.copyfile(os.path.join(out, f"{picture}.png"),
+                            os.path.join(ROOT, "docs", f"toyworld{tag}_{picture}.png"))
     print("\n\n".join(tables))
     print(f"wrote {os.path.join(out, 'results.md')} and the pictures beside it")
 

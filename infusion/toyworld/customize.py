@@ -28,6 +28,9 @@ PHOTO_BACKGROUND = "stripes"
 OTHER_SHAPES = tuple(s for s in scenes.SHAPES if s != WORD)
 # Train Infusion Concept's settings that suit this world (see the README's toy-world section).
 TUNED = dict(learning_rate=0.1, steps=600, gradient_accumulation=1)
+# ... and the DiT's (toyworld/dit.py), per variant: its vectors live in value space, as the authors' do.
+TUNED_DIT = dict(learning_rate=0.03, steps=500, gradient_accumulation=1)
+TUNED_DIT_IMAGE_QUERIES = dict(learning_rate=0.3, steps=500, gradient_accumulation=1, variant="image-queries")
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
     python -m infusion.toyworld.train probe            # ~2 min: the probe, into tests/fixtures/toyworld
     python -m infusion.toyworld.train base --work DIR  # the base model; stop at will, run again to resume
     python -m infusion.toyworld.train check            # the base model's knowledge on held-out prompts
+    ... base --model dit, check --model dit            # the same for the toy Flux (toyworld/dit.py)
 
 ComfyUI is found as the runner finds it (COMFYUI_PATH, or the ComfyUI that holds the pack). Every
 step draws its scenes, captions, timesteps and noise from generators seeded by the step number, so
@@ -72,18 +73,19 @@ def base_scene(rng: random.Random) -> scenes.Scene:
 
 
 class Captions:
-    """Caption -> text encoding, computed once each (the world has about a thousand captions)."""
+    """Caption -> (text rows, pooled vector), computed once each (the world has about a thousand captions)."""
 
     def __init__(self, clip: Any):
         self.clip = clip
-        self.cache: dict[str, torch.Tensor] = {}
+        self.cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def __call__(self, texts: list[str]) -> torch.Tensor:
+    def __call__(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         for text in texts:
             if text not in self.cache:
                 with torch.no_grad():
-                    self.cache[text] = self.clip.encode_from_tokens(self.clip.tokenize(text)).float()
-        return torch.cat([self.cache[t] for t in texts])
+                    cond, pooled = self.clip.encode_from_tokens(self.clip.tokenize(text), return_pooled=True)
+                    self.cache[text] = cond.float(), pooled.float()
+        return (torch.cat([self.cache[t][0] for t in texts]), torch.cat([self.cache[t][1] for t in texts]))
 
 
 def lr_at(step: int, total: int, peak: float = 1e-3, warmup: int = 200) -> float:
@@ -92,15 +94,23 @@ def lr_at(step: int, total: int, peak: float = 1e-3, warmup: int = 200) -> float
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1))))
 
 
-def train_base(work: str, steps: int, batch: int = 48, log_every: int = 50, save_every: int = 250) -> str:
-    from . import model as tw
+def world_model(name: str) -> Any:
+    """The module of the toy world's UNet ("unet": model.py) or Flux ("dit": dit.py)."""
+    from . import dit, model
+    return {"unet": model, "dit": dit}[name]
 
+
+def train_base(work: str, steps: int, batch: int = 48, log_every: int = 50, save_every: int = 250,
+               kind: str = "unet") -> str:
+    from .. import compat
+    from ..families import adapter_for
+
+    tw = world_model(kind)
     os.makedirs(work, exist_ok=True)
     state_path = os.path.join(work, "state.pt")
     torch.use_deterministic_algorithms(True)
     patcher, clip = tw.build_model(), tw.build_clip()
     unet = patcher.model.diffusion_model
-    sampling = patcher.model.model_sampling
     ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
     opt = torch.optim.AdamW(unet.parameters(), lr=1e-3, weight_decay=0.01)
     start, elapsed, losses = 0, 0.0, []
@@ -112,7 +122,26 @@ def train_base(work: str, steps: int, batch: int = 48, log_every: int = 50, save
         print(f"resuming at step {start} ({elapsed / 60:.1f} min so far)", flush=True)
     captions = Captions(clip)
     unet.train()
+    unet.requires_grad_(True)
     began = time.monotonic() - elapsed
+    # Fast kernels without a backward off; Flux's blocks add to their inputs in place (made safe here).
+    with compat.training_mode(), adapter_for(patcher).training_blocks(unet, False, []):
+        _train_steps(patcher, captions, opt, ema, losses, start, steps, batch, log_every, save_every, began,
+                     state_path, pooled=kind == "dit")
+    weights = tw.DIT_WEIGHTS if kind == "dit" else BASE_WEIGHTS
+    # fp16: a few MB in git, and what every test and benchmark loads (the fp32 EMA stays in the work folder).
+    _save({k: v.half() for k, v in ema.items()}, weights, {"steps": str(steps), "batch": str(batch),
+                          "minutes": f"{(time.monotonic() - began) / 60:.1f}",
+                          "final_loss": f"{sum(losses[-200:]) / max(len(losses[-200:]), 1):.4f}"})
+    return weights
+
+
+def _train_steps(patcher: Any, captions: Captions, opt: Any, ema: dict, losses: list, start: int, steps: int,
+                 batch: int, log_every: int, save_every: int, began: float, state_path: str,
+                 pooled: bool) -> None:
+    """The base model's training steps; `pooled`: the model also reads the prompt's pooled vector (Flux's y)."""
+    unet = patcher.model.diffusion_model
+    sampling = patcher.model.model_sampling
     for step in range(start, steps):
         rng, g = random.Random(7 * 10**7 + step), torch.Generator().manual_seed(7 * 10**7 + step)
         chosen = [base_scene(rng) for _ in range(batch)]
@@ -120,8 +149,11 @@ def train_base(work: str, steps: int, batch: int = 48, log_every: int = 50, save
         x0 = torch.stack([scenes.render(s) for s in chosen])  # world units: the model's own latent space
         sigma = sampling.sigmas[torch.randint(0, len(sampling.sigmas), (batch,), generator=g)]
         x_t = sampling.noise_scaling(sigma, torch.randn(x0.shape, generator=g), x0)
-        denoised = patcher.model.apply_model(x_t, sigma, c_crossattn=captions(texts))
-        # v-prediction MSE, read through ComfyUI's own parametrisation: denoised = a x + b v
+        context, vector = captions(texts)
+        extra = {"y": vector} if pooled else {}
+        denoised = patcher.model.apply_model(x_t, sigma, c_crossattn=context, **extra)
+        # The model's own objective (v for the UNet, velocity for the flow DiT) as an MSE, read through ComfyUI's
+        # parametrisation: denoised = a x + b * output
         one = torch.ones_like(sigma).view(-1, 1, 1, 1)
         b = sampling.calculate_denoised(sigma, one, torch.zeros_like(one))
         loss = ((denoised - x0) / b).square().mean()
@@ -145,18 +177,15 @@ def train_base(work: str, steps: int, batch: int = 48, log_every: int = 50, save
             torch.save({"unet": unet.state_dict(), "ema": ema, "optimizer": opt.state_dict(), "step": done,
                         "elapsed": time.monotonic() - began, "losses": losses}, tmp)
             os.replace(tmp, state_path)
-    # fp16: 5 MB in git, and what every test and benchmark loads (the fp32 EMA stays in the work folder).
-    _save({k: v.half() for k, v in ema.items()}, BASE_WEIGHTS, {"steps": str(steps), "batch": str(batch),
-                              "minutes": f"{(time.monotonic() - began) / 60:.1f}",
-                              "final_loss": f"{sum(losses[-200:]) / max(len(losses[-200:]), 1):.4f}"})
-    return BASE_WEIGHTS
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=["probe", "base", "check"])
-    parser.add_argument("--work", default=os.path.join("benchmarks", "out", "toyworld_train"),
-                        help="where the base model's resumable state lives")
+    parser.add_argument("--model", choices=["unet", "dit"], default="unet",
+                        help="the toy world's UNet or its Flux-class DiT")
+    parser.add_argument("--work", default=None, help="where the base model's resumable state lives "
+                        "(default benchmarks/out/toyworld_train, or toyworld_train_dit)")
     parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
@@ -171,9 +200,10 @@ def main(argv: list[str] | None = None) -> None:
     from ..cli import runtime
     runtime.start(["--use-pytorch-cross-attention"])
     if args.what == "base":
-        print(f"wrote {train_base(args.work, args.steps)}")
-    from . import model as tw
-    model, clip = tw.load()
+        suffix = "_dit" if args.model == "dit" else ""
+        work = args.work or os.path.join("benchmarks", "out", f"toyworld_train{suffix}")
+        print(f"wrote {train_base(work, args.steps, kind=args.model)}")
+    model, clip = world_model(args.model).load()
     print(f"held-out prompts, probe reads: {json.dumps(knowledge(model, clip, load_probe()))}")
 
 

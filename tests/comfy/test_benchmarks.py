@@ -19,6 +19,7 @@ RUNS = {
     "gpu_train.py": (["--smoke", "--steps", "1"], "peak"),
     "preview_cost.py": (["--channels", "32", "--size", "64", "--steps", "2"], "ratio"),
     "toyworld.py": (["--smoke", "--out", "{tmp}"], "colours the probe saw"),
+    "toyworld.py dit": (["--model", "dit", "--smoke", "--out", "{tmp}"], "colours the probe saw"),
     # FLUX.1-shaped
     "apply_overhead.py flux": (["--model", "flux", "--width", "128", "--size", "64", "--steps", "1", "--repeats", "1"],
                                "ratio"),

@@ -41,3 +41,42 @@ def test_an_infusion_concept_is_drawn_and_leaves_other_prompts_exact(world):
                            sampling.sample(model, clip, prompt, 4, seed=7))
     base = cz.context_samples(model, clip, probe, per_background=8, seed=300)
     assert base.concept_rate(cz.KNOWN) < 0.4  # "a triangle" alone: triangles of any colour
+
+
+# ----------------------------------------------------------------------------- the DiT (toyworld/dit.py)
+
+@pytest.fixture(scope="module")
+def dit_world(pack):
+    from infusion.toyworld import dit
+    model, clip = dit.load()
+    return model, clip, load_probe()
+
+
+def test_the_dit_is_a_flux_checkpoint_to_comfyui(dit_world):
+    """ComfyUI's own Flux classes and flow-matching model sampling (what its sampler and Train LoRA read)."""
+    import comfy.ldm.flux.model
+    import comfy.model_sampling
+    model = dit_world[0]
+    assert isinstance(model.model.diffusion_model, comfy.ldm.flux.model.Flux)
+    assert isinstance(model.model.model_sampling, comfy.model_sampling.ModelSamplingFlux)
+    assert sum(p.numel() for p in model.model.diffusion_model.parameters()) <= 3_000_000
+
+
+def test_the_dit_knows_the_world_on_held_out_prompts(dit_world):
+    model, clip, probe = dit_world
+    knows = sampling.knowledge(model, clip, probe, per_prompt=8)
+    assert min(knows.values()) >= 0.9, knows
+
+
+def test_a_dit_concept_is_drawn_and_leaves_other_prompts_exact(dit_world):
+    """The default variant (every query sees the residual), at the DiT's tuned settings."""
+    model, clip, probe = dit_world
+    concept = cz.train_infusion(model, clip, cz.KNOWN.photos(), **cz.TUNED_DIT)
+    applied, word_clip = cz.apply_infusion(model, clip, concept)
+    drawn = cz.context_samples(applied, word_clip, probe, per_background=8, seed=300)
+    assert drawn.concept_rate(cz.KNOWN) >= 0.6, drawn.readings
+    for prompt in ("a red ring on checks", "a blue cross"):
+        assert torch.equal(sampling.sample(applied, word_clip, prompt, 4, seed=7),
+                           sampling.sample(model, clip, prompt, 4, seed=7))
+    base = cz.context_samples(model, clip, probe, per_background=8, seed=300)
+    assert base.concept_rate(cz.KNOWN) < 0.4
