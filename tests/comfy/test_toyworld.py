@@ -29,10 +29,10 @@ def test_the_probe_reads_fresh_scenes(world):
     assert min(accuracy(world[2], random.Random(5), 1000).values()) >= 0.99
 
 
-def test_an_infusion_concept_is_drawn_and_leaves_other_prompts_exact(world):
-    """"a green triangle" from 5 photos on stripes: "a triangle on <any background>" then draws it."""
-    model, clip, probe = world
-    concept = cz.train_infusion(model, clip, cz.KNOWN.photos(), **cz.TUNED)
+def assert_concept_drawn_and_others_exact(model, clip, probe, settings):
+    """The known concept trained through the node at `settings` is drawn; prompts without its word are
+    the base model's bit for bit; "a triangle" alone gives triangles of any colour."""
+    concept = cz.train_infusion(model, clip, cz.KNOWN.photos(), **settings)
     applied, word_clip = cz.apply_infusion(model, clip, concept)
     drawn = cz.context_samples(applied, word_clip, probe, per_background=8, seed=300)
     assert drawn.concept_rate(cz.KNOWN) >= 0.6, drawn.readings
@@ -40,7 +40,12 @@ def test_an_infusion_concept_is_drawn_and_leaves_other_prompts_exact(world):
         assert torch.equal(sampling.sample(applied, word_clip, prompt, 4, seed=7),
                            sampling.sample(model, clip, prompt, 4, seed=7))
     base = cz.context_samples(model, clip, probe, per_background=8, seed=300)
-    assert base.concept_rate(cz.KNOWN) < 0.4  # "a triangle" alone: triangles of any colour
+    assert base.concept_rate(cz.KNOWN) < 0.4
+
+
+def test_an_infusion_concept_is_drawn_and_leaves_other_prompts_exact(world):
+    """"a green triangle" from 5 photos on stripes: "a triangle on <any background>" then draws it."""
+    assert_concept_drawn_and_others_exact(*world, cz.TUNED)
 
 
 # ----------------------------------------------------------------------------- the DiT (toyworld/dit.py)
@@ -70,13 +75,4 @@ def test_the_dit_knows_the_world_on_held_out_prompts(dit_world):
 
 def test_a_dit_concept_is_drawn_and_leaves_other_prompts_exact(dit_world):
     """The default variant (every query sees the residual), at the DiT's tuned settings."""
-    model, clip, probe = dit_world
-    concept = cz.train_infusion(model, clip, cz.KNOWN.photos(), **cz.TUNED_DIT)
-    applied, word_clip = cz.apply_infusion(model, clip, concept)
-    drawn = cz.context_samples(applied, word_clip, probe, per_background=8, seed=300)
-    assert drawn.concept_rate(cz.KNOWN) >= 0.6, drawn.readings
-    for prompt in ("a red ring on checks", "a blue cross"):
-        assert torch.equal(sampling.sample(applied, word_clip, prompt, 4, seed=7),
-                           sampling.sample(model, clip, prompt, 4, seed=7))
-    base = cz.context_samples(model, clip, probe, per_background=8, seed=300)
-    assert base.concept_rate(cz.KNOWN) < 0.4
+    assert_concept_drawn_and_others_exact(*dit_world, cz.TUNED_DIT)
