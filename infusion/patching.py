@@ -9,6 +9,7 @@ from .families import adapter_for, model_family
 from .families.base import Layers
 from .layers import LayerId
 from .residual import ConceptResidual, carry_word_positions
+from .value_space import ValueSpace
 
 WRAPPER_KEY = "infusion_word_positions"
 
@@ -56,9 +57,15 @@ def install(patcher: Any, residual: ConceptResidual) -> None:
     install_position_carrier(patcher)
 
 
-def trainable_residual(model: Any, concept: InfusionConcept) -> ConceptResidual:
-    """`concept` as its family's residual, with parameters that train."""
-    return adapter_for(model).residual(concept, trainable=True)
+def training_space(model: Any, variant: str) -> ValueSpace | None:
+    """Where a concept of `variant` trains on this model: its layers' value space when its vectors live in
+    text space (a UNet's), else None (they are value-space already)."""
+    return adapter_for(model).training_space(model.get_model_object("diffusion_model"), variant)
+
+
+def trainable_residual(model: Any, concept: InfusionConcept, space: ValueSpace | None) -> ConceptResidual:
+    """`concept` as its family's residual, with parameters that train (in `space` if given)."""
+    return adapter_for(model).residual(concept, trainable=True, space=space)
 
 
 def sigma_range(model: Any, start_percent: float, end_percent: float) -> tuple[float, float] | None:

@@ -16,6 +16,7 @@ import torch
 from .concept import InfusionConcept
 from .layers import LayerId
 from .tokens import CONDITIONING_KEY, WordPositions
+from .value_space import ValueSpace
 
 BATCH_KEY = "infusion_batch"  # transformer_options entry set by `carry_word_positions`
 
@@ -86,13 +87,14 @@ class ConceptResidual(torch.nn.Module):
     """One concept's residual vectors as the attention patches use them: fp32 masters (ComfyUI calls
     `.to(dtype)` on patches when it loads a model in fp16, which is ignored here; they are cast to the
     activation dtype at the moment of use), a strength per layer, and the part of the schedule where the
-    concept acts. Trainable as an nn.Module (the residuals are parameters). Subclasses say how a family
-    names a layer at run time (`runtime_key`) and where the residual goes.
+    concept acts. Trainable as an nn.Module (the residuals are parameters); with a `space`, the parameters are
+    the authors' value-space vectors r_l and the patches add W^+ r_l (value_space.py). Subclasses say how a
+    family names a layer at run time (`runtime_key`) and where the residual goes.
     """
 
     def __init__(self, concept: InfusionConcept, strength: float = 1.0,
                  sigma_range: tuple[float, float] | None = None, trainable: bool = False,
-                 layer_strengths: Mapping[LayerId, float] | None = None):
+                 layer_strengths: Mapping[LayerId, float] | None = None, space: ValueSpace | None = None):
         super().__init__()
         self.word = concept.word
         self.label = concept.label
@@ -102,17 +104,26 @@ class ConceptResidual(torch.nn.Module):
         # strength x the layer's own (block weights); a layer at 0 is left exactly as the base model's
         self.strengths = [self.strength * float((layer_strengths or {}).get(l, 1.0)) for l in self.layers]
         self.index = {self.runtime_key(l): i for i, l in enumerate(self.layers)}
-        self.values = self._stack(concept.values, trainable)
-        self.keys = None if concept.keys is None else self._stack(concept.keys, trainable)
+        self.in_value_space = space is not None
+        self.values = self._stack("value", concept.values, trainable, space)
+        self.keys = None if concept.keys is None else self._stack("key", concept.keys, trainable, space)
 
     @staticmethod
     def runtime_key(layer: LayerId) -> Any:
         raise NotImplementedError
 
-    def _stack(self, vectors: Mapping[LayerId, torch.Tensor], trainable: bool) -> torch.nn.ParameterList:
-        return torch.nn.ParameterList(
-            torch.nn.Parameter(vectors[l].detach().to(torch.float32).clone(), requires_grad=trainable)
-            for l in self.layers)
+    def _stack(self, kind: str, vectors: Mapping[LayerId, torch.Tensor], trainable: bool,
+               space: ValueSpace | None) -> torch.nn.ParameterList:
+        if space is None:
+            return torch.nn.ParameterList(
+                torch.nn.Parameter(vectors[l].detach().to(torch.float32).clone(), requires_grad=trainable)
+                for l in self.layers)
+        if any(bool(vectors[l].any()) for l in self.layers):
+            raise ValueError("training in value space starts from zero vectors (or from a resume state)")
+        for i, l in enumerate(self.layers):  # buffers: they follow the residual to the training device
+            self.register_buffer(f"{kind}_inverse_{i}", space.inverses[kind][l], persistent=False)
+        return torch.nn.ParameterList(torch.nn.Parameter(torch.zeros(space.width(kind, l)), requires_grad=trainable)
+                                      for l in self.layers)
 
     def to(self, *args, **kwargs) -> "ConceptResidual":
         device = next((a for a in list(args) + list(kwargs.values()) if isinstance(a, (torch.device, str))), None)
@@ -146,7 +157,10 @@ class ConceptResidual(torch.nn.Module):
         return i
 
     def scaled(self, i: int, keys: bool = False) -> torch.Tensor:
-        return self.strengths[i] * (self.keys if keys else self.values)[i]
+        vector = (self.keys if keys else self.values)[i]
+        if self.in_value_space:
+            vector = self.get_buffer(f"{'key' if keys else 'value'}_inverse_{i}") @ vector
+        return self.strengths[i] * vector
 
 
 class InfusionResidual(ConceptResidual):

@@ -16,6 +16,7 @@ import torch
 from ..concept import InfusionConcept
 from ..layers import LayerId
 from ..residual import ConceptResidual
+from ..value_space import ValueSpace
 
 Layers = dict[LayerId, tuple[int, int]]  # {layer: (vector width, value width)}
 
@@ -61,6 +62,11 @@ class FamilyAdapter:
     def value_weights(self, diffusion_model: torch.nn.Module) -> dict[LayerId, torch.Tensor] | None:
         """Each layer's map from a residual vector to what it adds to the values (None: the vectors are
         in value space already)."""
+        return None
+
+    def training_space(self, diffusion_model: torch.nn.Module, variant: str) -> ValueSpace | None:
+        """Where training moves a concept of `variant` when its vectors are not value-space already (None:
+        they are)."""
         return None
 
     def training_blocks(self, diffusion_model: torch.nn.Module, checkpointing: bool,

@@ -13,6 +13,7 @@ import torch
 from ..concept import InfusionConcept
 from ..layers import LayerId, cross_attention_layers, cross_attention_modules
 from ..residual import InfusionResidual
+from ..value_space import ValueSpace
 from .base import FamilyAdapter, Layers
 
 
@@ -58,6 +59,13 @@ class UNetAdapter(FamilyAdapter):
     def value_weights(self, diffusion_model: torch.nn.Module) -> dict[LayerId, torch.Tensor]:
         return {layer: attn2.to_v.weight.detach().float().cpu()
                 for layer, attn2 in cross_attention_modules(diffusion_model).items()}
+
+    def training_space(self, diffusion_model: torch.nn.Module, variant: str) -> ValueSpace:
+        """The authors' value space (and, for key+value, key space) of every cross-attention layer."""
+        modules = cross_attention_modules(diffusion_model)
+        kinds = {"value": "to_v", "key": "to_k"} if variant == "key+value" else {"value": "to_v"}
+        return ValueSpace({kind: {layer: getattr(attn2, name).weight for layer, attn2 in modules.items()}
+                           for kind, name in kinds.items()})
 
     @contextmanager
     def training_blocks(self, diffusion_model: torch.nn.Module, checkpointing: bool,

@@ -16,8 +16,9 @@ import torch
 from .. import compat
 from ..concept import InfusionConcept
 from ..families import adapter_for
-from ..patching import install, trainable_residual
+from ..patching import install, trainable_residual, training_space
 from ..sampling import inside_sampling
+from ..value_space import ValueSpace
 from .loop import PhotoLatents, TrainingHooks, TrainingSettings, train
 from .state import TrainingState
 from .vectors import named_vectors
@@ -125,9 +126,12 @@ def train_on_model(model: Any, start: InfusionConcept, conditionings: Sequence[l
                    settings: TrainingSettings, hooks: TrainingHooks | None = None,
                    run: Mapping[str, Any] | None = None, resume: TrainingState | None = None,
                    gradient_checkpointing_on: bool = True, teacher: Any = None,
-                   templates: int | None = None) -> TrainingState:
-    """Train the concept `start` (zeros, or anything fitting the model) on a clone of `model`.
+                   templates: int | None = None, space: ValueSpace | None = None) -> TrainingState:
+    """Train the concept `start` (zeros, or for a DiT anything fitting the model) on a clone of `model`.
 
+    A UNet's text-space vectors train in the model's value space (`space`, else `training_space(model)`):
+    the returned state holds value-space vectors; `trained_concept(start, state.vectors, ..., space)` maps
+    them back.
     `conditionings`: one CONDITIONING per caption, each carrying the word positions: the first
     `templates` (default: all) are the templates drawn per micro-batch, the rest photos' own captions.
     `teacher`: optionally a clone of the same base model whose predictions replace the photos
@@ -144,7 +148,7 @@ def train_on_model(model: Any, start: InfusionConcept, conditionings: Sequence[l
     teacher = compat.classic_patcher(teacher) if teacher is not None else None
     adapter = adapter_for(model)
     with torch.inference_mode(False), compat.training_mode():
-        residual = trainable_residual(model, start)
+        residual = trainable_residual(model, start, space or training_space(model, start.variant))
         patcher = model.clone()
         if settings.precision == "fp32" and patcher.model_dtype() != torch.float32:
             patcher.set_model_compute_dtype(torch.float32)  # "fp32" means fp32 even for a half model

@@ -18,11 +18,13 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from .. import compat
 from ..concept import InfusionConcept, normalize_word
 from ..families import adapter_for
 from ..format import save_concept
-from ..patching import model_layers
+from ..patching import model_layers, training_space
 from ..prompt import context_key, word_token_ids
+from ..value_space import ValueSpace
 from .comfy_model import train_on_model
 from .encoding import ConceptData, encode_captions, photo_caption_indices
 from .loop import NonFiniteLossError, TrainingHooks, TrainingSettings, is_out_of_memory
@@ -103,10 +105,10 @@ def out_of_memory_advice(request: TrainingRequest, kept: str) -> str:
 class _FileHooks(TrainingHooks):
     """Files for the whole run, which may come as several loop calls (one per preview interval)."""
 
-    def __init__(self, request: TrainingRequest, name: str, start: InfusionConcept,
+    def __init__(self, request: TrainingRequest, name: str, start: InfusionConcept, space: ValueSpace | None,
                  describe: Callable[[TrainingState, str], dict],
                  on_step: Callable[[int, int, list[float]], None] | None, check_cancel: Callable[[], None] | None):
-        self.folder, self.name, self.start, self.describe = request.folder, name, start, describe
+        self.folder, self.name, self.start, self.space, self.describe = request.folder, name, start, space, describe
         self.total, self.save_every = request.settings.steps, request.settings.save_every
         self._on_step, self._check_cancel = on_step, check_cancel
         self.last_saved: tuple[str, int] | None = None
@@ -126,7 +128,7 @@ class _FileHooks(TrainingHooks):
                 return
             reason = "checkpoint"
         path = concept_path(self.folder, self.name, state.step if reason == "checkpoint" else None)
-        concept = trained_concept(self.start, state.vectors, self.describe(state, reason))
+        concept = trained_concept(self.start, state.vectors, self.describe(state, reason), self.space)
         save_concept(concept, path, dtype=FILE_DTYPE)
         save_state(state, resume_path(self.folder, self.name))
         self.last_saved = (path, state.step)
@@ -155,11 +157,14 @@ def train_concept(model: Any, clip: Any, data: ConceptData, request: TrainingReq
                                   name=name, token_ids=word_token_ids(clip.tokenizer, word,
                                                                       context_key(clip.tokenize(word))))
     captions = [fill(t, word) for t in request.templates]
+    space = training_space(compat.classic_patcher(model), request.variant)  # the weights training will use
     run = {
         "word": word, "variant": request.variant, "family": family, "resolution": resolution,
         "templates": list(request.templates), "photos": data.count, "masked": data.masks is not None,
         "photos_sha256": data.fingerprint(), "captions": data.captions is not None, "base_model": request.base_model_name,
     }
+    if space is not None:  # a UNet's resume state holds value-space vectors (earlier versions: text space)
+        run["trained_in"] = "value space"
     model_type = getattr(model.model.model_type, "name", "EPS")
     prediction = PREDICTIONS.get(model_type, model_type.lower())
 
@@ -180,12 +185,12 @@ def train_concept(model: Any, clip: Any, data: ConceptData, request: TrainingReq
         own, sources, latents.captions = photo_caption_indices(data.captions, word, len(captions))
     conditionings = encode_captions(clip, word, captions + own, [""] * len(captions) + sources,
                                     adapter.training_conditioning(model.get_model_object("diffusion_model")))
-    hooks = _FileHooks(request, name, start, describe, on_step, check_cancel)
+    hooks = _FileHooks(request, name, start, space, describe, on_step, check_cancel)
     previewer = _previewer(model, clip, data, word, request, resolution or 8 * latents.latents.shape[-1],
                            check_cancel)
 
     def preview(step: int, state: TrainingState | None) -> None:
-        concept = None if state is None else trained_concept(start, state.vectors, {})
+        concept = None if state is None else trained_concept(start, state.vectors, {}, space)
         try:
             images = previewer.sample(step, concept)
         except BaseException:
@@ -202,7 +207,7 @@ def train_concept(model: Any, clip: Any, data: ConceptData, request: TrainingReq
             preview(0, None)
         for end in request.previews.due(resume.step if resume else 0, settings.steps) or [settings.steps]:
             state = train_on_model(model, start, conditionings, latents, replace(settings, steps=end), hooks, run,
-                                   state, request.gradient_checkpointing, templates=len(captions))
+                                   state, request.gradient_checkpointing, templates=len(captions), space=space)
             if previewer is not None:
                 preview(end, state)
     except NonFiniteLossError as e:
@@ -222,7 +227,7 @@ def train_concept(model: Any, clip: Any, data: ConceptData, request: TrainingReq
         comfy.model_management.soft_empty_cache()
         raise OutOfMemoryPause(out_of_memory_advice(request, hooks.kept("the last completed step")))
     path = concept_path(request.folder, name)
-    concept = replace(trained_concept(start, state.vectors, describe(state, "final")), path=path)
+    concept = replace(trained_concept(start, state.vectors, describe(state, "final"), space), path=path)
     return TrainingResult(concept, list(state.losses), path, state, previewer.grid() if previewer else None)
 
 

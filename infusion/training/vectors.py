@@ -7,6 +7,7 @@ import torch
 
 from ..concept import InfusionConcept
 from ..residual import InfusionResidual
+from ..value_space import ValueSpace
 
 FILE_DTYPE = "fp16"  # concept files are saved in fp16 (25 KB for SD1.x); the returned concept is rounded alike
 _ROUNDING = {"fp16": torch.float16, "fp32": torch.float32}[FILE_DTYPE]
@@ -21,9 +22,12 @@ def named_vectors(residual: InfusionResidual) -> dict[str, torch.nn.Parameter]:
 
 
 def trained_concept(start: InfusionConcept, vectors: Mapping[str, torch.Tensor],
-                    metadata: Mapping[str, Any]) -> InfusionConcept:
-    """`start` with the trained vectors, rounded to the file's precision, so the concept a graph
-    uses right after training is exactly the one a later Load Infusion reads back."""
+                    metadata: Mapping[str, Any], space: ValueSpace | None = None) -> InfusionConcept:
+    """`start` with the trained vectors (mapped from `space` to text space if they trained there), rounded
+    to the file's precision, so the concept a graph uses right after training is exactly the one a later
+    Load Infusion reads back."""
+    if space is not None:
+        vectors = space.to_text(vectors)
     def pick(kind: str) -> dict:
         return {l: vectors[f"{kind}.{l.key}"].detach().to("cpu", _ROUNDING).float() for l in start.values}
 

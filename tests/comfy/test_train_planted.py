@@ -76,7 +76,9 @@ def train_planted(pack, model, clip, steps: int, lr: float, batch: int = 4, seed
     settings = loop.TrainingSettings(steps=steps, learning_rate=lr, batch_size=batch, gradient_accumulation=1,
                                      seed=seed, flip=False, weight_decay=0.0, precision="fp32")
     state = cm.train_on_model(model, start, conds, latents, settings, teacher=teacher, gradient_checkpointing_on=False)
-    return state, value_space_cosines(model, state.vectors, planted)
+    # the state holds the value-space vectors training moved; the patch adds their text-space image
+    space = h.pack_submodule(pack, "infusion.patching").training_space(model, "value")
+    return state, value_space_cosines(model, space.to_text(state.vectors), planted)
 
 
 def loss_fall(losses, window: int = 10) -> float:
@@ -85,7 +87,7 @@ def loss_fall(losses, window: int = 10) -> float:
 
 def test_planted_concept_is_recovered(pack, sd15):
     _, clip = sd15
-    state, cosines = train_planted(pack, fan_in_sd15(), clip, steps=120, lr=0.05)
+    state, cosines = train_planted(pack, fan_in_sd15(), clip, steps=120, lr=0.1)
     assert loss_fall(state.losses) >= 0.9, state.losses
     assert len(cosines) == 16 and min(cosines.values()) >= 0.8, cosines
 
@@ -120,3 +122,23 @@ def test_gradient_checkpointing_changes_nothing(pack, sd15):
     assert checkpointed.losses == plain.losses
     for name, v in plain.vectors.items():
         torch.testing.assert_close(checkpointed.vectors[name], v, rtol=1e-5, atol=1e-7)
+
+
+def test_first_step_is_the_authors_value_space_step(pack, sd15):
+    """AdamW's first step moves each trained coordinate by the learning rate. Training in value space,
+    every layer's value at the word moves by exactly +-lr in every coordinate (as the authors' r_l), whatever
+    W_v's scale; the patch adds the text-space vector that makes that change. (On the harness's N(0, 0.02)
+    weights most gradients are near AdamW's eps, which shortens the step.)"""
+    model, clip = fan_in_sd15(), sd15[1]
+    loop, cm = h.pack_submodule(pack, "infusion.training.loop"), h.pack_submodule(pack, "infusion.training.comfy_model")
+    start, _, _, conds, latents = planted_setup(pack, model, clip, latent=8)
+    lr = 0.01
+    settings = loop.TrainingSettings(steps=1, learning_rate=lr, batch_size=2, gradient_accumulation=1,
+                                     precision="fp32", flip=False)
+    state = cm.train_on_model(model, start, conds, latents, settings)
+    text = h.pack_submodule(pack, "infusion.patching").training_space(model, "value").to_text(state.vectors)
+    for layer in start.values:
+        step = to_v(model, layer).weight.detach().float() @ text[f"value.{layer.key}"]
+        # lr * g / (|g| + eps): lr where the gradient is well above eps (in text space, W_v's spread instead)
+        assert (step.abs() <= lr * (1 + 1e-4)).all(), step
+        assert step.abs().median() >= 0.99 * lr, step
