@@ -1,5 +1,6 @@
-"""The customization benchmark on the toy world: Infusion against ComfyUI's own Train LoRA, each through
-its node, on a base model that truly knows its world (infusion/toyworld).
+"""The customization benchmark on the toy world: Infusion against ComfyUI's own Train LoRA (each through its
+node) and Custom Diffusion (the paper's main rival: the text-to-key/value weights fine-tuned), on a base model
+that truly knows its world (infusion/toyworld).
 
 Each concept: 5 photos, all on stripes, bound to the word "triangle". Per method and training seed:
   concept rate   samples of "a triangle on <background>" (every background) in which the probe sees the concept
@@ -10,14 +11,17 @@ Each concept: 5 photos, all on stripes, bound to the word "triangle". Per method
                  on <background>", in the probe's feature space, through the pack's metric core
   others         probe accuracy (colour, shape and background all right) on prompts without the word
   params, file, time   trained numbers, file size, training time as a ratio to the table's first method
-Two concepts (infusion/toyworld/customize.py): one the base model can draw but not on call (a green
-triangle), and one it cannot draw at all (a purple triangle with a black dot).
+Tables (--tables): "known", a concept the base model can draw but not on call (a green triangle); "new", one
+it cannot draw at all (a purple triangle with a black dot); "collapse", the green triangle from 2 photos at 3x
+every method's steps, where overfitting onto the photos' background can show; "curve", concept rate against
+training steps (one seed, half the samples).
 Two base models of the same world: the UNet (`--model unet`, the default) and the Flux-class DiT
-(`--model dit`, toyworld/dit.py), where both of Infusion's DiT variants are measured.
-Writes {results.md,grid_known.png,grid_new.png,previews.png} to benchmarks/out/toyworld[_dit] (or --out; --docs:
-the pictures also to docs/, as toyworld[_dit]_<picture>.png).
+(`--model dit`, toyworld/dit.py), where Infusion's image-queries variant is measured too.
+Writes results.md and the pictures (grid_<table>.png, curve.png, previews.png) to benchmarks/out/toyworld[_dit]
+(or --out; --docs: the pictures also to docs/, as toyworld[_dit]_<picture>.png).
 
-    COMFYUI_PATH=/path/to/ComfyUI python benchmarks/toyworld.py [--model dit] [--quick | --smoke] [--docs] [--out DIR]
+    COMFYUI_PATH=/path/to/ComfyUI python benchmarks/toyworld.py [--model dit] [--quick | --smoke] [--tables ...]
+        [--seeds N] [--docs] [--out DIR]
 """
 from __future__ import annotations
 
@@ -38,6 +42,12 @@ OUT = os.path.join(ROOT, "benchmarks", "out", "toyworld")
 PREVIEW_GRIDS: dict[str, torch.Tensor] = {}
 # ComfyUI's Train LoRA, at the settings that suit this world (chosen by its concept rate on "a green triangle").
 LORA_RANK, LORA_STEPS, LORA_LR = 4, 500, 0.003
+# Custom Diffusion (benchmark code: customize.train_custom_diffusion), chosen alike.
+CD_STEPS, CD_LR = 500, 1e-3
+# The collapse case: fewer photos (2, all on stripes) and three times every method's steps.
+COLLAPSE_PHOTOS, COLLAPSE_STEPS = 2, 3
+# The curves: concept rate after these steps (Infusion: snapshots of one run; LoRA and Custom Diffusion: a run each).
+CURVE_STEPS = (25, 50, 100, 200, 300, 500, 750, 1000)
 
 
 @dataclass
@@ -66,6 +76,20 @@ def infusion_method(name: str, previews: bool = False, **inputs: Any) -> Method:
         path = os.path.join(_models_folder(), f"toyworld_{seed}.safetensors")
         applied, word_clip = cz.apply_infusion(model, clip, concept)
         return applied, word_clip, sum(v.numel() for v in concept.values.values()), os.path.getsize(path)
+    return Method(name, train)
+
+
+def custom_diffusion_method(name: str, out: str, steps: int, learning_rate: float) -> Method:
+    from infusion.toyworld import customize as cz
+    from safetensors.torch import save_file
+
+    def train(model, clip, photos, seed):
+        custom, count = cz.train_custom_diffusion(model, clip, photos, f"a {cz.WORD}", steps, learning_rate, seed=seed)
+        path = os.path.join(out, f"custom_diffusion_{seed}.safetensors")
+        weights = {name: (w[rows] if rows is not None else w).detach().half().contiguous()
+                   for name, (w, rows) in cz.custom_diffusion_weights(custom).items()}
+        save_file(weights, path)  # fp16, as Custom Diffusion saves its weights
+        return custom, clip, count, os.path.getsize(path)
     return Method(name, train)
 
 
@@ -144,12 +168,11 @@ def baseline(model: Any, clip: Any, probe: Any, setting: Setting) -> Baseline:
 
 
 def measure(concept: Any, methods: list[Method], model: Any, clip: Any, probe: Any, setting: Setting,
-            reference: Baseline) -> tuple:
-    """Train every method on the concept's photos for every seed; returns (table, grid rows)."""
+            reference: Baseline, photos: torch.Tensor, title: str) -> tuple:
+    """Train every method on the photos for every seed; returns (table, grid rows)."""
     from infusion.metrics import feature_wasserstein
     from infusion.toyworld import customize as cz
 
-    photos = concept.photos()
     base = reference.samples
     grid_rows = [("base model", base.latents)]
     colours = [f"base model: {base.colours()}"]
@@ -171,7 +194,7 @@ def measure(concept: Any, methods: list[Method], model: Any, clip: Any, probe: A
             print(f"{concept.name} | {method.name}, seed {seed}: {method.rows[-1]}", flush=True)
 
     first_time = statistics.fmean(r["seconds"] for r in methods[0].rows)
-    lines = [f"**{concept.name}** ({len(setting.seeds)} training seed(s), {setting.per_background * 4} samples per "
+    lines = [f"**{title}** ({len(setting.seeds)} training seed(s), {setting.per_background * 4} samples per "
              f"seed for the rates; mean ± sd over seeds; training time relative to {methods[0].name})", "",
              "| method | concept rate | context rate | LFD (no word) | W2 to base | others right | trained numbers "
              "| file | training time |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -186,6 +209,82 @@ def measure(concept: Any, methods: list[Method], model: Any, clip: Any, probe: A
     return "\n".join(lines), grid_rows
 
 
+CURVE_COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14)]
+
+
+def curve_png(curves: dict[str, list[tuple[int, float]]], path: str, title: str) -> None:
+    """Concept rate (y, 0-1) against training steps (x), a line per method, its legend at the bottom right."""
+    from PIL import Image, ImageDraw
+
+    width, height, left, top, right, bottom = 640, 360, 48, 28, 620, 320
+    last = max(step for points in curves.values() for step, _ in points)
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    at = lambda step, rate: (left + (right - left) * step / last, bottom - (bottom - top) * rate)  # noqa: E731
+    draw.text((left, 8), title, fill="black")
+    for rate in (0, 0.25, 0.5, 0.75, 1.0):
+        y = at(0, rate)[1]
+        draw.line([left, y, right, y], fill=(225, 225, 225))
+        draw.text((8, y - 6), f"{rate:.2f}", fill="black")
+    for step in sorted({step for points in curves.values() for step, _ in points}):
+        draw.text((at(step, 0)[0] - 8, bottom + 6), str(step), fill="black")
+    for i, (name, points) in enumerate(curves.items()):
+        colour = CURVE_COLOURS[i % len(CURVE_COLOURS)]
+        xy = [at(step, rate) for step, rate in points]
+        draw.line(xy, fill=colour, width=2)
+        for x, y in xy:
+            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+        draw.text((right - 250, bottom - 20 - 14 * (len(curves) - i)), name, fill=colour)
+    canvas.save(path)
+
+
+def curves(concept: Any, model: Any, clip: Any, probe: Any, per_background: int, seed: int, sample_seed: int,
+           scale: float, out: str) -> str:
+    """Concept and context rate against steps: Infusion's defaults (snapshots of one run), Train LoRA and Custom
+    Diffusion (one run per point, up to their table's steps). Returns the markdown lines; draws curve.png."""
+    import nodes
+    from infusion.toyworld import customize as cz
+
+    photos = concept.photos()
+    points = sorted({max(1, round(n * scale)) for n in CURVE_STEPS})
+    found: dict[str, list[tuple[int, float, float]]] = {}
+
+    def rate(custom, custom_clip):
+        samples = cz.context_samples(custom, custom_clip, probe, per_background, sample_seed)
+        return samples.concept_rate(concept), samples.context_rate()
+
+    every = points[0] if all(p % points[0] == 0 for p in points) else 1
+    cz.train_infusion(model, clip, photos, seed=seed, steps=points[-1], save_every=every, output_name="curve")
+    found["Infusion, defaults"] = []
+    for step in points:
+        name = "curve.safetensors" if step == points[-1] else f"curve_step{step:05d}.safetensors"
+        with torch.inference_mode():  # Load Infusion, as a user picks a snapshot
+            snapshot = nodes.NODE_CLASS_MAPPINGS["LoadInfusion"].execute(name).result[0]
+        applied, word_clip = cz.apply_infusion(model, clip, snapshot)
+        found["Infusion, defaults"].append((step, *rate(applied, word_clip)))
+    short = [p for p in points if p <= max(1, round(LORA_STEPS * scale))]
+    for label, train in ((f"ComfyUI Train LoRA, rank {LORA_RANK}", lambda n: cz.train_lora(
+            model, clip, photos, [f"a {cz.WORD}"] * len(photos), seed=seed, rank=LORA_RANK, steps=n,
+            learning_rate=LORA_LR, gradient_checkpointing=_is_dit(model))[0]),
+            ("Custom Diffusion", lambda n: cz.train_custom_diffusion(model, clip, photos, f"a {cz.WORD}", n, CD_LR,
+                                                                      seed=seed)[0])):
+        found[label] = [(n, *rate(train(n), clip)) for n in short]
+        print(f"curve | {label}: {found[label]}", flush=True)
+    curve_png({k: [(n, c) for n, c, _ in v] for k, v in found.items()}, os.path.join(out, "curve.png"),
+              f"{concept.name}: concept rate against training steps (seed {seed}, {per_background * 4} samples a point)")
+    lines = [f"**Concept rate against training steps**, {concept.name} (training seed {seed}, {per_background * 4} "
+             "samples a point; concept rate / context rate)", "",
+             "| method | " + " | ".join(str(p) for p in points) + " |", "| --- |" + " --- |" * len(points)]
+    for label, values in found.items():
+        by_step = {n: f"{c:.2f} / {x:.2f}" for n, c, x in values}
+        lines.append(f"| {label} | " + " | ".join(by_step.get(p, "-") for p in points) + " |")
+    return "\n".join(lines)
+
+
+def _is_dit(model: Any) -> bool:
+    return hasattr(model.model.diffusion_model, "double_blocks")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     size = parser.add_mutually_exclusive_group()
@@ -196,6 +295,9 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="where results.md and the pictures go")
     parser.add_argument("--docs", action="store_true", help="also copy the pictures to docs/")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tables", type=lambda v: v.split(","), default=["known", "new", "collapse", "curve"],
+                        help="which of known,new,collapse,curve (comma-separated; default all)")
+    parser.add_argument("--seeds", type=int, default=0, help="training seeds per table (default: 3, --quick 1)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -211,45 +313,48 @@ def main() -> None:
     run = "smoke" if args.smoke else "quick" if args.quick else "full"
     setting = {"smoke": Setting([0], 2, 2, 1), "quick": Setting([0], 8, 4, 2),
                "full": Setting([0, 1, 2], 24, 8, 8)}[run]
+    if args.seeds:
+        setting.seeds = list(range(args.seeds))
     scale = {"smoke": 0.01, "quick": 0.25, "full": 1.0}[run]
     steps = lambda n: max(1, round(n * scale))  # noqa: E731
-    tuned_settings = cz.TUNED_DIT if args.model == "dit" else cz.TUNED
-    tuned = {**tuned_settings, "steps": steps(tuned_settings["steps"])}
-    image_queries = {**cz.TUNED_DIT_IMAGE_QUERIES, "steps": steps(cz.TUNED_DIT_IMAGE_QUERIES["steps"])}
-    # ComfyUI's Train LoRA cannot backpropagate through Flux's in-place blocks without its checkpointing.
-    lora = dict(rank=LORA_RANK, steps=steps(LORA_STEPS), learning_rate=LORA_LR,
-                gradient_checkpointing=args.model == "dit")
-    lora_name = f"ComfyUI Train LoRA, rank {LORA_RANK}"
+    dit = args.model == "dit"
+
+    def methods(factor: int = 1, previews: bool = False, known: bool = False) -> list[Method]:
+        """Infusion at the node's defaults (and, for the known concept, the authors' settings on the UNet and
+        the image-queries variant on the DiT), Custom Diffusion and Train LoRA, every one at `factor` x its steps."""
+        n = lambda base: steps(base * factor)  # noqa: E731
+        rows = [infusion_method("Infusion, defaults", previews=previews, steps=n(500))]
+        if known and dit:
+            rows.append(infusion_method("Infusion, defaults, image queries only", steps=n(500),
+                                        variant="image-queries"))
+        if known and not dit:
+            rows.append(infusion_method("Infusion, the authors' settings (lr 0.01, 500 x 4 x 4)",
+                                        **{**cz.AUTHORS, "steps": n(cz.AUTHORS["steps"])}))
+        # ComfyUI's Train LoRA cannot backpropagate through Flux's in-place blocks without its checkpointing.
+        return rows + [custom_diffusion_method("Custom Diffusion", out, n(CD_STEPS), CD_LR),
+                       lora_method(f"ComfyUI Train LoRA, rank {LORA_RANK}", out, rank=LORA_RANK, steps=n(LORA_STEPS),
+                                   learning_rate=LORA_LR, gradient_checkpointing=dit)]
+
+    runs = {  # table: (concept, photos, title, methods)
+        "known": (cz.KNOWN, cz.KNOWN.photos(), cz.KNOWN.name, lambda: methods(previews=True, known=True)),
+        "new": (cz.NEW, cz.NEW.photos(), cz.NEW.name, methods),
+        "collapse": (cz.KNOWN, cz.KNOWN.photos(COLLAPSE_PHOTOS),
+                     f"{cz.KNOWN.name}, the collapse case: {COLLAPSE_PHOTOS} photos, {COLLAPSE_STEPS} x every method's "
+                     "steps", lambda: methods(COLLAPSE_STEPS)),
+    }
     model, clip = world_model(args.model).load()
     probe = load_probe()
-    if args.model == "dit":
-        runs = {
-            "known": (cz.KNOWN, [
-                infusion_method("Infusion, defaults (value)", steps=steps(500)),
-                infusion_method("Infusion, defaults, image queries only", steps=steps(500), variant="image-queries"),
-                infusion_method("Infusion, tuned (value)", previews=True, **tuned),
-                infusion_method("Infusion, tuned, image queries only", **image_queries),
-                lora_method(lora_name, out, **lora)]),
-            "new": (cz.NEW, [infusion_method("Infusion, tuned (value)", **tuned),
-                             infusion_method("Infusion, tuned, image queries only", **image_queries),
-                             lora_method(lora_name, out, **lora)]),
-        }
-    else:
-        runs = {
-            "known": (cz.KNOWN, [
-                infusion_method("Infusion, defaults", steps=steps(500)),
-                infusion_method("Infusion, tuned", previews=True, **tuned),
-                infusion_method("Infusion, tuned, captions name the background", **tuned,
-                                captions=cz.background_captions()),
-                lora_method(lora_name, out, **lora)]),
-            "new": (cz.NEW, [infusion_method("Infusion, tuned", **tuned), lora_method(lora_name, out, **lora)]),
-        }
     tables = []
-    reference = baseline(model, clip, probe, setting)
-    for key, (concept, methods) in runs.items():
-        table, rows = measure(concept, methods, model, clip, probe, setting, reference)
+    reference = baseline(model, clip, probe, setting) if set(args.tables) - {"curve"} else None
+    for key in args.tables:
+        if key == "curve":
+            tables.append(curves(cz.KNOWN, model, clip, probe, max(2, setting.per_background // 2), setting.seeds[0],
+                                 setting.sample_seed, scale, out))
+            continue
+        concept, photos, title, rows = runs[key]
+        table, grid = measure(concept, rows(), model, clip, probe, setting, reference, photos, title)
         tables.append(table)
-        grid_png(rows, os.path.join(out, f"grid_{key}.png"))
+        grid_png(grid, os.path.join(out, f"grid_{key}.png"))
     minutes = (time.perf_counter() - started) / 60
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(f"Toy world, {args.model} ({run} run, {minutes:.0f} minutes)\n\n" + "\n\n".join(tables) + "\n")
@@ -258,7 +363,8 @@ def main() -> None:
         Image.fromarray((grid[0].numpy() * 255).round().astype("uint8")).save(os.path.join(out, "previews.png"))
     if args.docs:
         os.makedirs(os.path.join(ROOT, "docs"), exist_ok=True)
-        for picture in ("grid_known", "grid_new", "previews"):
+        pictures = [f"grid_{key}" if key != "curve" else "curve" for key in args.tables]
+        for picture in pictures + (["previews"] if PREVIEW_GRIDS else []):
             shutil.copyfile(os.path.join(out, f"{picture}.png"),
                             os.path.join(ROOT, "docs", f"toyworld{tag}_{picture}.png"))
     print("\n\n".join(tables))

@@ -26,11 +26,8 @@ from .sampling import sample
 WORD = "triangle"
 PHOTO_BACKGROUND = "stripes"
 OTHER_SHAPES = tuple(s for s in scenes.SHAPES if s != WORD)
-# Train Infusion Concept's settings that suit this world (see the README's toy-world section).
-TUNED = dict(learning_rate=0.1, steps=600, gradient_accumulation=1)
-# ... and the DiT's (toyworld/dit.py), per variant: its vectors live in value space, as the authors' do.
-TUNED_DIT = dict(learning_rate=0.03, steps=500, gradient_accumulation=1)
-TUNED_DIT_IMAGE_QUERIES = dict(learning_rate=0.3, steps=500, gradient_accumulation=1, variant="image-queries")
+# The authors' settings (the node's defaults were these before the toy world measured them, README).
+AUTHORS = dict(learning_rate=0.01, steps=500, gradient_accumulation=4)
 
 
 @dataclass(frozen=True)
@@ -175,3 +172,62 @@ def latent_fisher_divergence(base: Any, custom: Any, clip: Any, samples: int = 8
         out = nodes.NODE_CLASS_MAPPINGS["InfusionLatentFisherDivergence"].execute(
             base, custom, conditioning, {"samples": reference}, timesteps, samples, seed, "epsilon")
     return float(out.result[0])
+
+
+def custom_diffusion_weights(model: Any) -> dict[str, tuple[torch.nn.Parameter, slice | None]]:
+    """What Custom Diffusion (Kumari et al. 2023, the paper's main rival) fine-tunes: the projections from
+    the text to the keys and values of every attention layer that reads it. UNet: each cross-attention's
+    to_k and to_v. Flux: each double block's text-stream qkv, its key and value rows (`slice`); single blocks
+    project text and image tokens with one shared weight, which is left alone."""
+    from ..layers import cross_attention_modules
+    diffusion_model = model.model.diffusion_model
+    if hasattr(diffusion_model, "double_blocks"):
+        width = diffusion_model.hidden_size
+        return {f"double.{i}.txt_attn.qkv": (b.txt_attn.qkv.weight, slice(width, 3 * width))
+                for i, b in enumerate(diffusion_model.double_blocks)}
+    return {f"{layer.key}.{name}": (getattr(attn2, name).weight, None)
+            for layer, attn2 in cross_attention_modules(diffusion_model).items() for name in ("to_k", "to_v")}
+
+
+def train_custom_diffusion(model: Any, clip: Any, photos: torch.Tensor, caption: str, steps: int,
+                           learning_rate: float, batch_size: int = 4, seed: int = 0) -> tuple[Any, int]:
+    """Custom Diffusion on a fresh copy of the toy world's `model` (benchmark code, not a node): AdamW (no weight decay) on the
+    text-to-key/value weights only, the MSE of ComfyUI's own prediction, every photo captioned `caption` (as
+    Train LoRA's photos are), no prior preservation. Returns the customized MODEL and the number of
+    trained weights. The pack's training loop does the steps: it trains whatever parameters it is given."""
+    from ..families import adapter_for
+    from ..training.comfy_model import ComfyDenoiser, autograd_weights, in_sampling
+    from ..training.encoding import prepare_latents
+    from ..training.loop import TrainingSettings, train
+    from .sampling import encode
+    from .train import world_model
+
+    custom = world_model("dit" if hasattr(model.model.diffusion_model, "double_blocks") else "unet").load()[0]
+    settings = TrainingSettings(steps=steps, learning_rate=learning_rate, batch_size=batch_size,
+                                gradient_accumulation=1, seed=seed, flip=False, weight_decay=0.0, precision="fp32")
+
+    def run(model_wrap: Any, options: dict) -> int:
+        blocks = adapter_for(custom).training_blocks(model_wrap.inner_model.diffusion_model, False, [])
+        with torch.inference_mode(False), autograd_weights(model_wrap.inner_model), blocks:
+            trained = custom_diffusion_weights(custom)
+            hooks = []
+            for weight, rows in trained.values():
+                weight.requires_grad_(True)
+                if rows is not None:  # only the key and value rows learn (AdamW without decay leaves the rest)
+                    mask = torch.zeros_like(weight)
+                    mask[rows] = 1
+                    hooks.append(weight.register_hook(lambda grad, mask=mask: grad * mask))
+            try:
+                denoiser = ComfyDenoiser(model_wrap, options, 1, custom.load_device)
+                train({name: w for name, (w, _) in trained.items()}, denoiser,
+                      prepare_latents(custom, photos, None, False), 1, settings)
+            finally:
+                for weight, _ in trained.values():
+                    weight.requires_grad_(False)
+                for hook in hooks:
+                    hook.remove()
+            return sum(w[rows].numel() if rows is not None else w.numel() for w, rows in trained.values())
+
+    with torch.inference_mode(False), compat.training_mode():
+        count = in_sampling(custom, [encode(clip, caption)], (batch_size,) + tuple(photos.shape[1:]), seed, run)
+    return custom, count
