@@ -2,12 +2,12 @@
 value-space cosine >= 0.95; the test, tests/comfy/test_train_planted.py, asks >= 0.8 in 120 steps)
 
 A teacher is the base model plus planted residuals u*_l (text space, one per cross-attention
-layer, N(0, 1)); the student starts at zero and trains with AdamW (constant lr, no weight decay)
-on the teacher's predictions. Printed: the loss fall and, per layer, cos(W_v u, W_v u*) (the
+layer, N(0, 1)); the student starts at zero and trains with AdamW (constant lr, no weight decay) in value
+space, as the node does, on the teacher's predictions. Printed: the loss fall and, per layer, cos(W_v u, W_v u*) (the
 part of a text-space vector in W_v's null space changes nothing and cannot be learned).
 Tiny SD1.5-shaped UNet with fan-in-scaled random weights, 128 px, on CPU; the setup is the
 test's (imported from it). Usage:
-    COMFYUI_PATH=/path/to/ComfyUI python benchmarks/planted_concept.py [--steps 600 --lr 0.02]
+    COMFYUI_PATH=/path/to/ComfyUI python benchmarks/planted_concept.py [--steps 600 --lr 0.05]
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import comfy_harness as h  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--lr", type=float, default=0.02)
+    parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
