@@ -191,9 +191,9 @@ def custom_diffusion_weights(model: Any) -> dict[str, tuple[torch.nn.Parameter, 
 
 def train_custom_diffusion(model: Any, clip: Any, photos: torch.Tensor, caption: str, steps: int,
                            learning_rate: float, batch_size: int = 4, seed: int = 0) -> tuple[Any, int]:
-    """Custom Diffusion on a fresh copy of the toy world's `model` (benchmark code, not a node): AdamW (no weight decay) on the
-    text-to-key/value weights only, the MSE of ComfyUI's own prediction, every photo captioned `caption` (as
-    Train LoRA's photos are), no prior preservation. Returns the customized MODEL and the number of
+    """Custom Diffusion on a fresh copy of the toy world's `model` (benchmark code, not a node): AdamW (no
+    weight decay) on the text-to-key/value weights only, the MSE of ComfyUI's own prediction, every photo
+    captioned `caption` (as Train LoRA's photos are), no prior preservation. Returns the customized MODEL and the number of
     trained weights. The pack's training loop does the steps: it trains whatever parameters it is given."""
     from ..families import adapter_for
     from ..training.comfy_model import ComfyDenoiser, autograd_weights, in_sampling
