@@ -54,7 +54,8 @@ def forward_times(pack, model, conds, latents, batch: int, repeats: int) -> list
     P = lambda name: h.pack_submodule(pack, name)  # noqa: E731
     cm, patching = P("infusion.training.comfy_model"), P("infusion.patching")
     patcher = model.clone()
-    patching.install(patcher, patching.trainable_residual(model, zero_concept(pack, model)))
+    space = patching.training_space(model, "value")  # as training applies it (value space on a UNet)
+    patching.install(patcher, patching.trainable_residual(model, zero_concept(pack, model), space))
 
     def run(model_wrap, options):
         den = cm.ComfyDenoiser(model_wrap, options, len(conds), torch.device("cpu"))
