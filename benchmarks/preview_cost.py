@@ -1,6 +1,6 @@
 """What sample previews add to training time at the node's default settings (goal: <= 10 %).
 
-Defaults: 500 steps of batch 4 x accumulation 4, previews at step 0 and every 100 steps (6 rounds) of
+Defaults: 500 steps of batch 4 (no accumulation), previews at step 0 and every 100 steps (6 rounds) of
 3 prompts, 20 sampling steps, CFG. Two short runs through Train Infusion Concept on the same SD1.5-shaped
 random UNet (ComfyUI's classes) and tiny VAE, on CPU: N steps without previews, and N steps with a
 round every N/2 steps (3 rounds). Their difference gives the cost of a round (sampling, decoding, saving,
@@ -47,7 +47,7 @@ def main() -> None:
     shown = timed_run(pack, model, clip, vae, photos, args.steps, args.steps // 2, args.size)
     step, round_ = plain / args.steps, (shown - plain) / 3
     ratio = (DEFAULT_STEPS * step + DEFAULT_ROUNDS * round_) / (DEFAULT_STEPS * step)
-    print(f"SD1.5-shaped UNet, {args.channels} channels, {args.size} px, batch 4 x 4, CPU fp32")
+    print(f"SD1.5-shaped UNet, {args.channels} channels, {args.size} px, the node's default batch, CPU fp32")
     print(f"  training step {step:.2f} s, preview round (3 prompts x 20 steps) {round_:.2f} s")
     print(f"  training time with previews / without, at the defaults (500 steps, 6 rounds): ratio {ratio:.3f} "
           "(goal <= 1.10)")
