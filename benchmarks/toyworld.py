@@ -41,9 +41,10 @@ sys.path.insert(0, ROOT)
 OUT = os.path.join(ROOT, "benchmarks", "out", "toyworld")
 PREVIEW_GRIDS: dict[str, torch.Tensor] = {}
 # ComfyUI's Train LoRA, at the settings that suit this world (chosen by its concept rate on "a green triangle").
-LORA_RANK, LORA_STEPS, LORA_LR = 4, 500, 0.003
+LORA_RANK, LORA_LR = 4, 0.003
 # Custom Diffusion (benchmark code: customize.train_custom_diffusion), chosen alike.
-CD_STEPS, CD_LR = 500, 1e-3
+CD_LR = 1e-3
+RIVAL_STEPS = 500  # both rivals' steps, as Infusion's defaults
 # The collapse case: fewer photos (2, all on stripes) and three times every method's steps.
 COLLAPSE_PHOTOS, COLLAPSE_STEPS = 2, 3
 # The curves: concept rate after these steps (Infusion: snapshots of one run; LoRA and Custom Diffusion: a run each).
@@ -91,6 +92,14 @@ def custom_diffusion_method(name: str, out: str, steps: int, learning_rate: floa
         save_file(weights, path)  # fp16, as Custom Diffusion saves its weights
         return custom, clip, count, os.path.getsize(path)
     return Method(name, train)
+
+
+def rivals(out: str, steps: int, dit: bool) -> list[Method]:
+    """Custom Diffusion and ComfyUI's Train LoRA at their settings, `steps` steps each."""
+    # ComfyUI's Train LoRA cannot backpropagate through Flux's in-place blocks without its checkpointing.
+    return [custom_diffusion_method("Custom Diffusion", out, steps, CD_LR),
+            lora_method(f"ComfyUI Train LoRA, rank {LORA_RANK}", out, rank=LORA_RANK, steps=steps,
+                        learning_rate=LORA_LR, gradient_checkpointing=dit)]
 
 
 def lora_method(name: str, out: str, **inputs: Any) -> Method:
@@ -262,13 +271,11 @@ def curves(concept: Any, model: Any, clip: Any, probe: Any, per_background: int,
             snapshot = nodes.NODE_CLASS_MAPPINGS["LoadInfusion"].execute(name).result[0]
         applied, word_clip = cz.apply_infusion(model, clip, snapshot)
         found["Infusion, defaults"].append((step, *rate(applied, word_clip)))
-    short = [p for p in points if p <= max(1, round(LORA_STEPS * scale))]
-    for label, train in ((f"ComfyUI Train LoRA, rank {LORA_RANK}", lambda n: cz.train_lora(
-            model, clip, photos, [f"a {cz.WORD}"] * len(photos), seed=seed, rank=LORA_RANK, steps=n,
-            learning_rate=LORA_LR, gradient_checkpointing=_is_dit(model))[0]),
-            ("Custom Diffusion", lambda n: cz.train_custom_diffusion(model, clip, photos, f"a {cz.WORD}", n, CD_LR,
-                                                                      seed=seed)[0])):
-        found[label] = [(n, *rate(train(n), clip)) for n in short]
+    short = [p for p in points if p <= max(1, round(RIVAL_STEPS * scale))]
+    for i in (1, 0):  # Train LoRA, then Custom Diffusion: a run per point
+        by_steps = {n: rivals(out, n, cz.is_dit(model))[i] for n in short}
+        label = by_steps[short[0]].name
+        found[label] = [(n, *rate(*method.train(model, clip, photos, seed)[:2])) for n, method in by_steps.items()]
         print(f"curve | {label}: {found[label]}", flush=True)
     curve_png({k: [(n, c) for n, c, _ in v] for k, v in found.items()}, os.path.join(out, "curve.png"),
               f"{concept.name}: concept rate against training steps (seed {seed}, {per_background * 4} samples a point)")
@@ -279,10 +286,6 @@ def curves(concept: Any, model: Any, clip: Any, probe: Any, per_background: int,
         by_step = {n: f"{c:.2f} / {x:.2f}" for n, c, x in values}
         lines.append(f"| {label} | " + " | ".join(by_step.get(p, "-") for p in points) + " |")
     return "\n".join(lines)
-
-
-def _is_dit(model: Any) -> bool:
-    return hasattr(model.model.diffusion_model, "double_blocks")
 
 
 def main() -> None:
@@ -330,10 +333,7 @@ def main() -> None:
         if known and not dit:
             rows.append(infusion_method("Infusion, the authors' settings (lr 0.01, 500 x 4 x 4)",
                                         **{**cz.AUTHORS, "steps": n(cz.AUTHORS["steps"])}))
-        # ComfyUI's Train LoRA cannot backpropagate through Flux's in-place blocks without its checkpointing.
-        return rows + [custom_diffusion_method("Custom Diffusion", out, n(CD_STEPS), CD_LR),
-                       lora_method(f"ComfyUI Train LoRA, rank {LORA_RANK}", out, rank=LORA_RANK, steps=n(LORA_STEPS),
-                                   learning_rate=LORA_LR, gradient_checkpointing=dit)]
+        return rows + rivals(out, n(RIVAL_STEPS), dit)
 
     runs = {  # table: (concept, photos, title, methods)
         "known": (cz.KNOWN, cz.KNOWN.photos(), cz.KNOWN.name, lambda: methods(previews=True, known=True)),

@@ -174,6 +174,11 @@ def latent_fisher_divergence(base: Any, custom: Any, clip: Any, samples: int = 8
     return float(out.result[0])
 
 
+def is_dit(model: Any) -> bool:
+    """Whether a toy-world MODEL is the DiT (toyworld/dit.py) rather than the UNet."""
+    return hasattr(model.model.diffusion_model, "double_blocks")
+
+
 def custom_diffusion_weights(model: Any) -> dict[str, tuple[torch.nn.Parameter, slice | None]]:
     """What Custom Diffusion (Kumari et al. 2023, the paper's main rival) fine-tunes: the projections from
     the text to the keys and values of every attention layer that reads it. UNet: each cross-attention's
@@ -181,7 +186,7 @@ def custom_diffusion_weights(model: Any) -> dict[str, tuple[torch.nn.Parameter, 
     project text and image tokens with one shared weight, which is left alone."""
     from ..layers import cross_attention_modules
     diffusion_model = model.model.diffusion_model
-    if hasattr(diffusion_model, "double_blocks"):
+    if is_dit(model):
         width = diffusion_model.hidden_size
         return {f"double.{i}.txt_attn.qkv": (b.txt_attn.qkv.weight, slice(width, 3 * width))
                 for i, b in enumerate(diffusion_model.double_blocks)}
@@ -202,7 +207,7 @@ def train_custom_diffusion(model: Any, clip: Any, photos: torch.Tensor, caption:
     from .sampling import encode
     from .train import world_model
 
-    custom = world_model("dit" if hasattr(model.model.diffusion_model, "double_blocks") else "unet").load()[0]
+    custom = world_model("dit" if is_dit(model) else "unet").load()[0]
     settings = TrainingSettings(steps=steps, learning_rate=learning_rate, batch_size=batch_size,
                                 gradient_accumulation=1, seed=seed, flip=False, weight_decay=0.0, precision="fp32")
 
