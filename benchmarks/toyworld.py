@@ -31,24 +31,32 @@ import shutil
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests", "comfy"))  # comfy_harness: rescale_values
 OUT = os.path.join(ROOT, "benchmarks", "out", "toyworld")
 PREVIEW_GRIDS: dict[str, torch.Tensor] = {}
 # ComfyUI's Train LoRA, at the settings that suit this world (chosen by its concept rate on "a green triangle").
 LORA_RANK, LORA_LR = 4, 0.003
 # Custom Diffusion (benchmark code: customize.train_custom_diffusion), chosen alike.
 CD_LR = 1e-3
+TABLES = ("known", "new", "collapse", "curve", "steps", "rescale")
 RIVAL_STEPS = 500  # both rivals' steps, as Infusion's defaults
 # The collapse case: fewer photos (2, all on stripes) and three times every method's steps.
 COLLAPSE_PHOTOS, COLLAPSE_STEPS = 2, 3
 # The curves: concept rate after these steps (Infusion: snapshots of one run; LoRA and Custom Diffusion: a run each).
 CURVE_STEPS = (25, 50, 100, 200, 300, 500, 750, 1000)
+# Infusion alone, every seed: from 25 steps to four times the default (500).
+STEPS_CURVE = (25, 50, 100, 200, 300, 500, 750, 1000, 1500, 2000)
+# --rescale: the base model's attention layers rescaled (values x a, output projection / a), as rows of a table.
+RESCALES = {"none": "the model as trained", "layers": "values x a per layer, a in [0.1, 10]",
+            "0.1": "values x 0.1 in every layer", "10": "values x 10 in every layer"}
 
 
 @dataclass
@@ -62,11 +70,13 @@ def infusion_method(name: str, previews: bool = False, **inputs: Any) -> Method:
     """Train Infusion Concept; with `previews`, the first seed's run also draws its preview grid."""
     from infusion.toyworld import customize as cz
     from infusion.toyworld.model import LatentView
+    from infusion.toyworld.sampling import SAMPLER
 
     def train(model, clip, photos, seed):
         shown = {}
         if previews and seed == 0:
-            shown = dict(vae=LatentView(), sample_every=max(1, inputs.get("steps", 500) // 5), sample_steps=20,
+            shown = dict(vae=LatentView(), sample_every=max(1, inputs.get("steps", 500) // 5),
+                         sample_steps=SAMPLER["steps"],
                          sample_cfg=4.0, sample_size=8 * 16, sample_prompts="\n".join(
                              cz.context_prompt(bg).replace(cz.WORD, "{}") for bg in ("white", "black", "checks")))
         output = cz.train_infusion_outputs(model, clip, photos, seed=seed, output_name=f"toyworld_{seed}",
@@ -201,7 +211,13 @@ def measure(concept: Any, methods: list[Method], model: Any, clip: Any, probe: A
                 grid_rows.append((method.name, samples.latents))
                 colours.append(f"{method.name}: {samples.colours()}")
             print(f"{concept.name} | {method.name}, seed {seed}: {method.rows[-1]}", flush=True)
+    return table(concept, methods, setting, reference, title, colours), grid_rows
 
+
+def table(concept: Any, methods: list[Method], setting: Setting, reference: Baseline, title: str,
+          colours: list[str] | None = None) -> str:
+    """The markdown table of the methods' rows, the base model first (and the colours the probe saw)."""
+    base = reference.samples
     first_time = statistics.fmean(r["seconds"] for r in methods[0].rows)
     lines = [f"**{title}** ({len(setting.seeds)} training seed(s), {setting.per_background * 4} samples per "
              f"seed for the rates; mean ± sd over seeds; training time relative to {methods[0].name})", "",
@@ -214,8 +230,9 @@ def measure(concept: Any, methods: list[Method], model: Any, clip: Any, probe: A
         lines.append(f"| {m.name} | {spread(col('concept'))} | {spread(col('context'))} | {spread(col('lfd'))} | "
                      f"{spread(col('w2'))} | {spread(col('others'))} | {int(m.rows[0]['params']):,} | "
                      f"{m.rows[0]['bytes'] / 1024:.1f} KB | {statistics.fmean(col('seconds')) / first_time:.2f}x |")
-    lines += ["", "Colours the probe saw in the samples of the first seed: " + "; ".join(colours) + "."]
-    return "\n".join(lines), grid_rows
+    if colours:
+        lines += ["", "Colours the probe saw in the samples of the first seed: " + "; ".join(colours) + "."]
+    return "\n".join(lines)
 
 
 CURVE_COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14)]
@@ -247,30 +264,109 @@ def curve_png(curves: dict[str, list[tuple[int, float]]], path: str, title: str)
     canvas.save(path)
 
 
+def infusion_curve(concept: Any, model: Any, clip: Any, probe: Any, per_background: int, seed: int,
+                   sample_seed: int, points: list[int]) -> list[tuple[int, float, float]]:
+    """(steps, concept rate, context rate) of Infusion at the defaults after each of `points` steps: snapshots of
+    one run of points[-1] steps, each read back through Load Infusion as a user picks one."""
+    import math
+
+    import nodes
+    from infusion.toyworld import customize as cz
+
+    name = f"curve_{seed}"
+    cz.train_infusion(model, clip, concept.photos(), seed=seed, steps=points[-1], save_every=math.gcd(*points),
+                      output_name=name)
+    found = []
+    for step in points:
+        file = f"{name}.safetensors" if step == points[-1] else f"{name}_step{step:05d}.safetensors"
+        with torch.inference_mode():
+            snapshot = nodes.NODE_CLASS_MAPPINGS["LoadInfusion"].execute(file).result[0]
+        samples = cz.context_samples(*cz.apply_infusion(model, clip, snapshot), probe, per_background, sample_seed)
+        found.append((step, samples.concept_rate(concept), samples.context_rate()))
+    return found
+
+
+def steps_table(concept: Any, model: Any, clip: Any, probe: Any, setting: Setting, scale: float, out: str) -> str:
+    """Concept rate against steps for Infusion at the defaults, from 25 to four times the default, every seed:
+    whether more steps than the default ever make the concept worse. Draws steps.png (the mean)."""
+    points = sorted({max(1, round(n * scale)) for n in STEPS_CURVE})
+    runs = {seed: infusion_curve(concept, model, clip, probe, setting.per_background, seed, setting.sample_seed,
+                                 points) for seed in setting.seeds}
+    mean = [statistics.fmean(run[i][1] for run in runs.values()) for i in range(len(points))]
+    curve_png({f"seed {s}": [(n, c) for n, c, _ in run] for s, run in runs.items()} |
+              {"mean": list(zip(points, mean))}, os.path.join(out, "steps.png"),
+              f"{concept.name}: Infusion's concept rate against training steps ({setting.per_background * 4} "
+              "samples a point)")
+    default = max(1, round(500 * scale))
+    later = [m for n, m in zip(points, mean) if n >= default]
+    lines = [f"**Concept rate against training steps, Infusion at the defaults**, {concept.name} "
+             f"({len(runs)} seed(s), {setting.per_background * 4} samples a point; concept rate / context rate)", "",
+             "| seed | " + " | ".join(str(p) for p in points) + " |", "| --- |" + " --- |" * len(points)]
+    for seed, run in runs.items():
+        lines.append(f"| {seed} | " + " | ".join(f"{c:.2f} / {x:.2f}" for _, c, x in run) + " |")
+    lines += ["| mean concept rate | " + " | ".join(f"{m:.3f}" for m in mean) + " |", "",
+              f"From the default ({default} steps) to four times it: lowest mean {min(later):.3f}, peak "
+              f"{max(mean):.3f} (the goal: within 0.05 of the peak)."]
+    return "\n".join(lines)
+
+
+def rescale_table(model: Any, clip: Any, probe: Any, setting: Setting, reference: Baseline, kinds: list[str],
+                  steps: int) -> str:
+    """Infusion at the defaults on the base model with its attention layers rescaled (values times a, the
+    projection of the attention output divided by a: the same model to float rounding), beside the model as it
+    is: the trained concept should not depend on a checkpoint's value scale."""
+    from infusion.toyworld import customize as cz
+
+    methods = []
+    for kind in ["none"] + kinds:
+        method = infusion_method(f"Infusion, defaults, {RESCALES[kind]}", steps=steps)
+        with rescaled(model, kind):
+            measure(cz.KNOWN, [method], model, clip, probe, setting, reference, cz.KNOWN.photos(), "")
+        methods.append(method)
+    return table(cz.KNOWN, methods, setting, reference,
+                 f"{cz.KNOWN.name}, on rescaled copies of the base model (LFD: against that copy)")
+
+
+@contextmanager
+def rescaled(model: Any, kind: str) -> Iterator[None]:
+    """The model's attention layers rescaled in place by RESCALES[kind], restored bit for bit afterwards."""
+    import comfy_harness as h
+
+    if kind == "none":
+        yield
+        return
+    if kind == "layers":
+        g = torch.Generator().manual_seed(11)
+        factor = lambda: float(10 ** (torch.rand((), generator=g) * 2 - 1))  # noqa: E731
+    else:
+        factor = lambda: float(kind)  # noqa: E731
+    diffusion_model = model.get_model_object("diffusion_model")
+    saved = {name: p.detach().clone() for name, p in diffusion_model.named_parameters()}
+    try:
+        with torch.inference_mode():
+            h.rescale_values(diffusion_model, factor)
+        yield
+    finally:
+        with torch.inference_mode():
+            for name, p in diffusion_model.named_parameters():
+                p.copy_(saved[name])
+
+
 def curves(concept: Any, model: Any, clip: Any, probe: Any, per_background: int, seed: int, sample_seed: int,
            scale: float, out: str) -> str:
     """Concept and context rate against steps: Infusion's defaults (snapshots of one run), Train LoRA and Custom
     Diffusion (one run per point, up to their table's steps). Returns the markdown lines; draws curve.png."""
-    import nodes
     from infusion.toyworld import customize as cz
 
     photos = concept.photos()
     points = sorted({max(1, round(n * scale)) for n in CURVE_STEPS})
-    found: dict[str, list[tuple[int, float, float]]] = {}
 
     def rate(custom, custom_clip):
         samples = cz.context_samples(custom, custom_clip, probe, per_background, sample_seed)
         return samples.concept_rate(concept), samples.context_rate()
 
-    every = points[0] if all(p % points[0] == 0 for p in points) else 1
-    cz.train_infusion(model, clip, photos, seed=seed, steps=points[-1], save_every=every, output_name="curve")
-    found["Infusion, defaults"] = []
-    for step in points:
-        name = "curve.safetensors" if step == points[-1] else f"curve_step{step:05d}.safetensors"
-        with torch.inference_mode():  # Load Infusion, as a user picks a snapshot
-            snapshot = nodes.NODE_CLASS_MAPPINGS["LoadInfusion"].execute(name).result[0]
-        applied, word_clip = cz.apply_infusion(model, clip, snapshot)
-        found["Infusion, defaults"].append((step, *rate(applied, word_clip)))
+    found = {"Infusion, defaults": infusion_curve(concept, model, clip, probe, per_background, seed, sample_seed,
+                                                  points)}
     short = [p for p in points if p <= max(1, round(RIVAL_STEPS * scale))]
     for i in (1, 0):  # Train LoRA, then Custom Diffusion: a run per point
         by_steps = {n: rivals(out, n, cz.is_dit(model))[i] for n in short}
@@ -298,8 +394,10 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="where results.md and the pictures go")
     parser.add_argument("--docs", action="store_true", help="also copy the pictures to docs/")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--tables", type=lambda v: v.split(","), default=["known", "new", "collapse", "curve"],
-                        help="which of known,new,collapse,curve (comma-separated; default all)")
+    parser.add_argument("--tables", type=lambda v: v.split(","), default=list(TABLES),
+                        help=f"which of {','.join(TABLES)} (comma-separated; default all)")
+    parser.add_argument("--rescale", type=lambda v: v.split(","), default=["layers", "0.1", "10"],
+                        help="the rescaled copies of the rescale table: layers (a per layer in [0.1, 10]), 0.1, 10")
     parser.add_argument("--seeds", type=int, default=0, help="training seeds per table (default: 3, --quick 1)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -314,8 +412,11 @@ def main() -> None:
     from infusion.toyworld.train import load_probe, world_model
 
     run = "smoke" if args.smoke else "quick" if args.quick else "full"
-    setting = {"smoke": Setting([0], 2, 2, 1), "quick": Setting([0], 8, 4, 2),
+    setting = {"smoke": Setting([0], 1, 1, 1), "quick": Setting([0], 8, 4, 2),
                "full": Setting([0, 1, 2], 24, 8, 8)}[run]
+    if args.smoke:  # it only has to run: every sampler (benchmark and previews) takes 2 steps instead of 20
+        from infusion.toyworld import sampling
+        sampling.SAMPLER["steps"] = 2
     if args.seeds:
         setting.seeds = list(range(args.seeds))
     scale = {"smoke": 0.01, "quick": 0.25, "full": 1.0}[run]
@@ -345,16 +446,20 @@ def main() -> None:
     model, clip = world_model(args.model).load()
     probe = load_probe()
     tables = []
-    reference = baseline(model, clip, probe, setting) if set(args.tables) - {"curve"} else None
+    reference = baseline(model, clip, probe, setting) if set(args.tables) - {"curve", "steps"} else None
     for key in args.tables:
         if key == "curve":
-            tables.append(curves(cz.KNOWN, model, clip, probe, max(2, setting.per_background // 2), setting.seeds[0],
+            tables.append(curves(cz.KNOWN, model, clip, probe, max(1, setting.per_background // 2), setting.seeds[0],
                                  setting.sample_seed, scale, out))
-            continue
-        concept, photos, title, rows = runs[key]
-        table, grid = measure(concept, rows(), model, clip, probe, setting, reference, photos, title)
-        tables.append(table)
-        grid_png(grid, os.path.join(out, f"grid_{key}.png"))
+        elif key == "steps":
+            tables.append(steps_table(cz.KNOWN, model, clip, probe, setting, scale, out))
+        elif key == "rescale":
+            tables.append(rescale_table(model, clip, probe, setting, reference, args.rescale, steps(500)))
+        else:
+            concept, photos, title, rows = runs[key]
+            text, grid = measure(concept, rows(), model, clip, probe, setting, reference, photos, title)
+            tables.append(text)
+            grid_png(grid, os.path.join(out, f"grid_{key}.png"))
     minutes = (time.perf_counter() - started) / 60
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(f"Toy world, {args.model} ({run} run, {minutes:.0f} minutes)\n\n" + "\n\n".join(tables) + "\n")
@@ -363,7 +468,7 @@ def main() -> None:
         Image.fromarray((grid[0].numpy() * 255).round().astype("uint8")).save(os.path.join(out, "previews.png"))
     if args.docs:
         os.makedirs(os.path.join(ROOT, "docs"), exist_ok=True)
-        pictures = [f"grid_{key}" if key != "curve" else "curve" for key in args.tables]
+        pictures = [key if key in ("curve", "steps") else f"grid_{key}" for key in args.tables if key != "rescale"]
         for picture in pictures + (["previews"] if PREVIEW_GRIDS else []):
             shutil.copyfile(os.path.join(out, f"{picture}.png"),
                             os.path.join(ROOT, "docs", f"toyworld{tag}_{picture}.png"))

@@ -57,14 +57,13 @@ def install(patcher: Any, residual: ConceptResidual) -> None:
     install_position_carrier(patcher)
 
 
-def training_space(model: Any, variant: str) -> ValueSpace | None:
-    """Where a concept of `variant` trains on this model: its layers' value space when its vectors live in
-    text space (a UNet's), else None (they are value-space already)."""
+def training_space(model: Any, variant: str) -> ValueSpace:
+    """Where a concept of `variant` trains on this model: its layers' value space (value_space.py)."""
     return adapter_for(model).training_space(model.get_model_object("diffusion_model"), variant)
 
 
-def trainable_residual(model: Any, concept: InfusionConcept, space: ValueSpace | None) -> ConceptResidual:
-    """`concept` as its family's residual, with parameters that train (in `space` if given)."""
+def trainable_residual(model: Any, concept: InfusionConcept, space: ValueSpace) -> ConceptResidual:
+    """`concept` as its family's residual, with parameters that train in `space`."""
     return adapter_for(model).residual(concept, trainable=True, space=space)
 
 

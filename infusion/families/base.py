@@ -64,10 +64,9 @@ class FamilyAdapter:
         in value space already)."""
         return None
 
-    def training_space(self, diffusion_model: torch.nn.Module, variant: str) -> ValueSpace | None:
-        """Where training moves a concept of `variant` when its vectors are not value-space already (None:
-        they are)."""
-        return None
+    def training_space(self, diffusion_model: torch.nn.Module, variant: str) -> ValueSpace:
+        """Where training moves a concept of `variant` (value space; text-space families map it back)."""
+        return ValueSpace()
 
     def training_blocks(self, diffusion_model: torch.nn.Module, checkpointing: bool,
                         trained: Sequence[torch.Tensor]) -> AbstractContextManager:

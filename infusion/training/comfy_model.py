@@ -18,10 +18,10 @@ from ..concept import InfusionConcept
 from ..families import adapter_for
 from ..patching import install, trainable_residual, training_space
 from ..sampling import inside_sampling
-from ..value_space import ValueSpace
+from ..value_space import TRAINED_IN, ValueScales, ValueSpace
 from .loop import PhotoLatents, TrainingHooks, TrainingSettings, train
-from .state import TrainingState
-from .vectors import named_vectors
+from .state import ResumeError, TrainingState
+from .vectors import VALUE_SCALES, named_vectors
 
 
 def _caption_key(i: int) -> str:
@@ -122,6 +122,28 @@ def in_sampling(patcher: Any, conditionings: Sequence[list], shape: Sequence[int
     return inside_sampling(patcher, conds, shape, sigmas, seed, run)
 
 
+def measure_value_scales(denoiser: ComfyDenoiser, residual: Any, space: ValueSpace, photos: PhotoLatents,
+                         captions: int, names: list[str]) -> dict[str, float]:
+    """s_l of every trained vector: the root mean square of the base model's values at the word in its layer,
+    over every caption, on up to 4 photos noised to as many evenly spread steps of the schedule (a DiT's text
+    stream depends on the image and the noise level; a UNet's values at the word do not). Deterministic: its
+    noise comes from its own generator, so the training's random draws are those of a run without it."""
+    count = min(photos.latents.shape[0], 4)
+    x0 = photos.latents[:count]
+    steps = ((torch.arange(count) + 0.5) * denoiser.num_timesteps / count).long()
+    sigma = denoiser.sigma(steps)
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0)).to(x0.device)
+    residual.observer = ValueScales(space)
+    try:
+        with torch.no_grad():
+            x_t = denoiser.noised(x0, noise, sigma)
+            for caption in range(captions):
+                denoiser.denoise(x_t, sigma, caption)
+        return residual.observer.result(names)
+    finally:
+        residual.observer = None
+
+
 def train_on_model(model: Any, start: InfusionConcept, conditionings: Sequence[list], photos: PhotoLatents,
                    settings: TrainingSettings, hooks: TrainingHooks | None = None,
                    run: Mapping[str, Any] | None = None, resume: TrainingState | None = None,
@@ -129,9 +151,10 @@ def train_on_model(model: Any, start: InfusionConcept, conditionings: Sequence[l
                    templates: int | None = None, space: ValueSpace | None = None) -> TrainingState:
     """Train the concept `start` (zeros, or for a DiT anything fitting the model) on a clone of `model`.
 
-    A UNet's text-space vectors train in the model's value space (`space`, else `training_space(model)`):
-    the returned state holds value-space vectors; `trained_concept(start, state.vectors, ..., space)` maps
-    them back.
+    The vectors train in the model's value space, in units of each layer's values at the word (`space`, else
+    `training_space(model)`; value_space.py): the returned state holds rho_l, and its run record the value
+    scales s_l (measured here at the start, read from `resume` when resuming);
+    `trained_concept(start, state, ..., space)` turns them into the concept's vectors.
     `conditionings`: one CONDITIONING per caption, each carrying the word positions: the first
     `templates` (default: all) are the templates drawn per micro-batch, the rest photos' own captions.
     `teacher`: optionally a clone of the same base model whose predictions replace the photos
@@ -144,11 +167,15 @@ def train_on_model(model: Any, start: InfusionConcept, conditionings: Sequence[l
 
     if teacher is not None and teacher.model is not model.model:
         raise ValueError("the teacher must be a clone of the model being trained")
+    if resume is not None and VALUE_SCALES not in resume.run:
+        raise ResumeError(f"the resume state was trained in {resume.run.get('trained_in', 'text space')}, not in "
+                          f"{TRAINED_IN} as this version trains: switch resume off to start over")
     model = compat.classic_patcher(model)
     teacher = compat.classic_patcher(teacher) if teacher is not None else None
     adapter = adapter_for(model)
     with torch.inference_mode(False), compat.training_mode():
-        residual = trainable_residual(model, start, space or training_space(model, start.variant))
+        space = space or training_space(model, start.variant)
+        residual = trainable_residual(model, start, space)
         patcher = model.clone()
         if settings.precision == "fp32" and patcher.model_dtype() != torch.float32:
             patcher.set_model_compute_dtype(torch.float32)  # "fp32" means fp32 even for a half model
@@ -164,11 +191,18 @@ def train_on_model(model: Any, start: InfusionConcept, conditionings: Sequence[l
             residual.to(device)
             denoiser = ComfyDenoiser(model_wrap, model_options, len(conditionings), device, teacher_options)
             vectors = named_vectors(residual)
+            if resume is not None:
+                scales = resume.run[VALUE_SCALES]
+            else:
+                scales = measure_value_scales(denoiser, residual, space, photos.to(device), len(conditionings),
+                                              list(vectors))
+            residual.set_scales(scales)
+            record = {**(run or {}), VALUE_SCALES: scales}
             with ExitStack() as stack:
                 stack.enter_context(autograd_weights(model_wrap.inner_model))
                 stack.enter_context(adapter.training_blocks(model_wrap.inner_model.diffusion_model,
                                                             gradient_checkpointing_on, list(vectors.values())))
-                return train(vectors, denoiser, photos, templates or len(conditionings), settings, hooks, run,
+                return train(vectors, denoiser, photos, templates or len(conditionings), settings, hooks, record,
                              resume)
 
         shape = (settings.batch_size,) + tuple(photos.latents.shape[1:])

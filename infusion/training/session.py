@@ -24,14 +24,14 @@ from ..families import adapter_for
 from ..format import save_concept
 from ..patching import model_layers, training_space
 from ..prompt import context_key, word_token_ids
-from ..value_space import ValueSpace
+from ..value_space import TRAINED_IN, ValueSpace
 from .comfy_model import train_on_model
 from .encoding import ConceptData, encode_captions, photo_caption_indices
 from .loop import NonFiniteLossError, TrainingHooks, TrainingSettings, is_out_of_memory
 from .previews import Previewer, PreviewSettings
 from .state import RESUME_SUFFIX, TrainingState, load_state, save_state
 from .templates import AUTHOR_TEMPLATES, fill
-from .vectors import FILE_DTYPE, trained_concept
+from .vectors import FILE_DTYPE, VALUE_SCALES, trained_concept
 
 # What the model predicts, by ComfyUI's model type: the loss is the MSE of that prediction.
 PREDICTIONS = {"EPS": "eps", "V_PREDICTION": "v", "FLUX": "flow velocity", "FLOW": "flow velocity"}
@@ -105,7 +105,7 @@ def out_of_memory_advice(request: TrainingRequest, kept: str) -> str:
 class _FileHooks(TrainingHooks):
     """Files for the whole run, which may come as several loop calls (one per preview interval)."""
 
-    def __init__(self, request: TrainingRequest, name: str, start: InfusionConcept, space: ValueSpace | None,
+    def __init__(self, request: TrainingRequest, name: str, start: InfusionConcept, space: ValueSpace,
                  describe: Callable[[TrainingState, str], dict],
                  on_step: Callable[[int, int, list[float]], None] | None, check_cancel: Callable[[], None] | None):
         self.folder, self.name, self.start, self.space, self.describe = request.folder, name, start, space, describe
@@ -128,7 +128,7 @@ class _FileHooks(TrainingHooks):
                 return
             reason = "checkpoint"
         path = concept_path(self.folder, self.name, state.step if reason == "checkpoint" else None)
-        concept = trained_concept(self.start, state.vectors, self.describe(state, reason), self.space)
+        concept = trained_concept(self.start, state, self.describe(state, reason), self.space)
         save_concept(concept, path, dtype=FILE_DTYPE)
         save_state(state, resume_path(self.folder, self.name))
         self.last_saved = (path, state.step)
@@ -163,13 +163,12 @@ def train_concept(model: Any, clip: Any, data: ConceptData, request: TrainingReq
         "templates": list(request.templates), "photos": data.count, "masked": data.masks is not None,
         "photos_sha256": data.fingerprint(), "captions": data.captions is not None, "base_model": request.base_model_name,
     }
-    if space is not None:  # a UNet's resume state holds value-space vectors (earlier versions: text space)
-        run["trained_in"] = "value space"
+    run["trained_in"] = TRAINED_IN  # resume states of earlier parametrizations are refused by name
     model_type = getattr(model.model.model_type, "name", "EPS")
     prediction = PREDICTIONS.get(model_type, model_type.lower())
 
     def describe(state: TrainingState, reason: str) -> dict:
-        training = {**run, **settings.trajectory(), "optimizer": "AdamW", "steps": settings.steps,
+        training = {**run, VALUE_SCALES: state.run.get(VALUE_SCALES), **settings.trajectory(), "optimizer": "AdamW", "steps": settings.steps,
                     "steps_done": state.step, "final_loss": state.losses[-1] if state.losses else None,
                     "batch_size": settings.batch_size, "gradient_accumulation": settings.gradient_accumulation,
                     "gradient_checkpointing": request.gradient_checkpointing, "status": STATUS[reason],
@@ -190,7 +189,7 @@ def train_concept(model: Any, clip: Any, data: ConceptData, request: TrainingReq
                            check_cancel)
 
     def preview(step: int, state: TrainingState | None) -> None:
-        concept = None if state is None else trained_concept(start, state.vectors, {}, space)
+        concept = None if state is None else trained_concept(start, state, {}, space)
         try:
             images = previewer.sample(step, concept)
         except BaseException:
@@ -227,7 +226,7 @@ def train_concept(model: Any, clip: Any, data: ConceptData, request: TrainingReq
         comfy.model_management.soft_empty_cache()
         raise OutOfMemoryPause(out_of_memory_advice(request, hooks.kept("the last completed step")))
     path = concept_path(request.folder, name)
-    concept = replace(trained_concept(start, state.vectors, describe(state, "final"), space), path=path)
+    concept = replace(trained_concept(start, state, describe(state, "final"), space), path=path)
     return TrainingResult(concept, list(state.losses), path, state, previewer.grid() if previewer else None)
 
 

@@ -26,6 +26,9 @@ if PACK_ROOT not in sys.path:
 from infusion.cli import locate  # noqa: E402  (imports neither torch nor ComfyUI)
 
 SEED = 1234
+# Seconds after which a subprocess, server or socket counts as hung: no correct run comes near it (the slowest
+# such call, a benchmark script's smoke run, takes minutes on a busy 2-core machine), so a slow machine never fails.
+HANG = 3600
 # Small everywhere: 64x64 px images -> 8x8 latents.
 IMAGE_SIZE = 64
 LATENT_SIZE = IMAGE_SIZE // 8
@@ -539,6 +542,46 @@ def record_attn2_blocks(model: Any, positive: list, negative: list, **sample_kwa
 
 # --------------------------------------------------------------------------- a real server
 
+def _scale_rows(linear: Any, rows: slice, a: float) -> None:
+    linear.weight[rows] *= a
+    if linear.bias is not None:
+        linear.bias[rows] *= a
+
+
+def rescale_values(diffusion_model: Any, factor: Any) -> dict[str, float]:
+    """In place, in every attention layer a concept reaches: the value projection times a, the projection that
+    reads the attention output divided by a (`factor()` draws each a). What the model computes is unchanged
+    (to float rounding); its values at the word are a times larger. Returns each layer's a by its key in a
+    concept file. Call under torch.inference_mode() on a model loaded in the executor."""
+    drawn = {}
+    if hasattr(diffusion_model, "double_blocks"):  # Flux: one joint attention per block, both streams
+        for kind, blocks in (("double", diffusion_model.double_blocks), ("single", diffusion_model.single_blocks)):
+            for i, block in enumerate(blocks):
+                a = drawn[f"{kind}.{i}"] = factor()
+                values = slice(2 * block.hidden_size, 3 * block.hidden_size)
+                if kind == "single":
+                    _scale_rows(block.linear1, values, a)
+                    block.linear2.weight[:, :block.hidden_size] /= a
+                    continue
+                for attn in (block.img_attn, block.txt_attn):
+                    _scale_rows(attn.qkv, values, a)
+                    attn.proj.weight /= a
+    elif hasattr(diffusion_model, "transformer_blocks"):  # Qwen-Image: image and text projections apart
+        for i, block in enumerate(diffusion_model.transformer_blocks):
+            a = drawn[f"double.{i}"] = factor()
+            _scale_rows(block.attn.to_v, slice(None), a)
+            _scale_rows(block.attn.add_v_proj, slice(None), a)
+            block.attn.to_out[0].weight /= a
+            block.attn.to_add_out.weight /= a
+    else:  # a UNet's cross-attention
+        from infusion.families.unet import cross_attention_modules
+        for layer, attn2 in sorted(cross_attention_modules(diffusion_model).items()):
+            a = drawn[layer.key] = factor()
+            attn2.to_v.weight *= a
+            attn2.to_out[0].weight /= a
+    return drawn
+
+
 def free_port() -> int:
     import socket
     with socket.socket() as s:
@@ -579,14 +622,19 @@ class Server:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        import subprocess
         self.process.terminate()
-        self.process.wait(timeout=30)
+        try:
+            self.process.wait(timeout=HANG)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
 
     def log(self) -> str:
         with open(self.log_path) as f:
             return f.read()
 
-    def wait_for(self, route: str, timeout: float = 180) -> None:
+    def wait_for(self, route: str, timeout: float = HANG) -> None:
         import time
         import urllib.request
         deadline = time.monotonic() + timeout
@@ -602,7 +650,7 @@ class Server:
     def get(self, route: str) -> Any:
         import json
         import urllib.request
-        with urllib.request.urlopen(self.url + route, timeout=30) as response:
+        with urllib.request.urlopen(self.url + route, timeout=HANG) as response:
             return json.load(response)
 
     def post(self, route: str, body: Any = None) -> Any:
@@ -610,6 +658,6 @@ class Server:
         import urllib.request
         request = urllib.request.Request(self.url + route, data=json.dumps(body or {}).encode(),
                                          headers={"Content-Type": "application/json"}, method="POST")
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with urllib.request.urlopen(request, timeout=HANG) as response:
             text = response.read()
         return json.loads(text) if text.strip() else None

@@ -35,6 +35,6 @@ def test_benchmark_runs_to_its_report(comfy_path, script, tmp_path):
     args, expected = RUNS[script]
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     done = subprocess.run([sys.executable, os.path.join(BENCHMARKS, script.split()[0]), *args], capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "COMFYUI_PATH": comfy_path, "OUT": ""})
+                          timeout=h.HANG, env={**os.environ, "COMFYUI_PATH": comfy_path, "OUT": ""})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert expected in done.stdout.lower(), done.stdout[-3000:]

@@ -211,7 +211,7 @@ def test_without_comfyui_the_folder_skips(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("COMFYUI_PATH", "COMFYUI_REQUIRED", "PYTHONPATH")}
     for python in pythons:
         run = subprocess.run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", os.path.dirname(__file__)],
-                             cwd=h.PACK_ROOT, env=env, capture_output=True, text=True, timeout=120)
+                             cwd=h.PACK_ROOT, env=env, capture_output=True, text=True, timeout=h.HANG)
         assert run.returncode == 0, run.stdout + run.stderr
         assert "real ComfyUI not found: set COMFYUI_PATH" in run.stdout, run.stdout
         assert " skipped" in run.stdout and "passed" not in run.stdout and "error" not in run.stdout, run.stdout

@@ -41,7 +41,7 @@ def training_prompt(server, output_name, **settings):
     return prompt, train_id
 
 
-async def _follow(server, prompt, on_message=None, timeout=300):
+async def _follow(server, prompt, on_message=None, timeout=h.HANG):
     """Queue `prompt` and collect the websocket's messages for it until it ends (success, error or
     interruption), failing when `timeout` seconds pass without one. Binary messages (previews) are kept
     as ("preview", size)."""

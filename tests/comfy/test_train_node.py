@@ -60,7 +60,9 @@ def test_outputs_files_and_metadata(pack, sd15, vae, photos, folder):
     assert training["seed"] == 5 and training["learning_rate"] == 0.01 and training["effective_batch"] == 4
     assert training["photos"] == 3 and len(training["photos_sha256"]) == 64 and training["status"] == "complete"
     assert training["templates"] == ["a photo of a {}", "image of the {}", "{}"]
-    assert training["trained_in"] == "value space"
+    assert training["trained_in"] == "value space, in units of each layer's values at the word"
+    assert sorted(training["value_scales"]) == sorted(f"value.{l.key}" for l in concept.values)
+    assert all(s > 0 for s in training["value_scales"].values())
     assert provenance["base_model"] == "base.safetensors" and provenance["prediction"] == "eps"
     with safe_open(os.path.join(folder, "rex_step00002.safetensors"), "pt") as f:
         assert json.loads(f.metadata()["training"])["steps_done"] == 2
@@ -87,16 +89,22 @@ def test_stopped_at_n_and_resumed_to_2n_equals_2n_bit_for_bit(pack, sd15, vae, p
         train(pack, model, clip, vae, photos, steps=6, output_name="half", resume=True, learning_rate=0.02)
 
 
-def test_a_resume_state_from_text_space_training_is_refused(pack, sd15, vae, photos, folder):
-    """Earlier versions trained a UNet's vectors in text space: their resume states hold other numbers."""
+@pytest.mark.parametrize("earlier", [None, "value space"])
+def test_a_resume_state_from_an_earlier_parametrization_is_refused(pack, sd15, vae, photos, folder, earlier):
+    """Earlier versions trained a UNet's vectors in text space (no record), then in absolute value space: their
+    resume states hold other numbers."""
     model, clip = sd15
     state_mod = h.pack_submodule(pack, "infusion.training.state")
     train(pack, model, clip, vae, photos, steps=1, output_name="old")
     path = os.path.join(folder, "old.resume")
     state = state_mod.load_state(path)
+    state.run.pop("value_scales")
     state.run.pop("trained_in")
+    if earlier:
+        state.run["trained_in"] = earlier
     state_mod.save_state(state, path)
-    with pytest.raises(ValueError, match="trained_in: saved None, now 'value space'.*switch resume off"):
+    with pytest.raises(ValueError, match=f"trained in {earlier or 'text space'}, not in value space, in units of "
+                                         "each layer's values at the word.*switch resume off"):
         train(pack, model, clip, vae, photos, steps=2, output_name="old", resume=True)
 
 

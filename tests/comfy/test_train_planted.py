@@ -76,9 +76,10 @@ def train_planted(pack, model, clip, steps: int, lr: float, batch: int = 4, seed
     settings = loop.TrainingSettings(steps=steps, learning_rate=lr, batch_size=batch, gradient_accumulation=1,
                                      seed=seed, flip=False, weight_decay=0.0, precision="fp32")
     state = cm.train_on_model(model, start, conds, latents, settings, teacher=teacher, gradient_checkpointing_on=False)
-    # the state holds the value-space vectors training moved; the patch adds their text-space image
+    # the state holds the value-space vectors training moved (in units of each layer's values at the word); the
+    # patch adds their text-space image
     space = h.pack_submodule(pack, "infusion.patching").training_space(model, "value")
-    return state, value_space_cosines(model, space.to_text(state.vectors), planted)
+    return state, value_space_cosines(model, space.to_concept(state.vectors, state.run["value_scales"]), planted)
 
 
 def loss_fall(losses, window: int = 10) -> float:
@@ -124,11 +125,12 @@ def test_gradient_checkpointing_changes_nothing(pack, sd15):
         torch.testing.assert_close(checkpointed.vectors[name], v, rtol=1e-5, atol=1e-7)
 
 
-def test_first_step_is_the_authors_value_space_step(pack, sd15):
-    """AdamW's first step moves each trained coordinate by the learning rate. Training in value space,
-    every layer's value at the word moves by exactly +-lr in every coordinate (as the authors' r_l), whatever
-    W_v's scale; the patch adds the text-space vector that makes that change. (On the harness's N(0, 0.02)
-    weights most gradients are near AdamW's eps, which shortens the step.)"""
+def test_first_step_moves_the_values_by_the_learning_rate_times_their_own_size(pack, sd15):
+    """AdamW's first step moves each trained coordinate by the learning rate. Training in value space in units
+    of each layer's values at the word, every layer's value at the word moves by exactly +-lr x s_l in every
+    coordinate, where s_l is the root mean square of the base model's values there (W_v c at the word, over
+    the training captions), whatever W_v's scale; the patch adds the text-space vector that makes that
+    change. (On the harness's N(0, 0.02) weights most gradients are near AdamW's eps, which shortens the step.)"""
     model, clip = fan_in_sd15(), sd15[1]
     loop, cm = h.pack_submodule(pack, "infusion.training.loop"), h.pack_submodule(pack, "infusion.training.comfy_model")
     start, _, _, conds, latents = planted_setup(pack, model, clip, latent=8)
@@ -136,9 +138,16 @@ def test_first_step_is_the_authors_value_space_step(pack, sd15):
     settings = loop.TrainingSettings(steps=1, learning_rate=lr, batch_size=2, gradient_accumulation=1,
                                      precision="fp32", flip=False)
     state = cm.train_on_model(model, start, conds, latents, settings)
-    text = h.pack_submodule(pack, "infusion.patching").training_space(model, "value").to_text(state.vectors)
+    scales = state.run["value_scales"]
     for layer in start.values:
-        step = to_v(model, layer).weight.detach().float() @ text[f"value.{layer.key}"]
+        w = to_v(model, layer).weight.detach().float()
+        # s_l measured by hand: W_v c over the word's rows of every caption's conditioning
+        at_word = torch.cat([c[0][0][0, c[0][1]["infusion_words"].rows("dog", c[0][0].shape[1])] for c in conds])
+        torch.testing.assert_close(scales[f"value.{layer.key}"], float((at_word @ w.T).square().mean().sqrt()),
+                                   rtol=1e-4, atol=0)
+    text = h.pack_submodule(pack, "infusion.patching").training_space(model, "value").to_concept(state.vectors, scales)
+    for layer in start.values:
+        step = to_v(model, layer).weight.detach().float() @ text[f"value.{layer.key}"] / scales[f"value.{layer.key}"]
         # lr * g / (|g| + eps): lr where the gradient is well above eps (in text space, W_v's spread instead)
         assert (step.abs() <= lr * (1 + 1e-4)).all(), step
         assert step.abs().median() >= 0.99 * lr, step

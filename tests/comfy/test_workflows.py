@@ -172,7 +172,7 @@ def test_check_command_on_this_comfyui(comfy_path, tmp_path):
     (ComfyUI's folders in a temporary base directory, so its own stay untouched)."""
     env = {**os.environ, "COMFYUI_PATH": comfy_path}
     done = subprocess.run([sys.executable, "-m", "infusion", "check", "--", "--base-directory", str(tmp_path)],
-                          cwd=h.PACK_ROOT, env=env, capture_output=True, text=True, timeout=300)
+                          cwd=h.PACK_ROOT, env=env, capture_output=True, text=True, timeout=h.HANG)
     assert done.returncode == 0, done.stdout + done.stderr
     for name in EXAMPLES:
         assert f"ok     {name}" in done.stdout

@@ -4,6 +4,9 @@ import torch
 from infusion.concept import InfusionConcept
 from infusion.layers import LayerId
 
+# Seconds after which a subprocess counts as hung: no correct run comes near it on a busy machine.
+HANG = 3600
+
 
 def sd15_layers() -> dict[LayerId, tuple[int, int]]:
     """SD1.5's 16 cross-attention layers as ComfyUI names them: {layer: (text width, value width)}."""

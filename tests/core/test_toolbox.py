@@ -8,7 +8,7 @@ from infusion.concept import InfusionConcept
 from infusion.layers import LayerId
 from infusion.toolbox import blend, layer_weights, rebind, report, residual_norms
 
-from core_helpers import random_concept, sd15_layers
+from core_helpers import HANG, random_concept, sd15_layers
 
 LAYERS = sorted(sd15_layers())
 
@@ -102,8 +102,8 @@ def test_the_runner_describes_concept_files_without_comfyui(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = {k: v for k, v in os.environ.items() if k != "COMFYUI_PATH"}
     done = subprocess.run([sys.executable, "-m", "infusion", "info", path], cwd=root, env=env, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=HANG)
     assert done.returncode == 0 and done.stdout.startswith("Infusion concept 'rex' (word 'dog')"), done.stderr
     done = subprocess.run([sys.executable, "-m", "infusion", "info", str(tmp_path / "notes.safetensors")], cwd=root,
-                          env=env, capture_output=True, text=True, timeout=120)
+                          env=env, capture_output=True, text=True, timeout=HANG)
     assert done.returncode == 1 and "notes.safetensors is not a safetensors file" in done.stderr

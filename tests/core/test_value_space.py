@@ -6,7 +6,7 @@ import torch
 from infusion.concept import InfusionConcept
 from infusion.layers import LayerId
 from infusion.residual import InfusionResidual
-from infusion.value_space import ValueSpace, pseudo_inverse
+from infusion.value_space import ValueScales, ValueSpace, pseudo_inverse
 
 LAYERS = [LayerId("input", 1, 0), LayerId("output", 3, 0)]
 
@@ -58,9 +58,43 @@ def test_trained_residual_adds_the_text_image_of_its_value_vectors():
         residual.values[1].copy_(r)
     u = residual.scaled(1)
     torch.testing.assert_close(weights[LAYERS[1]] @ u, 2 * r, rtol=0, atol=1e-5)
-    torch.testing.assert_close(space.to_text({"value.output.3.0": r})["value.output.3.0"], u / 2)
+    torch.testing.assert_close(space.to_concept({"value.output.3.0": r}, {"value.output.3.0": 1.0})["value.output.3.0"],
+                               u / 2)
     u.sum().backward()
     assert residual.values[1].grad is not None and residual.values[0].grad is None
+
+
+def test_trained_vectors_are_in_units_of_each_layers_values_at_the_word():
+    """r_l = s_l rho_l: the patch adds W^+ (s_l rho_l); the concept stores the same vector."""
+    widths = {LAYERS[0]: 32, LAYERS[1]: 64}
+    weights = {l: weight(widths[l], 128, [2.0], seed=i).float() for i, l in enumerate(LAYERS)}
+    space = ValueSpace({"value": weights})
+    concept = InfusionConcept.zeros("dog", {l: (128, widths[l]) for l in LAYERS}, "custom")
+    residual = InfusionResidual(concept, trainable=True, space=space)
+    scales = {"value.input.1.0": 0.5, "value.output.3.0": 7.0}
+    residual.set_scales(scales)
+    rho = torch.randn(64)
+    with torch.no_grad():
+        residual.values[1].copy_(rho)
+    torch.testing.assert_close(weights[LAYERS[1]] @ residual.scaled(1), 7.0 * rho, rtol=0, atol=1e-4)
+    stored = space.to_concept({"value.output.3.0": rho}, scales)["value.output.3.0"]
+    torch.testing.assert_close(stored, residual.scaled(1))
+
+
+def test_value_scales_measure_the_values_at_the_word():
+    """s_l is the root mean square of W_v c over the rows seen, whatever batches they came in; a value-space
+    kind (a DiT's) is measured as it is; a layer never seen is named."""
+    w = weight(32, 128, [3.0], seed=2).float()
+    scales = ValueScales(ValueSpace({"value": {LAYERS[0]: w}}))
+    rows = torch.randn(5, 128)
+    scales.add("value", LAYERS[0], rows[:2])
+    scales.add("value", LAYERS[0], rows[2:])
+    expected = float((rows @ w.T).square().mean().sqrt())
+    assert scales.result(["value.input.1.0"])["value.input.1.0"] == pytest.approx(expected, rel=1e-6)
+    scales.add("key", LAYERS[1], 3 * torch.ones(2, 4, 8))  # heads x head width
+    assert scales.result(["key.output.3.0"]) == {"key.output.3.0": 3.0}
+    with pytest.raises(RuntimeError, match="never reached value.output.3.0"):
+        scales.result(["value.output.3.0"])
 
 
 def test_value_space_training_starts_from_zeros():

@@ -8,6 +8,8 @@ import pytest
 
 from infusion.cli import convert, locate, overrides, train, validate, workflows
 
+from core_helpers import HANG
+
 # Node definitions in ComfyUI's /object_info format (V1 combos as lists, V3 as "COMBO" + options).
 DEFS = {
     "Loader": {"input": {"required": {"ckpt_name": [["a.safetensors", "b.safetensors"], {}]}},
@@ -280,7 +282,7 @@ def _installed(name):
 def test_the_runner_says_what_is_missing(tmp_path):
     env = {**os.environ, "COMFYUI_PATH": str(tmp_path / "nowhere")}
     done = subprocess.run([sys.executable, "-m", "infusion", "check"], cwd=locate.PACK_ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=HANG)
     assert done.returncode == 1
     assert f"COMFYUI_PATH={tmp_path / 'nowhere'} does not exist" in done.stderr
 
