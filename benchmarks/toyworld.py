@@ -52,8 +52,8 @@ RIVAL_STEPS = 500  # both rivals' steps, as Infusion's defaults
 COLLAPSE_PHOTOS, COLLAPSE_STEPS = 2, 3
 # The curves: concept rate after these steps (Infusion: snapshots of one run; LoRA and Custom Diffusion: a run each).
 CURVE_STEPS = (25, 50, 100, 200, 300, 500, 750, 1000)
-# Infusion alone, every seed: from 25 steps to four times the default (500).
-STEPS_CURVE = (25, 50, 100, 200, 300, 500, 750, 1000, 1500, 2000)
+# Infusion alone, every seed, a run per point: up to four times the default (500).
+STEPS_CURVE = (100, 250, 500, 1000, 2000)
 # --rescale: the base model's attention layers rescaled (values x a, output projection / a), as rows of a table.
 RESCALES = {"none": "the model as trained", "layers": "values x a per layer, a in [0.1, 10]",
             "0.1": "values x 0.1 in every layer", "10": "values x 10 in every layer"}
@@ -287,20 +287,33 @@ def infusion_curve(concept: Any, model: Any, clip: Any, probe: Any, per_backgrou
 
 
 def steps_table(concept: Any, model: Any, clip: Any, probe: Any, setting: Setting, scale: float, out: str) -> str:
-    """Concept rate against steps for Infusion at the defaults, from 25 to four times the default, every seed:
-    whether more steps than the default ever make the concept worse. Draws steps.png (the mean)."""
+    """Concept rate against steps for Infusion at the defaults, up to four times the default, every seed: a run
+    per point (the learning rate's cosine spans each run's own steps, so a snapshot of a longer run is not the
+    concept a run of that length makes). Draws steps.png (every seed and the mean)."""
+    from infusion.toyworld import customize as cz
+
     points = sorted({max(1, round(n * scale)) for n in STEPS_CURVE})
-    runs = {seed: infusion_curve(concept, model, clip, probe, setting.per_background, seed, setting.sample_seed,
-                                 points) for seed in setting.seeds}
+    per_background = max(1, setting.per_background // 2)
+    runs = {}
+    for seed in setting.seeds:
+        runs[seed] = []
+        for steps in points:
+            concept_now = cz.train_infusion(model, clip, concept.photos(), seed=seed, steps=steps,
+                                            output_name=f"steps_{seed}_{steps}")
+            samples = cz.context_samples(*cz.apply_infusion(model, clip, concept_now), probe, per_background,
+                                         setting.sample_seed)
+            runs[seed].append((steps, samples.concept_rate(concept), samples.context_rate()))
+            print(f"steps | seed {seed}: {runs[seed][-1]}", flush=True)
     mean = [statistics.fmean(run[i][1] for run in runs.values()) for i in range(len(points))]
     curve_png({f"seed {s}": [(n, c) for n, c, _ in run] for s, run in runs.items()} |
               {"mean": list(zip(points, mean))}, os.path.join(out, "steps.png"),
-              f"{concept.name}: Infusion's concept rate against training steps ({setting.per_background * 4} "
-              "samples a point)")
+              f"{concept.name}: Infusion's concept rate against its training steps ({per_background * 4} samples "
+              "a point, a run per point)")
     default = max(1, round(500 * scale))
     later = [m for n, m in zip(points, mean) if n >= default]
     lines = [f"**Concept rate against training steps, Infusion at the defaults**, {concept.name} "
-             f"({len(runs)} seed(s), {setting.per_background * 4} samples a point; concept rate / context rate)", "",
+             f"({len(runs)} seed(s), a run per point, {per_background * 4} samples a point; concept rate / "
+             "context rate)", "",
              "| seed | " + " | ".join(str(p) for p in points) + " |", "| --- |" + " --- |" * len(points)]
     for seed, run in runs.items():
         lines.append(f"| {seed} | " + " | ".join(f"{c:.2f} / {x:.2f}" for _, c, x in run) + " |")
@@ -397,7 +410,8 @@ def main() -> None:
     parser.add_argument("--tables", type=lambda v: v.split(","), default=list(TABLES),
                         help=f"which of {','.join(TABLES)} (comma-separated; default all)")
     parser.add_argument("--rescale", type=lambda v: v.split(","), default=["layers", "0.1", "10"],
-                        help="the rescaled copies of the rescale table: layers (a per layer in [0.1, 10]), 0.1, 10")
+                        help="the rescaled copies of the rescale table: layers (a per layer in [0.1, 10]), 0.1, 10; "
+                             "none: only the model as trained")
     parser.add_argument("--seeds", type=int, default=0, help="training seeds per table (default: 3, --quick 1)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -454,7 +468,8 @@ def main() -> None:
         elif key == "steps":
             tables.append(steps_table(cz.KNOWN, model, clip, probe, setting, scale, out))
         elif key == "rescale":
-            tables.append(rescale_table(model, clip, probe, setting, reference, args.rescale, steps(500)))
+            kinds = [kind for kind in args.rescale if kind not in ("", "none")]
+            tables.append(rescale_table(model, clip, probe, setting, reference, kinds, steps(500)))
         else:
             concept, photos, title, rows = runs[key]
             text, grid = measure(concept, rows(), model, clip, probe, setting, reference, photos, title)

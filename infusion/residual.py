@@ -16,7 +16,7 @@ import torch
 from .concept import InfusionConcept
 from .layers import LayerId
 from .tokens import CONDITIONING_KEY, WordPositions
-from .value_space import ValueScales, ValueSpace
+from .value_space import ValueSpace
 
 BATCH_KEY = "infusion_batch"  # transformer_options entry set by `carry_word_positions`
 
@@ -88,10 +88,9 @@ class ConceptResidual(torch.nn.Module):
     `.to(dtype)` on patches when it loads a model in fp16, which is ignored here; they are cast to the
     activation dtype at the moment of use), a strength per layer, and the part of the schedule where the
     concept acts. Trainable as an nn.Module (the residuals are parameters); with a `space` (training), the
-    parameters are rho_l, in units of each layer's values at the word: the patches add r_l = s_l rho_l in
-    value space, or W^+ r_l in text space (value_space.py; s_l starts at 1 until `set_scales`). While
-    `observer` is set, the patches hand it the base model's rows at the word (measuring s_l). Subclasses say
-    how a family names a layer at run time (`runtime_key`) and where the residual goes.
+    parameters are rho_l: the patches add r_l = s_l rho_l in value space, or W^+ r_l in text space
+    (value_space.py; s_l is 1 until `set_scales`). Subclasses say how a family names a layer at run time
+    (`runtime_key`) and where the residual goes.
     """
 
     def __init__(self, concept: InfusionConcept, strength: float = 1.0,
@@ -107,7 +106,6 @@ class ConceptResidual(torch.nn.Module):
         self.strengths = [self.strength * float((layer_strengths or {}).get(l, 1.0)) for l in self.layers]
         self.index = {self.runtime_key(l): i for i, l in enumerate(self.layers)}
         self.relative = space is not None
-        self.observer: ValueScales | None = None
         self.values = self._stack("value", concept.values, trainable, space)
         self.keys = None if concept.keys is None else self._stack("key", concept.keys, trainable, space)
 
@@ -133,14 +131,10 @@ class ConceptResidual(torch.nn.Module):
         return torch.nn.ParameterList(torch.nn.Parameter(torch.zeros(w), requires_grad=trainable) for w in widths)
 
     def set_scales(self, scales: Mapping[str, float]) -> None:
-        """s_l of every trained vector, by its name (ValueScales.result)."""
+        """s_l of every trained vector, by its name (ValueSpace.scales)."""
         for kind in ("value", "key") if self.keys is not None else ("value",):
             buffer = self.get_buffer(f"{kind}_scales")
             buffer.copy_(torch.tensor([scales[f"{kind}.{l.key}"] for l in self.layers], dtype=buffer.dtype))
-
-    def observe(self, kind: str, i: int, rows: torch.Tensor) -> None:
-        if self.observer is not None:
-            self.observer.add(kind, self.layers[i], rows)
 
     def to(self, *args, **kwargs) -> "ConceptResidual":
         device = next((a for a in list(args) + list(kwargs.values()) if isinstance(a, (torch.device, str))), None)
@@ -203,10 +197,6 @@ class InfusionResidual(ConceptResidual):
                                     value.device)
         if rows is None:
             return n, context, value
-        if self.observer is not None:
-            self.observe("value", i, value[rows])
-            if self.keys is not None:
-                self.observe("key", i, context[rows])
         value = add_at_rows(value, rows, self.scaled(i))
         if self.keys is not None:
             context = add_at_rows(context, rows, self.scaled(i, keys=True))

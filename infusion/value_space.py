@@ -1,12 +1,14 @@
-"""Where a concept trains: each layer's value space, in units of that layer's own values at the word.
+"""Where a concept trains: each layer's value space, in units that make a step mean the same in every layer.
 
-The trained number is rho_l. What the layer's values at the word change by is r_l = s_l * rho_l, where s_l
-is the root mean square of the base model's values at the word in layer l over the training captions,
-measured once when training starts (`ValueScales`) and fixed for the run. AdamW moves each coordinate of
-rho_l by about the learning rate per step whatever the gradient's scale, so the learning rate is a step
-relative to the values the residual adds to: a layer (or a checkpoint) whose values are ten times larger
-gets a ten times larger step, and the trained concept does not depend on how a checkpoint happens to split
-its scale between the value and the output projections.
+The trained number is rho_l; what the layer's values at the word change by is r_l = s_l * rho_l, with
+s_l = 1 / g_l, where g_l is the gain of the projection that reads the layer's attention output (the root mean
+square of its singular values). The residual reaches the picture through that projection, so a step of rho_l
+changes what the layer adds to the model's stream by about the same amount in every layer, whatever the
+layer's weights. AdamW moves each coordinate of rho_l by about the learning rate per step whatever the
+gradient's scale, and s_l follows any split of a layer's scale between its value and output projections
+(values x a, output / a leaves the model as it was and gives s_l x a): the trained concept does not depend on
+how a checkpoint happens to scale its layers. A key residual (key+value) is scaled alike by the query
+projection, which its attention logits pass through. s_l is fixed for the run and kept in its record.
 
 A UNet concept is applied in text space: u_l is added to layer l's value input, so the value changes by
 W_v u_l (ComfyUI's composable attn2_patch reaches the value input, not the projected value). Training maps
@@ -17,7 +19,6 @@ A DiT concept is applied in value space already: r_l itself.
 """
 from __future__ import annotations
 
-import math
 from typing import Mapping
 
 import torch
@@ -28,7 +29,7 @@ from .layers import LayerId
 # would be so large that fp16 (the file's and most models' precision) rounds away what they add.
 RTOL = 0.01
 # The training record's name for this parametrization (resume states of earlier ones are refused by it).
-TRAINED_IN = "value space, in units of each layer's values at the word"
+TRAINED_IN = "value space, in units of each layer's output gain"
 
 
 def pseudo_inverse(weight: torch.Tensor, rtol: float = RTOL) -> torch.Tensor:
@@ -44,17 +45,26 @@ def pseudo_inverse(weight: torch.Tensor, rtol: float = RTOL) -> torch.Tensor:
     return (w.T @ inverse_gram if wide else inverse_gram @ w.T).float()
 
 
+def scale_of(projection: torch.Tensor) -> float:
+    """s = 1 / g: g the root mean square of the singular values of the projection that reads the layer's
+    attention output (its Frobenius norm over the square root of its rank's bound)."""
+    w = projection.detach().float()
+    return float(min(w.shape) ** 0.5 / torch.linalg.matrix_norm(w))
+
+
 class ValueSpace:
     """Per layer and kind ("value", and "key" for key+value), how a trained vector becomes what the patch
-    adds. Kinds given `weights` (a text-space family's W_v, W_k) are mapped to text space by W^+; any other
-    kind is added in value space as it is."""
+    adds: times its scale s (from `outputs`, each layer's projection of the attention output, or of the
+    queries for keys), then, for kinds given `weights` (a text-space family's W_v, W_k), mapped to text space
+    by W^+; any other kind is added in value space."""
 
-    def __init__(self, weights: Mapping[str, Mapping[LayerId, torch.Tensor]] | None = None):
+    def __init__(self, outputs: Mapping[str, Mapping[LayerId, torch.Tensor]],
+                 weights: Mapping[str, Mapping[LayerId, torch.Tensor]] | None = None):
+        self.scales = {f"{kind}.{layer.key}": scale_of(w) for kind, by_layer in outputs.items()
+                       for layer, w in by_layer.items()}
         with torch.inference_mode(False):  # ordinary tensors, which training can backpropagate through
-            self.weights = {kind: {layer: w.detach().to("cpu", torch.float32) for layer, w in by_layer.items()}
-                            for kind, by_layer in (weights or {}).items()}
             self.inverses = {kind: {layer: pseudo_inverse(w) for layer, w in by_layer.items()}
-                             for kind, by_layer in self.weights.items()}
+                             for kind, by_layer in (weights or {}).items()}
 
     def inverse(self, kind: str, layer: LayerId) -> torch.Tensor | None:
         """W^+ of a text-space kind (None: the kind trains where it is applied)."""
@@ -70,42 +80,3 @@ class ValueSpace:
             inverse = self.inverse(kind, LayerId.parse(key))
             out[name] = r if inverse is None else inverse.to(r.device) @ r
         return out
-
-
-class ValueScales:
-    """Measures s_l: the root mean square of the base model's values (or keys) at the word, per trained
-    vector, from the rows the patches see during a measuring pass (text-space rows are projected by W)."""
-
-    def __init__(self, space: ValueSpace):
-        self.space = space
-        self.sums: dict[str, float] = {}
-        self.counts: dict[str, int] = {}
-
-    def add(self, kind: str, layer: LayerId, rows: torch.Tensor) -> None:
-        """`rows`: the base model's values (or, for a text-space kind, the value input) at the word, one row
-        per token of the word (any trailing shape: heads x head width is flattened)."""
-        x = rows.detach().float().reshape(rows.shape[0], -1)
-        weight = self.space.weights.get(kind, {}).get(layer)
-        if weight is not None:
-            x = x @ weight.to(x.device).T
-        name = f"{kind}.{layer.key}"
-        self.sums[name] = self.sums.get(name, 0.0) + float(x.double().square().sum())
-        self.counts[name] = self.counts.get(name, 0) + x.numel()
-
-    def result(self, names: list[str]) -> dict[str, float]:
-        """s per trained vector. A layer that never saw the word cannot be measured: an error names it."""
-        missing = [n for n in names if not self.counts.get(n)]
-        if missing:
-            raise RuntimeError(f"the word never reached {', '.join(missing[:4])} while measuring the values at "
-                               "the word: the model's attention layers were not all patched (another node "
-                               "replaced them?)")
-        scales = {}
-        for name in names:
-            s = math.sqrt(self.sums[name] / self.counts[name])
-            if not math.isfinite(s):
-                raise RuntimeError(f"the base model's values at the word are not finite in {name}: the model "
-                                   "itself produces NaN or infinity there (check its weights and precision)")
-            # Values at the word that are all zero cannot be steered through anyway; 1 keeps the layer's
-            # (inert) vector trainable instead of dividing by zero.
-            scales[name] = s if s > 0 else 1.0
-        return scales

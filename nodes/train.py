@@ -17,6 +17,8 @@ from ..infusion.training.templates import AUTHOR_TEMPLATES, parse_templates
 from .load import INFUSION
 from .photos import CAPTIONS
 
+DEFAULTS = TrainingSettings()  # the defaults live in one place: the training settings' own
+
 _RETRAIN = ("ComfyUI reuses the previous result while every input is unchanged: to train again, change the "
             "seed or any setting, or raise steps with resume on.")
 
@@ -89,22 +91,22 @@ class TrainInfusion(io.ComfyNode):
                                 tooltip="File name in models/infusion: <name>.safetensors (the concept), "
                                         "<name>_step<N>.safetensors (snapshots), <name>.resume (resume state). "
                                         "An existing concept of this name is overwritten."),
-                io.Int.Input("steps", default=500, min=1, max=100000,
+                io.Int.Input("steps", default=DEFAULTS.steps, min=1, max=100000,
                              tooltip="Optimizer steps in all (with resume: the total, counting the steps already "
                                      "done). The authors train 400-500."),
-                io.Float.Input("learning_rate", default=0.2, min=1e-6, max=10.0, step=0.0001,
-                               tooltip="Constant AdamW learning rate (weight decay 0.01): about how far each value "
-                                       "coordinate of every layer moves per step. 0.2 learns on every model of the "
-                                       "toy world (README); the authors used 0.01 with an effective batch of 16, "
-                                       "which under-trains there. No concept in the previews yet: raise it; the "
-                                       "concept overdone: lower it, or take an earlier snapshot."),
-                io.Int.Input("batch_size", default=4, min=1, max=64,
+                io.Float.Input("learning_rate", default=DEFAULTS.learning_rate, min=1e-6, max=10.0, step=0.0001,
+                               tooltip="AdamW's learning rate at the start (weight decay 0.01), falling along a cosine to "
+                                       "0 at the last step: about what fraction of their own size the word's values "
+                                       "move by in each step, in every layer of every model. The default learns on "
+                                       "both models of the toy world (docs). No concept in the previews yet: raise "
+                                       "it, then the steps; the concept overdone: lower it."),
+                io.Int.Input("batch_size", default=DEFAULTS.batch_size, min=1, max=64,
                              tooltip="Photos per model call. Lower it if memory runs out, and raise "
                                      "gradient_accumulation to keep the effective batch."),
-                io.Int.Input("gradient_accumulation", default=1, min=1, max=256,
+                io.Int.Input("gradient_accumulation", default=DEFAULTS.gradient_accumulation, min=1, max=256,
                              tooltip="Model calls per optimizer step: effective batch = batch_size x this. 1 "
-                                     "trains in a quarter of the authors' time (4 x 4 = 16) and learned as well "
-                                     "in the toy world at learning rate 0.2."),
+                                     "trains in a quarter of the authors' time (4 x 4 = 16), and the toy world "
+                                     "learns at it."),
                 io.Int.Input("resolution", default=0, min=0, max=4096, step=64,
                              tooltip="Training size in pixels (a multiple of 64). 0 = the model's own: 512 for "
                                      "SD1.x, 768 for SD2.x 768-v (512 for SD2 base), 1024 for SDXL and the DiTs (Flux, ...)."),

@@ -59,6 +59,11 @@ class FamilyAdapter:
         """What training gives every caption's conditioning besides the prompt (e.g. Flux-dev's guidance)."""
         return {}
 
+    def output_weights(self, diffusion_model: torch.nn.Module) -> dict[LayerId, torch.Tensor]:
+        """Each layer's projection that reads its attention output (the image's, where text and image have
+        their own): the residual reaches the picture through it (value_space.py)."""
+        raise NotImplementedError
+
     def value_weights(self, diffusion_model: torch.nn.Module) -> dict[LayerId, torch.Tensor] | None:
         """Each layer's map from a residual vector to what it adds to the values (None: the vectors are
         in value space already)."""
@@ -66,7 +71,7 @@ class FamilyAdapter:
 
     def training_space(self, diffusion_model: torch.nn.Module, variant: str) -> ValueSpace:
         """Where training moves a concept of `variant` (value space; text-space families map it back)."""
-        return ValueSpace()
+        return ValueSpace({"value": self.output_weights(diffusion_model)})
 
     def training_blocks(self, diffusion_model: torch.nn.Module, checkpointing: bool,
                         trained: Sequence[torch.Tensor]) -> AbstractContextManager:

@@ -96,9 +96,6 @@ class JointAttention:
         if not acting:
             return self._next(func, *args, **kwargs)
         heads_first = bool(kwargs.get("skip_reshape", False))
-        for residual, i, rows in acting:
-            if residual.observer is not None:
-                residual.observe("value", i, (v.transpose(1, 2) if heads_first else v)[rows])
         every = v
         for residual, i, rows in acting:
             if not residual.image_queries_only:

@@ -35,6 +35,11 @@ class FluxAdapter(DiTAdapter):
     def blocks(self, diffusion_model: torch.nn.Module) -> list[torch.nn.Module]:
         return [*diffusion_model.double_blocks, *diffusion_model.single_blocks]
 
+    def output_weights(self, diffusion_model: torch.nn.Module) -> dict[LayerId, torch.Tensor]:
+        width = int(diffusion_model.hidden_size)  # a single block's linear2 reads [attention, MLP]
+        return {**{LayerId("double", i): b.img_attn.proj.weight for i, b in enumerate(diffusion_model.double_blocks)},
+                **{LayerId("single", i): b.linear2.weight[:, :width] for i, b in enumerate(diffusion_model.single_blocks)}}
+
     def training_conditioning(self, diffusion_model: torch.nn.Module) -> Mapping[str, Any]:
         params = getattr(diffusion_model, "params", None)
         return {"guidance": TRAINING_GUIDANCE} if getattr(params, "guidance_embed", False) else {}

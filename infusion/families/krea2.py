@@ -25,3 +25,6 @@ class Krea2Adapter(DiTAdapter):
 
     def blocks(self, diffusion_model: torch.nn.Module) -> list[torch.nn.Module]:
         return list(diffusion_model.blocks)
+
+    def output_weights(self, diffusion_model: torch.nn.Module) -> dict[LayerId, torch.Tensor]:
+        return {LayerId("single", i): block.attn.wo.weight for i, block in enumerate(diffusion_model.blocks)}

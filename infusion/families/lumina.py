@@ -34,3 +34,6 @@ class LuminaAdapter(DiTAdapter):
 
     def blocks(self, diffusion_model: torch.nn.Module) -> list[torch.nn.Module]:
         return list(diffusion_model.layers)
+
+    def output_weights(self, diffusion_model: torch.nn.Module) -> dict[LayerId, torch.Tensor]:
+        return {LayerId("double", i): layer.attention.out.weight for i, layer in enumerate(diffusion_model.layers)}

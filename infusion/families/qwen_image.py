@@ -22,5 +22,9 @@ class QwenImageAdapter(DiTAdapter):
     def blocks(self, diffusion_model: torch.nn.Module) -> list[torch.nn.Module]:
         return list(diffusion_model.transformer_blocks)
 
+    def output_weights(self, diffusion_model: torch.nn.Module) -> dict[LayerId, torch.Tensor]:
+        return {LayerId("double", i): block.attn.to_out[0].weight
+                for i, block in enumerate(diffusion_model.transformer_blocks)}
+
     def labelled_blocks(self, diffusion_model: torch.nn.Module) -> list[tuple[str, int, str]]:
         return [("double_block", i, "double") for i in range(len(diffusion_model.transformer_blocks))]

@@ -64,8 +64,15 @@ class UNetAdapter(FamilyAdapter):
         """The authors' value space (and, for key+value, key space) of every cross-attention layer."""
         modules = cross_attention_modules(diffusion_model)
         kinds = {"value": "to_v", "key": "to_k"} if variant == "key+value" else {"value": "to_v"}
-        return ValueSpace({kind: {layer: getattr(attn2, name).weight for layer, attn2 in modules.items()}
+        # keys are read through the queries (their logits), values through the output projection
+        reading = {"value": self.output_weights(diffusion_model),
+                   "key": {layer: attn2.to_q.weight for layer, attn2 in modules.items()}}
+        return ValueSpace({kind: reading[kind] for kind in kinds},
+                          {kind: {layer: getattr(attn2, name).weight for layer, attn2 in modules.items()}
                            for kind, name in kinds.items()})
+
+    def output_weights(self, diffusion_model: torch.nn.Module) -> dict[LayerId, torch.Tensor]:
+        return {layer: attn2.to_out[0].weight for layer, attn2 in cross_attention_modules(diffusion_model).items()}
 
     @contextmanager
     def training_blocks(self, diffusion_model: torch.nn.Module, checkpointing: bool,

@@ -209,7 +209,8 @@ def train_custom_diffusion(model: Any, clip: Any, photos: torch.Tensor, caption:
 
     custom = world_model("dit" if is_dit(model) else "unet").load()[0]
     settings = TrainingSettings(steps=steps, learning_rate=learning_rate, batch_size=batch_size,
-                                gradient_accumulation=1, seed=seed, flip=False, weight_decay=0.0, precision="fp32")
+                                gradient_accumulation=1, seed=seed, flip=False, weight_decay=0.0, precision="fp32",
+                                schedule="constant")  # the rival as measured: a constant rate
 
     def run(model_wrap: Any, options: dict) -> int:
         blocks = adapter_for(custom).training_blocks(model_wrap.inner_model.diffusion_model, False, [])

@@ -18,7 +18,7 @@ from ..concept import InfusionConcept
 from ..families import adapter_for
 from ..patching import install, trainable_residual, training_space
 from ..sampling import inside_sampling
-from ..value_space import TRAINED_IN, ValueScales, ValueSpace
+from ..value_space import TRAINED_IN, ValueSpace
 from .loop import PhotoLatents, TrainingHooks, TrainingSettings, train
 from .state import ResumeError, TrainingState
 from .vectors import VALUE_SCALES, named_vectors
@@ -122,28 +122,6 @@ def in_sampling(patcher: Any, conditionings: Sequence[list], shape: Sequence[int
     return inside_sampling(patcher, conds, shape, sigmas, seed, run)
 
 
-def measure_value_scales(denoiser: ComfyDenoiser, residual: Any, space: ValueSpace, photos: PhotoLatents,
-                         captions: int, names: list[str]) -> dict[str, float]:
-    """s_l of every trained vector: the root mean square of the base model's values at the word in its layer,
-    over every caption, on up to 4 photos noised to as many evenly spread steps of the schedule (a DiT's text
-    stream depends on the image and the noise level; a UNet's values at the word do not). Deterministic: its
-    noise comes from its own generator, so the training's random draws are those of a run without it."""
-    count = min(photos.latents.shape[0], 4)
-    x0 = photos.latents[:count]
-    steps = ((torch.arange(count) + 0.5) * denoiser.num_timesteps / count).long()
-    sigma = denoiser.sigma(steps)
-    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0)).to(x0.device)
-    residual.observer = ValueScales(space)
-    try:
-        with torch.no_grad():
-            x_t = denoiser.noised(x0, noise, sigma)
-            for caption in range(captions):
-                denoiser.denoise(x_t, sigma, caption)
-        return residual.observer.result(names)
-    finally:
-        residual.observer = None
-
-
 def train_on_model(model: Any, start: InfusionConcept, conditionings: Sequence[list], photos: PhotoLatents,
                    settings: TrainingSettings, hooks: TrainingHooks | None = None,
                    run: Mapping[str, Any] | None = None, resume: TrainingState | None = None,
@@ -151,9 +129,9 @@ def train_on_model(model: Any, start: InfusionConcept, conditionings: Sequence[l
                    templates: int | None = None, space: ValueSpace | None = None) -> TrainingState:
     """Train the concept `start` (zeros, or for a DiT anything fitting the model) on a clone of `model`.
 
-    The vectors train in the model's value space, in units of each layer's values at the word (`space`, else
-    `training_space(model)`; value_space.py): the returned state holds rho_l, and its run record the value
-    scales s_l (measured here at the start, read from `resume` when resuming);
+    The vectors train in the model's value space, in units of each layer's output gain (`space`, else
+    `training_space(model)`; value_space.py): the returned state holds rho_l, and its run record the scales
+    s_l (the space's, or `resume`'s when resuming);
     `trained_concept(start, state, ..., space)` turns them into the concept's vectors.
     `conditionings`: one CONDITIONING per caption, each carrying the word positions: the first
     `templates` (default: all) are the templates drawn per micro-batch, the rest photos' own captions.
@@ -191,11 +169,7 @@ def train_on_model(model: Any, start: InfusionConcept, conditionings: Sequence[l
             residual.to(device)
             denoiser = ComfyDenoiser(model_wrap, model_options, len(conditionings), device, teacher_options)
             vectors = named_vectors(residual)
-            if resume is not None:
-                scales = resume.run[VALUE_SCALES]
-            else:
-                scales = measure_value_scales(denoiser, residual, space, photos.to(device), len(conditionings),
-                                              list(vectors))
+            scales = resume.run[VALUE_SCALES] if resume is not None else space.scales
             residual.set_scales(scales)
             record = {**(run or {}), VALUE_SCALES: scales}
             with ExitStack() as stack:

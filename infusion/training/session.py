@@ -205,8 +205,9 @@ def train_concept(model: Any, clip: Any, data: ConceptData, request: TrainingReq
             previewer.clear()
             preview(0, None)
         for end in request.previews.due(resume.step if resume else 0, settings.steps) or [settings.steps]:
-            state = train_on_model(model, start, conditionings, latents, replace(settings, steps=end), hooks, run,
-                                   state, request.gradient_checkpointing, templates=len(captions), space=space)
+            part = replace(settings, steps=end, total_steps=settings.steps)  # the schedule spans the whole run
+            state = train_on_model(model, start, conditionings, latents, part, hooks, run, state,
+                                   request.gradient_checkpointing, templates=len(captions), space=space)
             if previewer is not None:
                 preview(end, state)
     except NonFiniteLossError as e:

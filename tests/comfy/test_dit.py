@@ -505,16 +505,25 @@ def test_the_toolbox_reads_a_dit_concept(pack):
 
 
 @pytest.mark.parametrize("family", [f for f in ("flux", "qwen_image") if f in FAMILIES])
-def test_masks_and_resume_work_on_dits_as_on_unets(pack, family, tmp_models_dir):
-    """Masked training (Qwen-Image's latents have a frame axis, the masks follow it); a run stopped at one
-    step and resumed to two equals two steps in one run, bit for bit."""
+def test_masks_and_resume_work_on_dits_as_on_unets(pack, family, tmp_models_dir, monkeypatch):
+    """Masked training (Qwen-Image's latents have a frame axis, the masks follow it); a run of two steps
+    cancelled after one and resumed equals two steps in one run, bit for bit."""
+    import comfy.model_management
+    import comfy.utils
     model, clip = h.tiny_dit(family)
     masks = torch.zeros(2, 64, 64)
     masks[:, 16:48, 16:48] = 1.0
     settings = dict(TRAIN, masks=masks)
     whole = train(pack, model, clip, f"whole_{family}", family, **settings)[0]
     assert whole.metadata["training"]["masked"] is True
-    train(pack, model, clip, f"resumed_{family}", family, **{**settings, "steps": 1, "save_every": 1})
+    def cancel_after_one(value, total, preview=None, node_id=None, prompt_id=None):
+        if value == 1:
+            comfy.model_management.interrupt_current_processing(True)
+
+    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", cancel_after_one)
+    with pytest.raises(comfy.model_management.InterruptProcessingException):
+        train(pack, model, clip, f"resumed_{family}", family, **settings)
+    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", None)
     resumed = train(pack, model, clip, f"resumed_{family}", family, **{**settings, "resume": True})[0]
     assert resumed.metadata["training"]["steps_done"] == 2
     assert all(torch.equal(whole.values[layer], resumed.values[layer]) for layer in whole.values)

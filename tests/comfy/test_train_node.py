@@ -60,7 +60,7 @@ def test_outputs_files_and_metadata(pack, sd15, vae, photos, folder):
     assert training["seed"] == 5 and training["learning_rate"] == 0.01 and training["effective_batch"] == 4
     assert training["photos"] == 3 and len(training["photos_sha256"]) == 64 and training["status"] == "complete"
     assert training["templates"] == ["a photo of a {}", "image of the {}", "{}"]
-    assert training["trained_in"] == "value space, in units of each layer's values at the word"
+    assert training["trained_in"] == "value space, in units of each layer's output gain"
     assert sorted(training["value_scales"]) == sorted(f"value.{l.key}" for l in concept.values)
     assert all(s > 0 for s in training["value_scales"].values())
     assert provenance["base_model"] == "base.safetensors" and provenance["prediction"] == "eps"
@@ -75,16 +75,14 @@ def test_same_inputs_and_seed_give_a_bit_identical_file(pack, sd15, vae, photos,
     assert read(train(pack, model, clip, vae, photos, seed=6).result[3]) != first
 
 
-def test_stopped_at_n_and_resumed_to_2n_equals_2n_bit_for_bit(pack, sd15, vae, photos, folder):
+def test_a_finished_run_resumed_to_more_steps_continues_it(pack, sd15, vae, photos, folder):
+    """A run of 2 resumed to 4 carries on from its state (the learning rate's cosine then spans the new total,
+    so it is not the bit-identical twin of a run of 4: resuming to the same total is, see the cancel test)."""
     model, clip = sd15
-    full = train(pack, model, clip, vae, photos, steps=4, output_name="full").result
-    train(pack, model, clip, vae, photos, steps=2, output_name="half")
+    half = train(pack, model, clip, vae, photos, steps=2, output_name="half").result
     resumed = train(pack, model, clip, vae, photos, steps=4, output_name="half", resume=True).result
-    assert resumed[1]["loss"] == full[1]["loss"]
-    assert all(torch.equal(resumed[0].values[l], full[0].values[l]) for l in full[0].values)
-    full_state = h.pack_submodule(pack, "infusion.training.state").load_state(os.path.join(folder, "full.resume"))
-    half_state = h.pack_submodule(pack, "infusion.training.state").load_state(os.path.join(folder, "half.resume"))
-    assert all(torch.equal(full_state.vectors[k], half_state.vectors[k]) for k in full_state.vectors)
+    assert resumed[1]["loss"][:2] == half[1]["loss"] and len(resumed[1]["loss"]) == 4
+    assert resumed[0].metadata["training"]["steps_done"] == 4
     with pytest.raises(ValueError, match="learning_rate"):
         train(pack, model, clip, vae, photos, steps=6, output_name="half", resume=True, learning_rate=0.02)
 
@@ -104,7 +102,7 @@ def test_a_resume_state_from_an_earlier_parametrization_is_refused(pack, sd15, v
         state.run["trained_in"] = earlier
     state_mod.save_state(state, path)
     with pytest.raises(ValueError, match=f"trained in {earlier or 'text space'}, not in value space, in units of "
-                                         "each layer's values at the word.*switch resume off"):
+                                         "each layer's output gain.*switch resume off"):
         train(pack, model, clip, vae, photos, steps=2, output_name="old", resume=True)
 
 

@@ -1,11 +1,11 @@
 """Training does not depend on how a checkpoint splits its scale between the value projection and the
-projection that reads the attention output.
+projection that reads the attention output (value_space.py).
 
 Each attention layer l that the concept reaches is rescaled by a factor a_l drawn in [0.1, 10]: its value
 projection times a_l, the projection of its output divided by a_l. The base model computes what it computed
 (to float rounding), its values at the word are a_l times larger, and a concept trained on it must draw what
-the concept trained on the original draws. The control trains with every value scale forced to 1 (the
-pack's earlier, absolute step): there the same rescaling changes the concept."""
+the concept trained on the original draws. The control trains with every scale forced to 1 (the pack's
+earlier, absolute step): there the same rescaling changes the concept."""
 import contextlib
 
 import pytest
@@ -99,9 +99,8 @@ def test_a_concept_does_not_depend_on_each_layers_value_scale(pack, kind, monkey
     if not value_space:  # the tiny UNets' pictures show the concept plainly (the tiny DiTs' hardly)
         assert effect > 0.1, effect
 
-    # The control: with every value scale 1 (an absolute step, as before), the rescaling changes the concept.
-    comfy_model = h.pack_submodule(pack, "infusion.training.comfy_model")
-    monkeypatch.setattr(comfy_model, "measure_value_scales", lambda *a, **k: {n: 1.0 for n in a[-1]})
+    # The control: with every scale 1 (an absolute step, as before), the rescaling changes the concept.
+    monkeypatch.setattr(h.pack_submodule(pack, "infusion.value_space"), "scale_of", lambda projection: 1.0)
     (absolute, drawn_absolute), (absolute_rescaled, drawn_absolute_rescaled), _ = both(f"abs_{kind}")
     assert mismatch(absolute, absolute_rescaled, factor, value_space) > 0.3
     if not value_space:

@@ -133,12 +133,40 @@ def test_same_seed_is_bit_identical_and_another_seed_differs():
 
 
 def test_stopped_and_resumed_equals_uninterrupted_bit_for_bit(tmp_path):
+    """Stopped at 4 of 8 (the schedule spans the 8) and resumed to 8: the uninterrupted run's bits."""
     _, full = run(TrainingSettings(**{**SETTINGS.__dict__, "steps": 8}))
-    _, half = run(TrainingSettings(**{**SETTINGS.__dict__, "steps": 4}))
+    _, half = run(TrainingSettings(**{**SETTINGS.__dict__, "steps": 4, "total_steps": 8}))
     path = save_state(half, str(tmp_path / "run.resume"))
     _, resumed = run(TrainingSettings(**{**SETTINGS.__dict__, "steps": 8}), resume=load_state(path))
     same_state(full, resumed)
     assert [p.name for p in tmp_path.iterdir()] == ["run.resume"]  # no temporary files left
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+def test_resuming_to_another_total_continues_the_run(schedule):
+    """A run of 4 resumed to 8 carries on from its state; with the cosine schedule (which spans the total) it is
+    another run than an uninterrupted 8, with a constant rate the same one."""
+    settings = lambda steps: TrainingSettings(**{**SETTINGS.__dict__, "steps": steps, "schedule": schedule})  # noqa
+    _, full = run(settings(8))
+    _, four = run(settings(4))
+    _, resumed = run(settings(8), resume=four)
+    assert resumed.step == 8 and resumed.losses[:4] == four.losses
+    if schedule == "constant":
+        same_state(full, resumed)
+    else:
+        assert resumed.losses[:4] != full.losses[:4] or not torch.equal(resumed.vectors["value.l0"],
+                                                                          full.vectors["value.l0"])
+
+
+def test_the_cosine_schedule_falls_from_the_learning_rate_to_zero_over_the_run():
+    s = TrainingSettings(learning_rate=0.5, steps=100)
+    rates = [s.rate_at(k) for k in range(101)]
+    assert rates[0] == 0.5 and rates[50] == pytest.approx(0.25) and rates[100] == 0.0
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    assert TrainingSettings(learning_rate=0.5, steps=10, total_steps=100).rate_at(50) == pytest.approx(0.25)
+    assert TrainingSettings(learning_rate=0.5, schedule="constant").rate_at(400) == 0.5
+    with pytest.raises(ValueError, match="schedule must be one of cosine, constant"):
+        TrainingSettings(schedule="linear")
 
 
 def test_cancel_saves_the_last_completed_step_and_resuming_it_matches(tmp_path):
@@ -167,7 +195,7 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_good_state(
     (reason, state), = hooks.saved
     assert reason == "non-finite" and state.step == 2
     assert all(torch.isfinite(v).all() for v in state.vectors.values())
-    _, two = run(TrainingSettings(**{**SETTINGS.__dict__, "steps": 2}))
+    _, two = run(TrainingSettings(**{**SETTINGS.__dict__, "steps": 2, "total_steps": SETTINGS.steps}))
     same_state(two, state)
 
 
@@ -184,7 +212,7 @@ def test_out_of_memory_keeps_the_last_completed_step_like_cancel(tmp_path):
 
 
 def test_resume_may_split_the_same_effective_batch_otherwise():
-    _, half = run(TrainingSettings(**{**SETTINGS.__dict__, "steps": 4}))  # 2 x 2
+    _, half = run(TrainingSettings(**{**SETTINGS.__dict__, "steps": 4, "total_steps": 8}))  # 2 x 2
     _, resumed = run(TrainingSettings(**{**SETTINGS.__dict__, "steps": 8, "batch_size": 1,
                                         "gradient_accumulation": 4}), resume=half)
     _, full = run(TrainingSettings(**{**SETTINGS.__dict__, "steps": 8}))

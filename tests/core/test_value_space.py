@@ -6,7 +6,7 @@ import torch
 from infusion.concept import InfusionConcept
 from infusion.layers import LayerId
 from infusion.residual import InfusionResidual
-from infusion.value_space import ValueScales, ValueSpace, pseudo_inverse
+from infusion.value_space import ValueSpace, pseudo_inverse, scale_of
 
 LAYERS = [LayerId("input", 1, 0), LayerId("output", 3, 0)]
 
@@ -49,7 +49,7 @@ def test_directions_w_barely_makes_are_left_out():
 def test_trained_residual_adds_the_text_image_of_its_value_vectors():
     widths = {LAYERS[0]: 32, LAYERS[1]: 64}
     weights = {l: weight(widths[l], 128, [2.0], seed=i).float() for i, l in enumerate(LAYERS)}
-    space = ValueSpace({"value": weights})
+    space = ValueSpace({"value": {}}, {"value": weights})
     concept = InfusionConcept.zeros("dog", {l: (128, widths[l]) for l in LAYERS}, "custom")
     residual = InfusionResidual(concept, trainable=True, space=space, strength=2.0)
     assert [p.shape[0] for p in residual.values] == [32, 64]  # value width, not text width
@@ -64,11 +64,11 @@ def test_trained_residual_adds_the_text_image_of_its_value_vectors():
     assert residual.values[1].grad is not None and residual.values[0].grad is None
 
 
-def test_trained_vectors_are_in_units_of_each_layers_values_at_the_word():
+def test_trained_vectors_are_in_units_of_each_layers_output_gain():
     """r_l = s_l rho_l: the patch adds W^+ (s_l rho_l); the concept stores the same vector."""
     widths = {LAYERS[0]: 32, LAYERS[1]: 64}
     weights = {l: weight(widths[l], 128, [2.0], seed=i).float() for i, l in enumerate(LAYERS)}
-    space = ValueSpace({"value": weights})
+    space = ValueSpace({"value": {}}, {"value": weights})
     concept = InfusionConcept.zeros("dog", {l: (128, widths[l]) for l in LAYERS}, "custom")
     residual = InfusionResidual(concept, trainable=True, space=space)
     scales = {"value.input.1.0": 0.5, "value.output.3.0": 7.0}
@@ -81,24 +81,19 @@ def test_trained_vectors_are_in_units_of_each_layers_values_at_the_word():
     torch.testing.assert_close(stored, residual.scaled(1))
 
 
-def test_value_scales_measure_the_values_at_the_word():
-    """s_l is the root mean square of W_v c over the rows seen, whatever batches they came in; a value-space
-    kind (a DiT's) is measured as it is; a layer never seen is named."""
-    w = weight(32, 128, [3.0], seed=2).float()
-    scales = ValueScales(ValueSpace({"value": {LAYERS[0]: w}}))
-    rows = torch.randn(5, 128)
-    scales.add("value", LAYERS[0], rows[:2])
-    scales.add("value", LAYERS[0], rows[2:])
-    expected = float((rows @ w.T).square().mean().sqrt())
-    assert scales.result(["value.input.1.0"])["value.input.1.0"] == pytest.approx(expected, rel=1e-6)
-    scales.add("key", LAYERS[1], 3 * torch.ones(2, 4, 8))  # heads x head width
-    assert scales.result(["key.output.3.0"]) == {"key.output.3.0": 3.0}
-    with pytest.raises(RuntimeError, match="never reached value.output.3.0"):
-        scales.result(["value.output.3.0"])
+def test_a_layers_scale_is_one_over_its_output_projections_gain():
+    """s = 1 / (root mean square of the singular values): values x a with the output projection / a (the same
+    model) gives s x a, so rho, and the concept it makes, stay the same."""
+    out = weight(32, 32, [4.0, 0.5, 2.0], seed=3).float()
+    singular = torch.linalg.svdvals(out.double())
+    assert scale_of(out) == pytest.approx(float(1 / singular.square().mean().sqrt()), rel=1e-5)
+    assert scale_of(out / 10) == pytest.approx(10 * scale_of(out), rel=1e-5)
+    space = ValueSpace({"value": {LAYERS[0]: out, LAYERS[1]: 2 * out}})
+    assert space.scales == {"value.input.1.0": scale_of(out), "value.output.3.0": pytest.approx(scale_of(out) / 2)}
 
 
 def test_value_space_training_starts_from_zeros():
-    space = ValueSpace({"value": {LAYERS[0]: weight(32, 128, []).float()}})
+    space = ValueSpace({"value": {}}, {"value": {LAYERS[0]: weight(32, 128, []).float()}})
     concept = InfusionConcept.zeros("dog", {LAYERS[0]: (128, 32)}, "custom")
     concept.values[LAYERS[0]] = torch.ones(128)
     with pytest.raises(ValueError, match="starts from zero"):
