@@ -28,6 +28,7 @@ from .base import FamilyAdapter
 from .unet import call_copies, replaced_forwards
 
 OVERRIDE_KEY = "optimized_attention_override"  # ComfyUI's, in transformer_options
+RESIDUALS_KEY = "infusion_residuals"  # transformer_options entry: the applied concepts, whoever holds the slot
 TEXT_KEY = "infusion_text"  # transformer_options entry: (context rows, text rows in the joint sequence)
 TEXT_WRAPPER_KEY = "infusion_text_rows"
 
@@ -143,12 +144,18 @@ class JointAttention:
 
 def carry_text_rows(text_rows: Callable[[int], int]) -> Callable:
     """APPLY_MODEL wrapper: the prompt's context length (and how many rows the text takes in the joint
-    sequence) handed to the attention override of this model call."""
+    sequence) handed to the attention override of this model call; and the concepts' override put back on
+    top of whatever holds the slot now. A node applied after the concepts that sets the slot itself (ComfyUI's
+    ModelAttentionBackend, the sage / flash attention nodes of other packs) replaces the override without
+    calling it; re-asserted here, at every model call, the concepts act and then call that node's attention."""
     def wrapper(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None,
                 *args, **kwargs):
         if c_crossattn is not None and transformer_options is not None:
             length = int(c_crossattn.shape[1])
             transformer_options = {**transformer_options, TEXT_KEY: (length, text_rows(length))}
+            residuals, current = transformer_options.get(RESIDUALS_KEY), transformer_options.get(OVERRIDE_KEY)
+            if residuals and not isinstance(current, JointAttention):
+                transformer_options[OVERRIDE_KEY] = JointAttention(residuals, current)
         return executor(x, t, c_concat, c_crossattn, control, transformer_options, *args, **kwargs)
     return wrapper
 
@@ -200,10 +207,10 @@ class DiTAdapter(FamilyAdapter):
 
         options = patcher.model_options.setdefault("transformer_options", {})
         current = options.get(OVERRIDE_KEY)
-        if isinstance(current, JointAttention):
-            options[OVERRIDE_KEY] = JointAttention(current.residuals + (residual,), current.previous)
-        else:
-            options[OVERRIDE_KEY] = JointAttention((residual,), current)
+        residuals = tuple(options.get(RESIDUALS_KEY, ())) + (residual,)
+        options[RESIDUALS_KEY] = residuals
+        options[OVERRIDE_KEY] = JointAttention(residuals, current.previous if isinstance(current, JointAttention)
+                                               else current)
         dm = patcher.get_model_object("diffusion_model")
         if not patcher.get_wrappers(WrappersMP.APPLY_MODEL, TEXT_WRAPPER_KEY):
             patcher.add_wrapper_with_key(WrappersMP.APPLY_MODEL, TEXT_WRAPPER_KEY,
@@ -215,8 +222,7 @@ class DiTAdapter(FamilyAdapter):
                 patcher.set_model_patch_replace(BlockLabel(block_type, i, previous), "dit", name, i)
 
     def applied(self, patcher: Any) -> list[DiTResidual]:
-        current = patcher.model_options.get("transformer_options", {}).get(OVERRIDE_KEY)
-        return list(current.residuals) if isinstance(current, JointAttention) else []
+        return list(patcher.model_options.get("transformer_options", {}).get(RESIDUALS_KEY, ()))
 
     @contextmanager
     def training_blocks(self, diffusion_model: torch.nn.Module, checkpointing: bool,

@@ -120,6 +120,55 @@ def test_another_packs_attention_override_keeps_working_alongside(pack, dit):
     assert torch.equal(sample(applied, word_clip, NO_WORD), sample(model, clip, NO_WORD))
 
 
+def attention_nodes():
+    """Nodes that set the attention override without calling the one before: a stand-in for the sage / flash
+    attention nodes of other packs (as ComfyUI's set_model_optimized_attention sets it), and ComfyUI's own
+    ModelAttentionBackend where this ComfyUI has it (0.33)."""
+    import comfy_extras.nodes_model_advanced as advanced
+
+    def third_party(model, calls):
+        patched = model.clone()
+
+        def attention(func, *args, **kwargs):
+            calls.append(args[2].shape)
+            return func(*args, **kwargs)
+        patched.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = attention
+        return patched
+
+    found = {"another pack's attention node": third_party}
+    if hasattr(advanced, "ModelAttentionBackend"):
+        found["ComfyUI's ModelAttentionBackend"] = (
+            lambda model, calls: advanced.ModelAttentionBackend().patch(model, "pytorch attention")[0])
+    return found
+
+
+@pytest.mark.parametrize("order", ["before Apply", "after Apply"])
+def test_a_node_that_replaces_the_attention_override_keeps_the_concept_in_either_order(pack, dit, order):
+    """Placed after Apply, such a node used to drop the concept silently (the base model's pictures). In either
+    order the concept now acts through that node's attention, and the exact promises hold with it."""
+    family, model, clip = dit
+    concept = random_concept(pack, model)
+    for name, attention_node in attention_nodes().items():
+        calls = []
+        backend = attention_node(model, calls)
+        if order == "before Apply":
+            applied, word_clip = apply(backend, clip, concept)
+        else:
+            applied, word_clip = apply(model, clip, concept)
+            applied = attention_node(applied, calls)
+        reference, _ = apply(attention_node(model, []), clip, concept)  # the concept over that attention
+        drawn = sample(applied, word_clip, WORD_PROMPT)
+        assert torch.equal(drawn, sample(reference, word_clip, WORD_PROMPT)), name
+        assert not torch.equal(drawn, sample(backend, clip, WORD_PROMPT)), name  # not the base model's picture
+        assert torch.equal(sample(applied, word_clip, NO_WORD), sample(backend, clip, NO_WORD)), name
+        if order == "before Apply":
+            silenced = apply(backend, clip, concept, 0.0)[0]
+        else:
+            silenced = attention_node(apply(model, clip, concept, 0.0)[0], [])
+        assert torch.equal(sample(silenced, word_clip, WORD_PROMPT), sample(backend, clip, WORD_PROMPT)), name
+        assert name == "ComfyUI's ModelAttentionBackend" or calls, name  # the node's attention served
+
+
 def test_image_queries_variant_computes_the_text_rows_from_the_base_values(pack, dit):
     """In the model: the first joint attention's text rows are the base model's under image-queries (to
     rounding: the queries are split), not under value; the image is changed under both."""
