@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-import os
+import hashlib
 
 import folder_paths
 from comfy_api.latest import io
@@ -28,9 +28,13 @@ class LoadInfusion(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, concept_name):
-        # Re-load when the file changes (e.g. re-trained under the same name).
+        # Re-load when the file's bytes change (trained again under the same name, or replaced by hand with its
+        # size and time stamp kept): concept files are KBs to a few hundred KB, so hashing them costs nothing.
         path = folder_paths.get_full_path("infusion", concept_name)
-        return (concept_name, os.path.getmtime(path), os.path.getsize(path)) if path else concept_name
+        if not path:
+            return concept_name
+        with open(path, "rb") as f:
+            return concept_name, hashlib.sha256(f.read()).hexdigest()
 
     @classmethod
     def execute(cls, concept_name) -> io.NodeOutput:

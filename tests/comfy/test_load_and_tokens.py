@@ -1,4 +1,5 @@
 """Load Infusion, the models/infusion folder, and class-word positions with ComfyUI's tokenizers."""
+import copy
 import os
 
 import pytest
@@ -111,3 +112,24 @@ def test_a_link_out_of_the_model_folders_is_refused(pack, sd15, infusion_dir, tm
     save(pack, sd15[0], os.path.join(infusion_dir, "inside.safetensors"))
     os.symlink(os.path.join(infusion_dir, "inside.safetensors"), os.path.join(infusion_dir, "alias.safetensors"))
     assert node("LoadInfusion").execute("alias.safetensors").result[0].word == "dog"
+
+
+def test_a_concept_file_replaced_on_disk_is_read_again_on_the_next_queue(pack, sd15, infusion_dir):
+    """ComfyUI's executor caches Load Infusion's output while its inputs are unchanged: a file trained again
+    under the same name, or replaced by hand (same size, even its time stamp kept, as `cp -p` does), is read
+    again on the next queue, never served stale from the cache."""
+    from infusion.cli.executor import Runner
+
+    model, _ = sd15
+    path = os.path.join(infusion_dir, "swapped.safetensors")
+    prompt = {"1": {"class_type": "LoadInfusion", "inputs": {"concept_name": "swapped.safetensors"}},
+              "2": {"class_type": "InfusionConceptInfo", "inputs": {"infusion": ["1", 0]}}}
+    runner = Runner(lambda event, data: None)
+    first = save(pack, model, path)
+    stamp = os.stat(path).st_mtime_ns
+    loaded = runner.run_or_raise(copy.deepcopy(prompt)).output("1")  # a fresh prompt per queue, as the UI sends
+    assert all(torch.equal(loaded.values[l], first.values[l].half().float()) for l in first.values)
+    second = save(pack, model, path)
+    os.utime(path, ns=(stamp, stamp))
+    again = runner.run_or_raise(copy.deepcopy(prompt)).output("1")
+    assert all(torch.equal(again.values[l], second.values[l].half().float()) for l in second.values)
