@@ -13,8 +13,9 @@ seed give a bit-identical concept file.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -78,6 +79,31 @@ def check_name(name: str) -> str:
     if not name or name != os.path.basename(name) or name.startswith("."):
         raise ValueError(f"output name '{name}' must be a plain file name (no folders), e.g. 'my_dog'")
     return name[:-len(".safetensors")] if name.endswith(".safetensors") else name
+
+
+class NameInUse(RuntimeError):
+    """Another training is writing files under the same name in the same folder."""
+
+
+@contextmanager
+def name_lock(folder: str, name: str) -> Iterator[None]:
+    """Held while a run writes <name>'s files: a second run on the same name and folder (another ComfyUI on
+    the same models folder, a runner batch naming a row twice) is refused instead of interleaving its
+    concept, snapshots and resume state with the first's. The lock is the operating system's, so a run that
+    crashed holds nothing."""
+    from filelock import FileLock, Timeout
+
+    os.makedirs(folder, exist_ok=True)
+    lock = FileLock(os.path.join(folder, f".{name}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise NameInUse(f"another training is writing '{name}' in {folder} right now: wait for it to finish, "
+                        "or give this one another output_name") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 class OutOfMemoryPause(RuntimeError):
@@ -145,7 +171,15 @@ def train_concept(model: Any, clip: Any, data: ConceptData, request: TrainingReq
                   on_preview: Callable[[int, Any], None] | None = None) -> TrainingResult:
     """Encode the photos (or take the latents) and captions once, train, save; returns the concept as saved.
     With previews, the run stops at each preview step, samples, and goes on from its state in memory
-    (bit for bit the run it would have been); `on_preview` receives the step and its newest sample (PIL)."""
+    (bit for bit the run it would have been); `on_preview` receives the step and its newest sample (PIL).
+    The name is locked for the run (name_lock)."""
+    with name_lock(request.folder, check_name(request.name)):
+        return _train(model, clip, data, request, on_step, check_cancel, on_preview)
+
+
+def _train(model: Any, clip: Any, data: ConceptData, request: TrainingRequest,
+           on_step: Callable[[int, int, list[float]], None] | None,
+           check_cancel: Callable[[], None] | None, on_preview: Callable[[int, Any], None] | None) -> TrainingResult:
     word = normalize_word(request.word)
     name = check_name(request.name)
     settings = request.settings

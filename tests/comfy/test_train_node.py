@@ -302,3 +302,17 @@ def test_preview_inputs_are_checked(pack, sd15, vae, photos):
     node = h.train_node(pack, "9")
     with pytest.raises(ValueError, match="sample previews are decoded with the VAE: connect vae, or set sample_every"):
         h.run_node(node, model, clip, latents=h.vae_encode(vae, photos[:, :64]), **{**SETTINGS, **PREVIEWS})
+
+
+def test_a_second_run_on_a_name_being_trained_is_refused_naming_it(pack, sd15, vae, photos, folder):
+    """Two trainings writing one output_name at once (two ComfyUIs on one models folder) would interleave their
+    files: the second is refused while the first holds the name, and the name is free again afterwards."""
+    from filelock import FileLock
+    model, clip = sd15
+    session = h.pack_submodule(pack, "infusion.training.session")
+    with FileLock(os.path.join(folder, ".busy.lock")):  # what the first run holds while it trains
+        with pytest.raises(session.NameInUse, match=f"another training is writing 'busy' in {folder} right now"):
+            train(pack, model, clip, vae, photos, steps=1, output_name="busy")
+    assert not os.path.exists(os.path.join(folder, "busy.safetensors"))
+    train(pack, model, clip, vae, photos, steps=1, output_name="busy")
+    assert os.path.isfile(os.path.join(folder, "busy.safetensors"))
