@@ -426,7 +426,7 @@ def main() -> None:
     from infusion.toyworld.train import load_probe, world_model
 
     run = "smoke" if args.smoke else "quick" if args.quick else "full"
-    setting = {"smoke": Setting([0], 1, 1, 1), "quick": Setting([0], 8, 4, 2),
+    setting = {"smoke": Setting([0], 1, 2, 1), "quick": Setting([0], 8, 4, 2),
                "full": Setting([0, 1, 2], 24, 8, 8)}[run]
     if args.smoke:  # it only has to run: every sampler (benchmark and previews) takes 2 steps instead of 20
         from infusion.toyworld import sampling

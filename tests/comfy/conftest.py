@@ -51,6 +51,17 @@ def pytest_pycollect_makemodule(module_path, parent):
     return None
 
 
+# The longest test files, longest first: with pytest-xdist (CI's two workers, whole files each) they start
+# first, so that neither worker is left running one of them alone at the end.
+LONGEST_FIRST = ("test_benchmarks.py", "test_toyworld.py", "test_train_planted.py", "test_benchmarks_dit.py",
+                 "test_dit.py", "test_train_node.py", "test_toyworld_dit.py", "test_value_scale.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
 @pytest.fixture(scope="session")
 def comfy_path() -> str:
     """ComfyUI root, imported on CPU with models/output/input/temp/user in a temp dir.
