@@ -127,7 +127,7 @@ def train_on_model(model: Any, start: InfusionConcept, conditionings: Sequence[l
                    run: Mapping[str, Any] | None = None, resume: TrainingState | None = None,
                    gradient_checkpointing_on: bool = True, teacher: Any = None,
                    templates: int | None = None, space: ValueSpace | None = None) -> TrainingState:
-    """Train the concept `start` (zeros, or for a DiT anything fitting the model) on a clone of `model`.
+    """Train the concept `start` (zeros) on a clone of `model`.
 
     The vectors train in the model's value space, in units of each layer's output gain (`space`, else
     `training_space(model)`; value_space.py): the returned state holds rho_l, and its run record the scales
