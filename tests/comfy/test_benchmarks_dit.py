@@ -1,10 +1,9 @@
-"""The benchmark scripts' DiT-shaped runs reach their reports (test_benchmarks.py: the UNet-shaped ones)."""
+"""The benchmark scripts' FLUX.1-shaped runs reach their reports (test_benchmarks.py: the UNet-shaped ones)."""
 import pytest
 
 from test_benchmarks import run_to_report
 
 RUNS = {
-    "toyworld.py dit": (["--model", "dit", "--smoke", "--tables", "steps", "--out", "{tmp}"], "concept rate against"),
     "apply_overhead.py flux": (["--model", "flux", "--width", "128", "--size", "64", "--steps", "1", "--repeats", "1"],
                                "ratio"),
     "train_step_ratio.py flux": (["--model", "flux", "--width", "128", "--size", "64", "--batch", "1", "--repeats", "1"],

@@ -1,0 +1,16 @@
+"""The toy world's benchmark reaches its report on both models. Each smoke run (2 sampler steps, one sample per
+background) takes one table: the UNet's the defaults on a rescaled copy, the DiT's the steps curve; every table in
+one run took over 10 minutes a model here, and the full runs exercise the rest."""
+import pytest
+
+from test_benchmarks import run_to_report
+
+RUNS = {
+    "toyworld.py": (["--smoke", "--tables", "rescale", "--rescale", "layers", "--out", "{tmp}"], "rescaled copies"),
+    "toyworld.py dit": (["--model", "dit", "--smoke", "--tables", "steps", "--out", "{tmp}"], "concept rate against"),
+}
+
+
+@pytest.mark.parametrize("script", sorted(RUNS))
+def test_toyworld_benchmark_runs_to_its_report(comfy_path, script, tmp_path):
+    run_to_report(comfy_path, script, *RUNS[script], tmp_path)
