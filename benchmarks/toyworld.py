@@ -353,16 +353,8 @@ def rescaled(model: Any, kind: str) -> Iterator[None]:
         factor = lambda: float(10 ** (torch.rand((), generator=g) * 2 - 1))  # noqa: E731
     else:
         factor = lambda: float(kind)  # noqa: E731
-    diffusion_model = model.get_model_object("diffusion_model")
-    saved = {name: p.detach().clone() for name, p in diffusion_model.named_parameters()}
-    try:
-        with torch.inference_mode():
-            h.rescale_values(diffusion_model, factor)
+    with h.rescaled_values(model, factor):
         yield
-    finally:
-        with torch.inference_mode():
-            for name, p in diffusion_model.named_parameters():
-                p.copy_(saved[name])
 
 
 def curves(concept: Any, model: Any, clip: Any, probe: Any, per_background: int, seed: int, sample_seed: int,

@@ -202,7 +202,8 @@ def _train(model: Any, clip: Any, data: ConceptData, request: TrainingRequest,
     prediction = PREDICTIONS.get(model_type, model_type.lower())
 
     def describe(state: TrainingState, reason: str) -> dict:
-        training = {**run, VALUE_SCALES: state.run.get(VALUE_SCALES), **settings.trajectory(), "optimizer": "AdamW", "steps": settings.steps,
+        training = {**run, VALUE_SCALES: state.run.get(VALUE_SCALES), **settings.trajectory(), "optimizer": "AdamW",
+                    "steps": settings.steps,
                     "steps_done": state.step, "final_loss": state.losses[-1] if state.losses else None,
                     "batch_size": settings.batch_size, "gradient_accumulation": settings.gradient_accumulation,
                     "gradient_checkpointing": request.gradient_checkpointing, "status": STATUS[reason],

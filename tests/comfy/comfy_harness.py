@@ -7,6 +7,7 @@ to import in a plain CI venv; call `setup_comfy()` first (the conftest fixtures 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import atexit
 import functools
 import logging
@@ -580,6 +581,22 @@ def rescale_values(diffusion_model: Any, factor: Any) -> dict[str, float]:
             attn2.to_v.weight *= a
             attn2.to_out[0].weight /= a
     return drawn
+
+
+@contextlib.contextmanager
+def rescaled_values(model: Any, factor: Any) -> Any:
+    """`model` with rescale_values applied in place (its weights may be shared with other users of the model),
+    restored bit for bit afterwards; yields each layer's factor."""
+    import torch
+    diffusion_model = model.get_model_object("diffusion_model")
+    saved = {name: p.detach().clone() for name, p in diffusion_model.named_parameters()}
+    try:
+        with torch.inference_mode():
+            yield rescale_values(diffusion_model, factor)
+    finally:
+        with torch.inference_mode():
+            for name, p in diffusion_model.named_parameters():
+                p.copy_(saved[name])
 
 
 def free_port() -> int:

@@ -6,8 +6,6 @@ projection times a_l, the projection of its output divided by a_l. The base mode
 (to float rounding), its values at the word are a_l times larger, and a concept trained on it must draw what
 the concept trained on the original draws. The control trains with every scale forced to 1 (the pack's
 earlier, absolute step): there the same rescaling changes the concept."""
-import contextlib
-
 import pytest
 import torch
 
@@ -18,21 +16,6 @@ TRAIN = dict(word=WORD, steps=4, learning_rate=0.3, batch_size=2, gradient_accum
              templates="a photo of a {}\n{}", flip=False, save_every=0, resume=False, variant="value",
              precision="fp32", gradient_checkpointing=False, sample_every=0)
 KINDS = ["sd15", "sdxl", "flux", "qwen_image"]
-
-
-@contextlib.contextmanager
-def rescaled(model, factor):
-    """`model` rescaled in place (its weights are shared with the session's other tests), then restored bit for
-    bit; yields each layer's factor."""
-    diffusion_model = model.get_model_object("diffusion_model")
-    saved = {name: p.detach().clone() for name, p in diffusion_model.named_parameters()}
-    try:
-        with torch.inference_mode():
-            yield h.rescale_values(diffusion_model, factor)
-    finally:
-        with torch.inference_mode():
-            for name, p in diffusion_model.named_parameters():
-                p.copy_(saved[name])
 
 
 def model_of(kind):
@@ -82,11 +65,11 @@ def test_a_concept_does_not_depend_on_each_layers_value_scale(pack, kind, monkey
     def both(name):
         """(concept, samples) trained on the model as it is, the same on the model rescaled, and the factors"""
         original = trained(pack, model, clip, name)
-        with rescaled(model, factors()) as drawn:
+        with h.rescaled_values(model, factors()) as drawn:
             return original, trained(pack, model, clip, f"{name}_rescaled"), drawn
 
     base = sample(model, clip, model)
-    with rescaled(model, factors()) as drawn:
+    with h.rescaled_values(model, factors()) as drawn:
         assert min(drawn.values()) < 0.3 and max(drawn.values()) > 3, drawn
         torch.testing.assert_close(sample(model, clip, model), base, rtol=1e-4, atol=1e-4)  # alone: no change
 
