@@ -34,13 +34,9 @@ COMMON = {"use_checkpoint": False, "image_size": 32, "in_channels": 4, "out_chan
 
 
 def setup_comfy(root: str, cpu: bool) -> None:
-    sys.path.insert(0, root)
-    sys.path.insert(1, PACK_ROOT)
-    import comfy.options
-    comfy.options.enable_args_parsing(False)
-    import comfy.cli_args
-    comfy.cli_args.args.cpu = cpu
-    import comfy.model_management  # noqa: F401  (device selection happens here)
+    sys.path.append(PACK_ROOT)
+    from infusion.cli import runtime
+    runtime.configure(["--cpu"] if cpu else [], comfy_root=root)
 
 
 def random_unet(family: str, channels: int, head_channels: int, dtype, device):

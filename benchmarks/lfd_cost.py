@@ -25,9 +25,9 @@ import sys
 import time
 
 PACK_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(PACK_ROOT, "tests", "comfy"))
+sys.path.append(PACK_ROOT)  # the repository: infusion_dev
 
-import comfy_harness as h  # noqa: E402  (test harness: tiny models, pack loading)
+from infusion_dev import comfy_harness as h  # noqa: E402  (tiny models, pack loading)
 
 PROMPTS = ["a photo of a cat on the beach", "a red car in the city", "a bowl of fruit", "a mountain lake"]
 

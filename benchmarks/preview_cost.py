@@ -18,7 +18,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_step_ratio import random_model  # noqa: E402
 
-import comfy_harness as h  # noqa: E402  (train_step_ratio put it on the path)
+from infusion_dev import comfy_harness as h  # noqa: E402  (train_step_ratio put the repository on the path)
 
 DEFAULT_STEPS, DEFAULT_ROUNDS = 500, 500 // 100 + 1
 

@@ -1,6 +1,6 @@
 """The customization benchmark on the toy world: Infusion against ComfyUI's own Train LoRA (each through its
 node) and Custom Diffusion (the paper's main rival: the text-to-key/value weights fine-tuned), on a base model
-that truly knows its world (infusion/toyworld).
+that truly knows its world (infusion_dev/toyworld).
 
 Each concept: 5 photos, all on stripes, bound to the word "triangle". Per method and training seed:
   concept rate   samples of "a triangle on <background>" (every background) in which the probe sees the concept
@@ -38,8 +38,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tests", "comfy"))  # comfy_harness: rescale_values
+sys.path.append(ROOT)  # the repository: infusion_dev
 OUT = os.path.join(ROOT, "benchmarks", "out", "toyworld")
 PREVIEW_GRIDS: dict[str, torch.Tensor] = {}
 # ComfyUI's Train LoRA, at the settings that suit this world (chosen by its concept rate on "a green triangle").
@@ -68,9 +67,9 @@ class Method:
 
 def infusion_method(name: str, previews: bool = False, **inputs: Any) -> Method:
     """Train Infusion Concept; with `previews`, the first seed's run also draws its preview grid."""
-    from infusion.toyworld import customize as cz
-    from infusion.toyworld.model import LatentView
-    from infusion.toyworld.sampling import SAMPLER
+    from infusion_dev.toyworld import customize as cz
+    from infusion_dev.toyworld.model import LatentView
+    from infusion_dev.toyworld.sampling import SAMPLER
 
     def train(model, clip, photos, seed):
         shown = {}
@@ -91,7 +90,7 @@ def infusion_method(name: str, previews: bool = False, **inputs: Any) -> Method:
 
 
 def custom_diffusion_method(name: str, out: str, steps: int, learning_rate: float) -> Method:
-    from infusion.toyworld import customize as cz
+    from infusion_dev.toyworld import customize as cz
     from safetensors.torch import save_file
 
     def train(model, clip, photos, seed):
@@ -113,7 +112,7 @@ def rivals(out: str, steps: int, dit: bool) -> list[Method]:
 
 
 def lora_method(name: str, out: str, **inputs: Any) -> Method:
-    from infusion.toyworld import customize as cz
+    from infusion_dev.toyworld import customize as cz
     from safetensors.torch import save_file
 
     def train(model, clip, photos, seed):
@@ -133,30 +132,6 @@ def _models_folder() -> str:
 def spread(values: list[float]) -> str:
     mean = statistics.fmean(values)
     return f"{mean:.3g}" if len(values) < 2 else f"{mean:.3g} ± {statistics.stdev(values):.2g}"
-
-
-def grid_png(rows: list[tuple[str, dict[str, torch.Tensor]]], path: str, per_cell: int = 3) -> None:
-    """One row per method, one column per background, `per_cell` samples in each cell, labels on the left."""
-    from PIL import Image, ImageDraw
-    from infusion.toyworld import scenes
-    from infusion.toyworld.customize import context_prompt
-
-    tile, gap, label_width, header = 48, 4, 230, 22
-    cell_width = per_cell * tile + gap
-    width = label_width + len(scenes.BACKGROUNDS) * cell_width
-    canvas = Image.new("RGB", (width, header + len(rows) * (tile + gap)), "white")
-    draw = ImageDraw.Draw(canvas)
-    for j, bg in enumerate(scenes.BACKGROUNDS):
-        draw.text((label_width + j * cell_width + 4, 5), context_prompt(bg), fill="black")
-    for i, (label, latents) in enumerate(rows):
-        y = header + i * (tile + gap)
-        draw.text((6, y + tile // 2 - 6), label, fill="black")
-        for j, bg in enumerate(scenes.BACKGROUNDS):
-            images = scenes.to_rgb(latents[bg][:per_cell], upscale=tile // scenes.SIZE)
-            for k, image in enumerate(images):
-                canvas.paste(Image.fromarray((image.numpy() * 255).round().astype("uint8")),
-                             (label_width + j * cell_width + k * tile, y))
-    canvas.save(path)
 
 
 @dataclass
@@ -180,7 +155,7 @@ class Baseline:
 
 
 def baseline(model: Any, clip: Any, probe: Any, setting: Setting) -> Baseline:
-    from infusion.toyworld import customize as cz
+    from infusion_dev.toyworld import customize as cz
     samples = cz.context_samples(model, clip, probe, setting.per_background, setting.sample_seed)
     return Baseline(samples, cz.other_accuracy(model, clip, probe, setting.others_per_prompt, setting.sample_seed),
                     cz.probe_features(probe, samples.all_latents()))
@@ -190,7 +165,7 @@ def measure(concept: Any, methods: list[Method], model: Any, clip: Any, probe: A
             reference: Baseline, photos: torch.Tensor, title: str) -> tuple:
     """Train every method on the photos for every seed; returns (table, grid rows)."""
     from infusion.metrics import feature_wasserstein
-    from infusion.toyworld import customize as cz
+    from infusion_dev.toyworld import customize as cz
 
     base = reference.samples
     grid_rows = [("base model", base.latents)]
@@ -271,7 +246,7 @@ def infusion_curve(concept: Any, model: Any, clip: Any, probe: Any, per_backgrou
     import math
 
     import nodes
-    from infusion.toyworld import customize as cz
+    from infusion_dev.toyworld import customize as cz
 
     name = f"curve_{seed}"
     cz.train_infusion(model, clip, concept.photos(), seed=seed, steps=points[-1], save_every=math.gcd(*points),
@@ -290,7 +265,7 @@ def steps_table(concept: Any, model: Any, clip: Any, probe: Any, setting: Settin
     """Concept rate against steps for Infusion at the defaults, up to four times the default, every seed: a run
     per point (the learning rate's cosine spans each run's own steps, so a snapshot of a longer run is not the
     concept a run of that length makes). Draws steps.png (every seed and the mean)."""
-    from infusion.toyworld import customize as cz
+    from infusion_dev.toyworld import customize as cz
 
     points = sorted({max(1, round(n * scale)) for n in STEPS_CURVE})
     per_background = max(1, setting.per_background // 2)
@@ -328,7 +303,7 @@ def rescale_table(model: Any, clip: Any, probe: Any, setting: Setting, reference
     """Infusion at the defaults on the base model with its attention layers rescaled (values times a, the
     projection of the attention output divided by a: the same model to float rounding), beside the model as it
     is: the trained concept should not depend on a checkpoint's value scale."""
-    from infusion.toyworld import customize as cz
+    from infusion_dev.toyworld import customize as cz
 
     methods = []
     for kind in ["none"] + kinds:
@@ -343,7 +318,7 @@ def rescale_table(model: Any, clip: Any, probe: Any, setting: Setting, reference
 @contextmanager
 def rescaled(model: Any, kind: str) -> Iterator[None]:
     """The model's attention layers rescaled in place by RESCALES[kind], restored bit for bit afterwards."""
-    import comfy_harness as h
+    from infusion_dev import comfy_harness as h
 
     if kind == "none":
         yield
@@ -361,7 +336,7 @@ def curves(concept: Any, model: Any, clip: Any, probe: Any, per_background: int,
            scale: float, out: str) -> str:
     """Concept and context rate against steps: Infusion's defaults (snapshots of one run), Train LoRA and Custom
     Diffusion (one run per point, up to their table's steps). Returns the markdown lines; draws curve.png."""
-    from infusion.toyworld import customize as cz
+    from infusion_dev.toyworld import customize as cz
 
     photos = concept.photos()
     points = sorted({max(1, round(n * scale)) for n in CURVE_STEPS})
@@ -411,17 +386,18 @@ def main() -> None:
     tag = "_dit" if args.model == "dit" else ""
     out = args.out or OUT + tag
     os.makedirs(out, exist_ok=True)
-    from infusion.cli import runtime
+    from infusion_dev.comfy_harness import start_comfy
     # ComfyUI's folders (models/infusion, where the trained concepts go) inside `out`, not in the user's ComfyUI.
-    runtime.start(["--use-pytorch-cross-attention", "--base-directory", os.path.join(out, "comfyui")])
-    from infusion.toyworld import customize as cz
-    from infusion.toyworld.train import load_probe, world_model
+    start_comfy(["--use-pytorch-cross-attention", "--base-directory", os.path.join(out, "comfyui")])
+    from infusion_dev.toyworld import customize as cz
+    from infusion_dev.toyworld.pictures import grid_png
+    from infusion_dev.toyworld.train import load_probe, world_model
 
     run = "smoke" if args.smoke else "quick" if args.quick else "full"
     setting = {"smoke": Setting([0], 1, 2, 1), "quick": Setting([0], 8, 4, 2),
                "full": Setting([0, 1, 2], 24, 8, 8)}[run]
     if args.smoke:  # it only has to run: every sampler (benchmark and previews) takes 2 steps instead of 20
-        from infusion.toyworld import sampling
+        from infusion_dev.toyworld import sampling
         sampling.SAMPLER["steps"] = 2
     if args.seeds:
         setting.seeds = list(range(args.seeds))

@@ -16,8 +16,8 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "comfy"))
-import comfy_harness as h  # noqa: E402
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository: infusion_dev
+from infusion_dev import comfy_harness as h  # noqa: E402
 
 
 FLUX_DEPTH = (2, 4)  # double, single blocks of the FLUX.1-shaped model

@@ -35,7 +35,7 @@ def reset_peak() -> None:
 
 
 def infusion_run(pack, model, conds, latents, steps: int, batch: int, checkpointing: bool) -> None:
-    import comfy_harness as h
+    from infusion_dev import comfy_harness as h
     P = lambda name: h.pack_submodule(pack, name)  # noqa: E731
     start = zero_concept(pack, model)
     settings = P("infusion.training.loop").TrainingSettings(steps=steps, batch_size=batch, gradient_accumulation=1,
@@ -45,7 +45,7 @@ def infusion_run(pack, model, conds, latents, steps: int, batch: int, checkpoint
 
 
 def lora_run(pack, model, conds, latents, steps: int, batch: int, checkpointing: bool) -> None:
-    import comfy_harness as h
+    from infusion_dev import comfy_harness as h
     h.pack_submodule(pack, "infusion.compat").train_lora(
         model, {"samples": latents.latents}, conds[0], batch_size=batch, steps=steps, grad_accumulation_steps=1,
         learning_rate=0.0005, rank=1, optimizer="AdamW", loss_function="MSE", seed=0, training_dtype="fp32",

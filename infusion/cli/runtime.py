@@ -88,14 +88,14 @@ def _apply_folder_options(comfy_root: str) -> None:
         folder_paths.set_user_directory(os.path.abspath(args.user_directory))
 
 
-def _load_nodes(all_custom_nodes: bool, pack_root: str, verbose: bool) -> None:
+def _load_nodes(pack_root: str, verbose: bool) -> None:
     import hook_breaker_ac10a0
     import nodes
 
     with _captured_warnings() as log:
         hook_breaker_ac10a0.save_functions()
         try:
-            asyncio.run(nodes.init_extra_nodes(init_custom_nodes=all_custom_nodes, init_api_nodes=False))
+            asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
         finally:
             hook_breaker_ac10a0.restore_functions()
     failed = [line for line in log.lines if line.startswith("IMPORT FAILED")
@@ -114,14 +114,15 @@ def _load_nodes(all_custom_nodes: bool, pack_root: str, verbose: bool) -> None:
         raise RuntimeError(f"ComfyUI failed to load this pack ({pack_root}):\n" + "\n".join(log.lines))
 
 
-def start(comfy_args: Sequence[str] = (), *, all_custom_nodes: bool = False, verbose: bool = False,
-          pack_root: str = PACK_ROOT) -> str:
-    """Find, configure and import ComfyUI, load its nodes and this pack; returns the ComfyUI root.
+def configure(comfy_args: Sequence[str] = (), *, comfy_root: str | None = None, pack_root: str = PACK_ROOT,
+              verbose: bool = False) -> str:
+    """Find, configure and import ComfyUI the way its main.py does (its options, folders, device), no nodes
+    loaded yet; returns the ComfyUI root. Call once per process, before anything imports ComfyUI.
 
     comfy_args: ComfyUI's own command-line options (--cpu, --lowvram, --base-directory,
-    --output-directory, ...). Call once per process, before anything imports ComfyUI.
+    --output-directory, ...). comfy_root: the ComfyUI tree, else found from the pack's place or COMFYUI_PATH.
     """
-    comfy_root = find_comfyui(pack_root)
+    comfy_root = comfy_root or find_comfyui(pack_root)
     put_comfyui_first_on_path(comfy_root)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
     if not verbose:
@@ -145,7 +146,13 @@ def start(comfy_args: Sequence[str] = (), *, all_custom_nodes: bool = False, ver
         import nodes  # noqa: F401
     except ImportError as e:
         raise ComfyUINotFound(import_failure_message(comfy_root, e)) from e
-    _load_nodes(all_custom_nodes, pack_root, verbose)
+    return comfy_root
+
+
+def start(comfy_args: Sequence[str] = (), *, verbose: bool = False, pack_root: str = PACK_ROOT) -> str:
+    """ComfyUI configured (`configure`) with its built-in nodes and this pack loaded; returns its root."""
+    comfy_root = configure(comfy_args, pack_root=pack_root, verbose=verbose)
+    _load_nodes(pack_root, verbose)
     import comfy.utils
     comfy.utils.set_progress_bar_enabled(False)  # the runner's reporter prints every node's progress instead
     return comfy_root

@@ -14,9 +14,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from .convert import combo_options, has_widget, input_options, input_type, ordered_inputs
 from .executor import PromptInvalid, RunFailed, Runner
-from .overrides import parse_value
+from .node_inputs import combo_options, has_widget, input_options, input_type, ordered_inputs, parse_value
 
 CHECKPOINT_NODE, PHOTOS_NODE, TRAIN_NODE, SAVE_NODE = "CheckpointLoaderSimple", "LoadConceptPhotos", "TrainInfusion", "SaveImage"
 # Settings the command fills itself; every other widget input of the node is an option.
@@ -130,6 +129,17 @@ def train_prompt(definitions: Mapping[str, Mapping[str, Any]], checkpoint: str, 
                                                   "filename_prefix": f"infusion/{job.name}_loss"},
               "_meta": {"title": "Save loss graph"}},
     }
+
+
+def model_file(folder: str, value: str) -> str:
+    """A model name for a combo of `folder` ('checkpoints', ...): a path to an existing file puts its
+    folder first among ComfyUI's folders of that kind (for this run) and gives its name."""
+    if not os.path.isfile(value):
+        return value
+    import folder_paths
+    path = os.path.abspath(value)
+    folder_paths.add_model_folder_path(folder, os.path.dirname(path), is_default=True)
+    return os.path.basename(path)
 
 
 def _cell_value(spec: list, text: str) -> Any:

@@ -7,10 +7,10 @@ import sys
 
 import pytest
 
-# Test modules import the harness as a top-level module (works with --import-mode=importlib).
+# Test modules import each other's helpers as top-level modules (works with --import-mode=importlib).
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import comfy_harness  # noqa: E402  (imports neither torch nor ComfyUI)
+from infusion_dev import comfy_harness  # noqa: E402  (imports neither torch nor ComfyUI)
 
 _REQUIRED = os.environ.get("COMFYUI_REQUIRED", "") not in ("", "0")
 

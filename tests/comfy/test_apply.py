@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-import comfy_harness as h
+from infusion_dev import comfy_harness as h
 
 FAMILY_MODELS = ["sd15", "sdxl"]
 PROMPT = "a photo of a dog on the beach"

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-import comfy_harness as h
+from infusion_dev import comfy_harness as h
 
 BENCHMARKS = os.path.join(h.PACK_ROOT, "benchmarks")
 # UNet-shaped. The runs are spread over four files so that CI's two workers share them (test_benchmarks_train.py,

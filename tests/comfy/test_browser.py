@@ -23,9 +23,9 @@ import urllib.request
 
 import pytest
 
-import comfy_harness as h
+from infusion_dev import comfy_harness as h
 
-from infusion.cli import workflows
+from infusion_dev import examples
 
 PACK_DIR_NAME = h.Server.PACK_DIR_NAME
 SCREENSHOTS = os.environ.get("INFUSION_SCREENSHOTS") or os.path.join(h.PACK_ROOT, "benchmarks", "out", "browser")
@@ -181,8 +181,8 @@ def server(comfy_path, tmp_path_factory):
         # CI installs them (.ci/run): there a missing part is a failure, never a silent skip.
         (pytest.fail if os.environ.get("CI") == "true" else pytest.skip)(f"browser check needs {missing}")
     base = tmp_path_factory.mktemp("comfyui_browser")
-    for name in workflows.example_names():
-        for kind, file_name in h.model_files(workflows.load(workflows.resolve(name))):
+    for name in examples.example_names():
+        for kind, file_name in h.model_files(examples.load(name)):
             (base / "models" / kind).mkdir(parents=True, exist_ok=True)
             (base / "models" / kind / file_name).touch()
     with h.Server(comfy_path, str(base)) as running:
@@ -192,7 +192,7 @@ def server(comfy_path, tmp_path_factory):
 def test_template_route_lists_the_examples(server):
     with urllib.request.urlopen(server["url"] + "workflow_templates") as response:
         templates = json.load(response)
-    assert sorted(templates.get(PACK_DIR_NAME, [])) == workflows.example_names()
+    assert sorted(templates.get(PACK_DIR_NAME, [])) == examples.example_names()
     with open(server["log"]) as f:
         timings = [line for line in f if PACK_DIR_NAME in line and " seconds" in line]  # the import-times table
     assert len(timings) == 1 and "IMPORT FAILED" not in timings[0], timings
@@ -202,7 +202,7 @@ def test_every_example_loads_cleanly_in_the_browser(server, tmp_path):
     os.makedirs(SCREENSHOTS, exist_ok=True)
     script = tmp_path / "browser_check.js"
     script.write_text(SCRIPT)
-    names = workflows.example_names()
+    names = examples.example_names()
     done = subprocess.run(["node", str(script), server["chromium"], server["url"], PACK_DIR_NAME, SCREENSHOTS,
                            json.dumps(names), json.dumps(CHROMIUM_FLAGS)],
                           env={**os.environ, "NODE_PATH": server["node_path"]}, capture_output=True, text=True,

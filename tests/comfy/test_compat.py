@@ -11,7 +11,7 @@ from typing import NamedTuple
 import pytest
 import torch
 
-import comfy_harness as h
+from infusion_dev import comfy_harness as h
 
 
 @pytest.fixture
@@ -175,7 +175,7 @@ def test_a_diffusion_model_file_loaded_dynamic_trains_on_its_delegate(pack, comp
     import comfy.model_patcher
     import comfy.sd
 
-    from infusion import tiny_dits, tiny_models
+    from infusion_dev import tiny_dits, tiny_models
     dynamic_class = getattr(comfy.model_patcher, "ModelPatcherDynamic", None)
     if dynamic_class is None:  # 0.3.64: no dynamic VRAM (and it detects only full-size Flux files)
         model = h.tiny_dit("flux")[0]

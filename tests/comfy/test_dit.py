@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-import comfy_harness as h
+from infusion_dev import comfy_harness as h
 
 FAMILIES = h.dit_families()
 WORD_PROMPT = "a photo of a Dog on the beach"
@@ -335,8 +335,8 @@ def test_backpropagation_through_flux_blocks_matches_finite_differences(pack, ch
     dit = P(pack, "infusion.families.dit")
     residual_mod, tokens = P(pack, "infusion.residual"), P(pack, "infusion.tokens")
     adapter = P(pack, "infusion.families").adapter_for(h.tiny_dit("flux")[0])
-    tiny = P(pack, "infusion.tiny_dits")
-    model = P(pack, "infusion.tiny_models").init_weights(tiny._flux(True), 5).double()
+    from infusion_dev import tiny_dits, tiny_models
+    model = tiny_models.init_weights(tiny_dits._flux(True), 5).double()
     dm = model.diffusion_model
     patcher = comfy.model_patcher.ModelPatcher(model, torch.device("cpu"), torch.device("cpu"))
     concept = random_concept(pack, h.tiny_dit("flux")[0], scale=0.0)
@@ -427,7 +427,7 @@ def full_size(name):
     import comfy.model_patcher
     import comfy.supported_models
 
-    tiny = h.pack_submodule(h.load_pack(), "infusion.tiny_dits")
+    from infusion_dev import tiny_dits as tiny
     flux = {**tiny.flux_config(), "vec_in_dim": 768, "context_in_dim": 4096, "hidden_size": 3072, "num_heads": 24,
             "depth": 19, "depth_single_blocks": 38}
     configs = {

@@ -10,7 +10,7 @@ import textwrap
 import pytest
 import torch
 
-import comfy_harness as h
+from infusion_dev import comfy_harness as h
 
 
 def sd_layout(input_ids, output_ids, depth=lambda block, n: 1, middle=1):

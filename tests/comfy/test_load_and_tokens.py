@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-import comfy_harness as h
+from infusion_dev import comfy_harness as h
 
 
 def node(name):

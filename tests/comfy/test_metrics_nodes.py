@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-import comfy_harness as h
+from infusion_dev import comfy_harness as h
 
 NO_WORD = ["a photo of a cat on the beach", "a red car in the city"]
 WITH_WORD = ["a photo of a dog on the beach"]

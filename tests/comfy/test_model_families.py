@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-import comfy_harness as h
+from infusion_dev import comfy_harness as h
 
 # Per down block of a diffusers-layout UNet: (resnets, transformer blocks of each attention).
 DISTILLED = {

@@ -14,11 +14,10 @@ import uuid
 import pytest
 from safetensors import safe_open
 
-import comfy_harness as h
+from infusion_dev import comfy_harness as h
 
-from infusion import tiny_models
-from infusion.cli import smoke
-from infusion.cli.overrides import set_input
+from infusion_dev import smoke, tiny_models
+from infusion_dev.overrides import set_input
 
 
 @pytest.fixture(scope="module")

@@ -1,13 +1,13 @@
-"""Proof that it learns: on the toy world (infusion/toyworld), whose base model truly knows its world, an
+"""Proof that it learns: on the toy world (infusion_dev/toyworld), whose base model truly knows its world, an
 Infusion concept trained through the node from 5 photos is drawn, while prompts without its word stay
 exactly the base model's. The full comparison with ComfyUI's Train LoRA is benchmarks/toyworld.py."""
 import pytest
 import torch
 
-from infusion.toyworld import customize as cz
-from infusion.toyworld import model as tw
-from infusion.toyworld import sampling
-from infusion.toyworld.train import load_probe
+from infusion_dev.toyworld import customize as cz
+from infusion_dev.toyworld import model as tw
+from infusion_dev.toyworld import sampling
+from infusion_dev.toyworld.train import load_probe
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def test_the_base_model_knows_the_world_on_held_out_prompts(world):
 
 def test_the_probe_reads_fresh_scenes(world):
     import random
-    from infusion.toyworld.probe import accuracy
+    from infusion_dev.toyworld.probe import accuracy
     assert min(accuracy(world[2], random.Random(5), 1000).values()) >= 0.99
 
 

@@ -1,17 +1,17 @@
-"""Proof that it learns, on the toy world's DiT (infusion/toyworld/dit.py): a FLUX.1 in ComfyUI's own classes that
+"""Proof that it learns, on the toy world's DiT (infusion_dev/toyworld/dit.py): a FLUX.1 in ComfyUI's own classes that
 knows the same world as the UNet of test_toyworld.py. An Infusion concept trained through the node at its defaults
 is drawn, while prompts without its word stay exactly the base model's."""
 import pytest
 
-from infusion.toyworld import sampling
-from infusion.toyworld.train import load_probe
+from infusion_dev.toyworld import sampling
+from infusion_dev.toyworld.train import load_probe
 
 from test_toyworld import assert_concept_drawn_and_others_exact
 
 
 @pytest.fixture(scope="module")
 def dit_world(pack):
-    from infusion.toyworld import dit
+    from infusion_dev.toyworld import dit
     model, clip = dit.load()
     return model, clip, load_probe()
 

@@ -3,7 +3,7 @@ v-prediction, SDXL's extra conditioning) and the result applies through Apply In
 import pytest
 import torch
 
-import comfy_harness as h
+from infusion_dev import comfy_harness as h
 
 # Tiny widths (32 channels) match none of ComfyUI's configs, so each is a "custom" model of that layout.
 FAMILIES = [("sd15", "custom", "eps"), ("sd2v", "custom", "v"), ("sdxl", "custom", "eps")]

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-import comfy_harness as h
+from infusion_dev import comfy_harness as h
 
 SETTINGS = dict(word="dog", output_name="rex", steps=3, learning_rate=0.01, batch_size=2, gradient_accumulation=2,
                 resolution=64, seed=5, templates="a photo of a {}\nimage of the {}\n{}", flip=True, save_every=0,

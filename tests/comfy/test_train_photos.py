@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-import comfy_harness as h
+from infusion_dev import comfy_harness as h
 
 
 def node(pack):

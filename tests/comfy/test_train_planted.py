@@ -7,7 +7,7 @@ The longer run of the same setup is benchmarks/planted_concept.py (it imports th
 import pytest
 import torch
 
-import comfy_harness as h
+from infusion_dev import comfy_harness as h
 
 LATENT = 16  # 128 px: the middle block still sees 2 x 2 positions (at 1 x 1 its residual is barely identifiable)
 

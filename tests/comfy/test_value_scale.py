@@ -9,7 +9,7 @@ earlier, absolute step): there the same rescaling changes the concept."""
 import pytest
 import torch
 
-import comfy_harness as h
+from infusion_dev import comfy_harness as h
 
 WORD, PROMPT = "dog", "a photo of a dog"
 TRAIN = dict(word=WORD, steps=4, learning_rate=0.3, batch_size=2, gradient_accumulation=1, seed=0,

@@ -5,7 +5,7 @@ extra nodes): node types exist, links join matching types, widget values are val
 prompt it converts to passes ComfyUI's own validation.
 
 End to end: each workflow converted to API format and executed by ComfyUI's own executor on a
-tiny random checkpoint that ComfyUI detects as SD1.5 (the smoke check's steps, infusion/cli/smoke.py).
+tiny random checkpoint that ComfyUI detects as SD1.5 (the smoke check's steps, infusion_dev/smoke.py).
 """
 import argparse
 import asyncio
@@ -17,19 +17,18 @@ import sys
 import pytest
 import torch
 
-import comfy_harness as h
+from infusion_dev import comfy_harness as h
 
-from infusion.cli import smoke as smoke_mod
-from infusion.cli import train, workflows
-from infusion.cli.convert import to_api
+from infusion.cli import train
 from infusion.cli.executor import Runner
-from infusion.cli.overrides import set_prompt
-from infusion.cli.prompts import definitions_for
-from infusion.cli.registry import node_definition, node_definitions
-from infusion.cli.validate import check_workflow
+from infusion.cli.node_inputs import node_definition, node_definitions, ordered_inputs
 from infusion.format import load_concept
+from infusion_dev import examples
+from infusion_dev import smoke as smoke_mod
+from infusion_dev.overrides import set_prompt
+from infusion_dev.validate import check_workflow
 
-EXAMPLES = workflows.example_names()
+EXAMPLES = examples.example_names()
 
 
 def quiet(event, data):
@@ -52,7 +51,7 @@ def named_models(registry):
     import folder_paths
     made = []
     for name in EXAMPLES:
-        for kind, file_name in h.model_files(workflows.load(workflows.resolve(name))):
+        for kind, file_name in h.model_files(examples.load(name)):
             folder = folder_paths.get_folder_paths(kind)[0]
             path = os.path.join(folder, file_name)
             if not os.path.exists(path):
@@ -66,16 +65,14 @@ def named_models(registry):
 
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_workflow_matches_the_live_node_registry(registry, named_models, name):
-    workflow = workflows.load(workflows.resolve(name))
-    definitions = definitions_for(workflow)
+    workflow = examples.load(name)
+    prompt, definitions = examples.as_prompt(workflow)
     assert check_workflow(workflow, definitions) == []
-    prompt = to_api(workflow, definitions)
     assert Runner(quiet).validate(prompt)  # ComfyUI's own validation: it returns the outputs to run
 
 
 def test_pack_nodes_have_tooltips_on_every_input(registry):
-    from infusion.cli.convert import ordered_inputs
-    kinds = {n["type"] for name in EXAMPLES for n in workflows.load(workflows.resolve(name))["nodes"]}
+    kinds = {n["type"] for name in EXAMPLES for n in examples.load(name)["nodes"]}
     ours = [k for k in kinds if k in registry and "Infusion" in (node_definition(k) or {}).get("category", "")]
     assert len(ours) >= 5
     for kind in ours:
@@ -167,15 +164,21 @@ def test_train_command_prompt_uses_the_node_options(smoke, trained):
     assert sorted(os.listdir(previews)) == [f"step{s:05d}_{p}.png" for s in range(3) for p in (1, 2)]
 
 
-def test_check_command_on_this_comfyui(comfy_path, tmp_path):
-    """`python -m infusion check` in a fresh process: finds ComfyUI, loads it and the pack, checks every example
-    (ComfyUI's folders in a temporary base directory, so its own stay untouched)."""
+def test_train_command_in_a_fresh_process(comfy_path, smoke, tmp_path):
+    """`python -m infusion train` as a user runs it: finds ComfyUI, loads it and the pack, trains from a photo
+    folder on a checkpoint file and writes the concept (ComfyUI's folders in a temporary base directory)."""
+    import folder_paths
+    checkpoint = os.path.join(folder_paths.get_folder_paths("checkpoints")[0], smoke_mod.CHECKPOINT)
+    options = [f"--{k.replace('_', '-')}={v}" for k, v in smoke_mod.TINY_SETTINGS["TrainInfusion"].items()
+               if k != "gradient_checkpointing"]
     env = {**os.environ, "COMFYUI_PATH": comfy_path}
-    done = subprocess.run([sys.executable, "-m", "infusion", "check", "--", "--base-directory", str(tmp_path)],
+    done = subprocess.run([sys.executable, "-m", "infusion", "train", "--checkpoint", checkpoint,
+                           "--photos", smoke.photos["dog"], "--word", "dog", "--output-name", "fresh_dog",
+                           "--no-gradient-checkpointing", *options, "--", "--base-directory", str(tmp_path)],
                           cwd=h.PACK_ROOT, env=env, capture_output=True, text=True, timeout=h.HANG)
     assert done.returncode == 0, done.stdout + done.stderr
-    for name in EXAMPLES:
-        assert f"ok     {name}" in done.stdout
+    path = tmp_path / "models" / "infusion" / "fresh_dog.safetensors"
+    assert f"concept:    {path}" in done.stdout and load_concept(str(path)).word == "dog"
 
 
 # ------------------------------------------------------------------ the Flux example, end to end
@@ -193,7 +196,7 @@ class _TinyFlux:
 
 
 def _tiny_flux_loaders():
-    from infusion import tiny_dits
+    from infusion_dev import tiny_dits
 
     model, clip = h.tiny_dit("flux")
     vae = tiny_dits.flux_vae()

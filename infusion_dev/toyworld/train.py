@@ -1,8 +1,8 @@
 """Training the toy world's probe and base model, deterministic and resumable.
 
-    python -m infusion.toyworld.train probe            # ~2 min: the probe, into tests/fixtures/toyworld
-    python -m infusion.toyworld.train base --work DIR  # the base model; stop at will, run again to resume
-    python -m infusion.toyworld.train check            # the base model's knowledge on held-out prompts
+    python -m infusion_dev.toyworld.train probe            # ~2 min: the probe, into toyworld/weights
+    python -m infusion_dev.toyworld.train base --work DIR  # the base model; stop at will, run again to resume
+    python -m infusion_dev.toyworld.train check            # the base model's knowledge on held-out prompts
     ... base --model dit, check --model dit            # the same for the toy Flux (toyworld/dit.py)
 
 ComfyUI is found as the runner finds it (COMFYUI_PATH, or the ComfyUI that holds the pack). Every
@@ -25,15 +25,15 @@ import torch
 
 from . import probe as probe_mod
 from . import scenes
-from .model import BASE_WEIGHTS, FIXTURE_DIR
+from .model import BASE_WEIGHTS, WEIGHTS_DIR
 from .sampling import HELD_OUT, knowledge
 
-PROBE_WEIGHTS = os.path.join(FIXTURE_DIR, "probe.safetensors")
+PROBE_WEIGHTS = os.path.join(WEIGHTS_DIR, "probe.safetensors")
 EMPTY_PROMPT = 0.1  # share of captions left empty, so classifier-free guidance has an unconditional model
 
 
 def _save(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str] | None = None) -> None:
-    from ..format import write_safetensors
+    from infusion.format import write_safetensors
     write_safetensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, path, metadata or {})
 
 
@@ -102,8 +102,8 @@ def world_model(name: str) -> Any:
 
 def train_base(work: str, steps: int, batch: int = 48, log_every: int = 50, save_every: int = 250,
                kind: str = "unet") -> str:
-    from .. import compat
-    from ..families import adapter_for
+    from infusion import compat
+    from infusion.families import adapter_for
 
     tw = world_model(kind)
     os.makedirs(work, exist_ok=True)
@@ -197,8 +197,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"fresh scenes: {json.dumps(fresh)}\ndamaged scenes: {json.dumps(damaged)}")
         _save(probe.state_dict(), PROBE_WEIGHTS)
         return
-    from ..cli import runtime
-    runtime.start(["--use-pytorch-cross-attention"])
+    from ..comfy_harness import start_comfy
+    start_comfy(["--use-pytorch-cross-attention"])
     if args.what == "base":
         suffix = "_dit" if args.model == "dit" else ""
         work = args.work or os.path.join("benchmarks", "out", f"toyworld_train{suffix}")

@@ -2,15 +2,17 @@
 own executor. About a minute on a CPU; it checks an install, not image quality.
 
 A tiny SD1.5-shaped checkpoint (detected by ComfyUI as SD1.5), a tiny CLIP vision model and a few
-synthetic photos are written into ComfyUI's folders (the smoke command points them at a temporary
+synthetic photos are written into ComfyUI's folders (the tests point them at a temporary
 base directory); each workflow runs at 64 px with a step or two:
   train_concept twice (dog, teapot): the concept file is written, loads, and the loss is finite;
   generate_with_concept: an image of the right shape; a prompt without the word gives the base
     model's image bit for bit (the same workflow with Apply Infusion bypassed);
   multi_concept: an image with both concepts applied;
   measure_overfitting: both metrics finite, the Latent Fisher divergence exactly 0 (Infusion does
-    not touch prompts without the word).
-The tests (tests/comfy/test_workflows.py) run the same steps.
+    not touch prompts without the word);
+  Save Infusion (in no example): a trained concept saved again loads as the same concept.
+The tests run the same steps (tests/comfy/test_workflows.py), and all of them on the pack's archive alone
+(tests/comfy/test_archive.py).
 """
 from __future__ import annotations
 
@@ -22,12 +24,12 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from .. import tiny_models
-from ..format import load_concept
-from . import workflows
-from .executor import Runner
+from infusion.cli.executor import Runner
+from infusion.format import load_concept
+
+from . import tiny_models
+from .examples import as_prompt, bypassed, load
 from .overrides import set_input, set_prompt
-from .prompts import as_prompt, bypassed
 
 IMAGE_SIZE = 64
 CHECKPOINT = "infusion_smoke_sd15.safetensors"
@@ -76,7 +78,7 @@ def output_slot(definitions: Mapping[str, Mapping[str, Any]], class_type: str, k
 
 def smoke_prompt(name: str, bypass: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
     """(API prompt, definitions): an example workflow at smoke size, on the tiny models' file names."""
-    workflow = bypassed(workflows.load(workflows.resolve(name)), bypass)
+    workflow = bypassed(load(name), bypass)
     prompt, definitions = as_prompt(workflow)
     for node_id, node in prompt.items():
         for key, value in TINY_SETTINGS.get(node["class_type"], {}).items():
@@ -174,6 +176,18 @@ class Smoke:
         check(finite(lfd) and finite(w2), f"metrics not finite: LFD {lfd}, W2 {w2}")
         return lfd, w2
 
+    def save(self) -> str:
+        """Save Infusion on a trained concept (no example uses it): the file it writes loads as the same concept."""
+        source = f"{concept_name(WORDS[0])}.safetensors"
+        prompt = {"1": {"class_type": "LoadInfusion", "inputs": {"concept_name": source}},
+                  "2": {"class_type": "SaveInfusion", "inputs": {"infusion": ["1", 0], "output_name": "smoke_saved",
+                                                                 "precision": "fp32"}}}
+        path = self.runner.run_or_raise(prompt).output("2", 1)
+        saved, original = load_concept(path), load_concept(os.path.join(os.path.dirname(path), source))
+        check(saved.word == original.word and all(torch.equal(saved.values[k], original.values[k].float())
+                                                  for k in original.values), f"{path} differs from {source}")
+        return f"{os.path.basename(path)} written, the same concept as {source}"
+
     def run_all(self, say: Callable[[str], None] = print) -> None:
         """Every check in order; raises SmokeFailed at the first that fails."""
         def step(label: str, fn: Callable[[], str]) -> None:
@@ -204,3 +218,4 @@ class Smoke:
             check(lfd == 0.0, f"Latent Fisher divergence on prompts without the word is {lfd}, not 0")
             return f"Latent Fisher divergence {lfd:g} (exactly 0, as it must be), Wasserstein-2 {w2:.4g}"
         step("measure_overfitting", metrics)
+        step("Save Infusion", self.save)

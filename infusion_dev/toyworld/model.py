@@ -19,9 +19,8 @@ import torch
 
 from .text import WIDTH, sd_clip_model_class
 
-FIXTURE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                           "tests", "fixtures", "toyworld")
-BASE_WEIGHTS = os.path.join(FIXTURE_DIR, "base.safetensors")
+WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
+BASE_WEIGHTS = os.path.join(WEIGHTS_DIR, "base.safetensors")
 
 UNET_CONFIG = {
     "use_checkpoint": False, "image_size": 16, "in_channels": 4, "out_channels": 4, "model_channels": 32,
@@ -79,7 +78,7 @@ def load(path: str = BASE_WEIGHTS) -> tuple[Any, Any]:
     from ..tiny_models import load_unet_file
 
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"no toy-world base model at {path}: build it with `python -m infusion.toyworld.train "
+        raise FileNotFoundError(f"no toy-world base model at {path}: build it with `python -m infusion_dev.toyworld.train "
                                 "base` (see README, Toy world)")
     return load_unet_file(path, new_model), build_clip()
 

@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 
-from .model import FIXTURE_DIR, build_clip
+from .model import WEIGHTS_DIR, build_clip
 from .text import WIDTH
 
-DIT_WEIGHTS = os.path.join(FIXTURE_DIR, "dit.safetensors")
+DIT_WEIGHTS = os.path.join(WEIGHTS_DIR, "dit.safetensors")
 SEED = 2027
 
 FLUX_CONFIG = {
@@ -95,6 +95,6 @@ def load(path: str = DIT_WEIGHTS) -> tuple[Any, Any]:
     from ..tiny_models import load_unet_file
 
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"no toy-world DiT at {path}: build it with `python -m infusion.toyworld.train base "
+        raise FileNotFoundError(f"no toy-world DiT at {path}: build it with `python -m infusion_dev.toyworld.train base "
                                 "--model dit` (see README, Toy world)")
     return load_unet_file(path, new_model), build_clip()

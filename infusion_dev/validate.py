@@ -1,4 +1,4 @@
-"""A UI-format workflow checked against node definitions (registry.py), the way a user would meet
+"""A UI-format workflow checked against the live node definitions, the way a user would meet
 the problems in the frontend: missing node types, links between mismatched types, inputs that
 are no longer there or not connected, and widget values their input does not accept.
 
@@ -10,8 +10,85 @@ from dataclasses import dataclass
 from numbers import Real
 from typing import Any, Mapping
 
-from .convert import (FRONTEND_ONLY, WorkflowError, combo_options, describe, has_widget, input_options,
-                      input_type, links_of, missing_node_types, ordered_inputs, widget_layout, widget_values)
+from infusion.cli.node_inputs import combo_options, has_widget, input_options, input_type, ordered_inputs
+
+NOTE_TYPES = frozenset({"Note", "MarkdownNote"})
+FRONTEND_ONLY = NOTE_TYPES | {"Reroute", "PrimitiveNode"}
+SEED_NAMES = ("seed", "noise_seed")  # the frontend's legacy convention for INT inputs
+
+
+class WorkflowError(ValueError):
+    """A workflow that cannot be turned into a prompt; the message names the node."""
+
+
+@dataclass(frozen=True)
+class Link:
+    id: int
+    origin_id: int
+    origin_slot: int
+    target_id: int
+    target_slot: int
+    type: str
+
+
+def links_of(workflow: Mapping[str, Any]) -> dict[int, Link]:
+    """The workflow's links by id (saved as arrays, or as objects by some frontend versions)."""
+    out = {}
+    for raw in workflow.get("links") or []:
+        if isinstance(raw, Mapping):
+            raw = [raw["id"], raw["origin_id"], raw["origin_slot"], raw["target_id"], raw["target_slot"], raw["type"]]
+        link = Link(*raw[:6])
+        out[link.id] = link
+    return out
+
+
+def control_count(name: str, spec: list) -> int:
+    """Extra widget values the frontend adds after this input's widget: the value control of a
+    seed-like INT (1), the control and its filter list for a COMBO (2), else 0."""
+    control = input_options(spec).get("control_after_generate")
+    kind = input_type(spec)
+    if kind == "INT" and (control if control is not None else name in SEED_NAMES):
+        return 1
+    if kind == "COMBO" and control:
+        return 2
+    return 0
+
+
+def widget_layout(definition: Mapping[str, Any]) -> list[tuple[str, list, int]]:
+    """(input name, spec, control values after it) for every widget, in the frontend's order."""
+    return [(name, spec, control_count(name, spec)) for name, spec in ordered_inputs(definition) if has_widget(spec)]
+
+
+def describe(node: Mapping[str, Any]) -> str:
+    title = node.get("title")
+    return f"node #{node.get('id')} ({node.get('type')}{', ' + repr(title) if title else ''})"
+
+
+def widget_values(node: Mapping[str, Any], definition: Mapping[str, Any]) -> dict[str, tuple[Any, list]]:
+    """{input name: (widget value, its control values)} of a node, checked against its definition."""
+    layout = widget_layout(definition)
+    saved = node.get("widgets_values")
+    if isinstance(saved, Mapping):  # some frontends save widgets by name
+        return {name: (saved[name], []) for name, _, _ in layout if name in saved}
+    saved = list(saved or [])
+    expected = sum(1 + extra for _, _, extra in layout)
+    if len(saved) != expected:
+        names = ", ".join(name + (f" (+{extra} control)" if extra else "") for name, _, extra in layout) or "none"
+        raise WorkflowError(f"{describe(node)} has {len(saved)} widget values but its definition has {expected} "
+                            f"({names}): it was saved with another version of the node. Open the workflow in "
+                            "ComfyUI, check the node's settings and save it again.")
+    out, i = {}, 0
+    for name, _, extra in layout:
+        out[name] = (saved[i], saved[i + 1:i + 1 + extra])
+        i += 1 + extra
+    return out
+
+
+def missing_node_types(workflow: Mapping[str, Any], definitions: Mapping[str, Any]) -> list[str]:
+    """Node types of the workflow that are neither frontend-only nor in `definitions`."""
+    kinds = (str(n.get("type")) for n in workflow.get("nodes") or [])
+    return sorted({k for k in kinds if k not in FRONTEND_ONLY and k not in definitions})
+
 
 CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
 MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft", ".gguf")

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .. import compat
+from infusion import compat
 from . import scenes
 from .probe import Probe, Reading, read
 from .sampling import sample
@@ -53,7 +53,7 @@ NEW = Concept("a purple triangle with a black dot", "purple", True)
 
 def background_captions(count: int = 5) -> Any:
     """Per-photo captions that name what the photos share besides the concept (as dog1.txt would)."""
-    from ..training.captions import PhotoCaptions
+    from infusion.training.captions import PhotoCaptions
     return PhotoCaptions(tuple((f"photo{i + 1}.txt", f"a {{}} on {PHOTO_BACKGROUND}") for i in range(count)))
 
 
@@ -184,7 +184,7 @@ def custom_diffusion_weights(model: Any) -> dict[str, tuple[torch.nn.Parameter, 
     the text to the keys and values of every attention layer that reads it. UNet: each cross-attention's
     to_k and to_v. Flux: each double block's text-stream qkv, its key and value rows (`slice`); single blocks
     project text and image tokens with one shared weight, which is left alone."""
-    from ..layers import cross_attention_modules
+    from infusion.layers import cross_attention_modules
     diffusion_model = model.model.diffusion_model
     if is_dit(model):
         width = diffusion_model.hidden_size
@@ -200,10 +200,10 @@ def train_custom_diffusion(model: Any, clip: Any, photos: torch.Tensor, caption:
     weight decay) on the text-to-key/value weights only, the MSE of ComfyUI's own prediction, every photo
     captioned `caption` (as Train LoRA's photos are), no prior preservation. Returns the customized MODEL and the number of
     trained weights. The pack's training loop does the steps: it trains whatever parameters it is given."""
-    from ..families import adapter_for
-    from ..training.comfy_model import ComfyDenoiser, autograd_weights, in_sampling
-    from ..training.encoding import prepare_latents
-    from ..training.loop import TrainingSettings, train
+    from infusion.families import adapter_for
+    from infusion.training.comfy_model import ComfyDenoiser, autograd_weights, in_sampling
+    from infusion.training.encoding import prepare_latents
+    from infusion.training.loop import TrainingSettings, train
     from .sampling import encode
     from .train import world_model
 

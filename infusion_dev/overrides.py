@@ -1,5 +1,5 @@
-"""Command-line overrides on an API-format prompt: `--set TARGET.INPUT=VALUE` (TARGET a node id,
-title or type) and the named shortcuts (checkpoint, photos folder, word, prompt).
+"""Settings changed on an API-format prompt, by node id, title or type (the smoke check and the tests
+set small sizes and few steps on the example workflows).
 
 Values are parsed by the input's type from the live node definitions; the executor's own
 validation then checks ranges and options. ComfyUI-free.
@@ -8,30 +8,10 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from .convert import has_widget, input_type, ordered_inputs
-
-_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
-
+from infusion.cli.node_inputs import has_widget, ordered_inputs, parse_value
 
 class OverrideError(ValueError):
     """An override that does not fit the workflow; the message says what would."""
-
-
-def parse_value(spec: list, text: str) -> Any:
-    """A command-line string as a value of this input's type."""
-    kind = input_type(spec)
-    try:
-        if kind == "INT":
-            return int(text)
-        if kind == "FLOAT":
-            return float(text)
-    except ValueError:
-        raise OverrideError(f"'{text}' is not a{'n' if kind == 'INT' else ''} {kind}") from None
-    if kind == "BOOLEAN":
-        if text.lower() in _TRUE | _FALSE:
-            return text.lower() in _TRUE
-        raise OverrideError(f"'{text}' is not a BOOLEAN (true/false)")
-    return text
 
 
 def widget_spec(definitions: Mapping[str, Mapping[str, Any]], class_type: str, name: str) -> list | None:
@@ -67,27 +47,9 @@ def set_input(prompt: dict, definitions: Mapping[str, Mapping[str, Any]], target
                                 f"{', '.join(names) or 'none'}")
         try:
             node["inputs"][name] = parse_value(spec, value) if isinstance(value, str) else value
-        except OverrideError as e:
+        except ValueError as e:
             raise OverrideError(f"{target}.{name}: {e}") from None
     return ids
-
-
-def set_everywhere(prompt: dict, definitions: Mapping[str, Mapping[str, Any]], name: str, value: Any) -> list[str]:
-    """Set widget input `name` on every node that has one; returns their ids (maybe none)."""
-    ids = [node_id for node_id, node in prompt.items() if widget_spec(definitions, node["class_type"], name)]
-    for node_id in ids:
-        set_input(prompt, definitions, node_id, name, value)
-    return ids
-
-
-def parse_assignment(text: str) -> tuple[str, str, str]:
-    """'TARGET.INPUT=VALUE' -> (target, input, value); TARGET may contain dots, INPUT may not."""
-    left, sep, value = text.partition("=")
-    target, dot, name = left.rpartition(".")
-    if not sep or not dot or not target or not name:
-        raise OverrideError(f"'{text}' is not TARGET.INPUT=VALUE (TARGET: a node id, title or type; "
-                            "e.g. KSampler.steps=30 or 3.seed=42)")
-    return target, name, value
 
 
 def positive_prompt_nodes(prompt: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -106,23 +68,11 @@ def positive_prompt_nodes(prompt: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
-def set_shortcut(prompt: dict, definitions: Mapping[str, Mapping[str, Any]], option: str, name: str,
-                 value: Any) -> list[str]:
-    """A named override (--checkpoint: ckpt_name, --photos: folder, --word: word) on every node
-    with that setting; an error when the workflow has none."""
-    ids = set_everywhere(prompt, definitions, name, value)
-    if not ids:
-        raise OverrideError(f"--{option}: this workflow has no '{name}' setting"
-                            + (" (a loaded concept's class word is stored in its file)" if name == "word" else ""))
-    return ids
-
-
 def set_prompt(prompt: dict, definitions: Mapping[str, Mapping[str, Any]], text: str) -> list[str]:
     """--prompt: the text of every encoder that feeds a sampler's positive input."""
     ids = positive_prompt_nodes(prompt)
     if not ids:
-        raise OverrideError("--prompt: no text encoder feeds a sampler's 'positive' input here; "
-                            "use --set NODE.text=... instead")
+        raise OverrideError("no text encoder feeds a sampler's 'positive' input here")
     for node_id in ids:
         set_input(prompt, definitions, node_id, "text", text)
     return ids

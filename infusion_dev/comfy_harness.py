@@ -1,8 +1,9 @@
-"""Real-ComfyUI test harness: find/import ComfyUI, load this pack the way ComfyUI
-does, and build tiny random-weight models that run through ComfyUI's own nodes.
+"""ComfyUI for the tests and benchmarks: set it up with the runner's own bootstrap, load this pack the
+way ComfyUI does (one copy of its core per process), and build tiny random-weight models that run
+through ComfyUI's own nodes.
 
 Nothing here imports torch or ComfyUI at module import time, so the module is safe
-to import in a plain CI venv; call `setup_comfy()` first (the conftest fixtures do).
+to import in a plain CI venv; call `setup_comfy()` (or `start_comfy()`) first (the conftest fixtures do).
 """
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import asyncio
 import contextlib
 import atexit
 import functools
+import importlib
+import importlib.abc
+import importlib.util
 import logging
 import os
 import shutil
@@ -17,10 +21,9 @@ import sys
 import tempfile
 from typing import Any
 
-HARNESS_DIR = os.path.dirname(os.path.abspath(__file__))
-# The pack root is two levels above tests/comfy; abspath (not realpath) so a pack
+# The repository root, which holds the pack; abspath (not realpath) so a pack
 # symlinked into ComfyUI/custom_nodes is still seen at its custom_nodes location.
-PACK_ROOT = os.path.dirname(os.path.dirname(HARNESS_DIR))
+PACK_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if PACK_ROOT not in sys.path:
     sys.path.append(PACK_ROOT)  # after ComfyUI's root, for scripts that import this harness
 
@@ -67,43 +70,19 @@ def setup_comfy(path: str | None = None) -> str:
     if not locate.is_comfyui_root(path):
         raise RuntimeError(absent_reason())
 
-    # ComfyUI's root must come before the pack root (pytest pythonpath=["."]): the pack has its
-    # own `nodes/` package, ComfyUI needs `import nodes` -> nodes.py.
-    from infusion.cli.runtime import put_comfyui_first_on_path
-    put_comfyui_first_on_path(path)
-
-    import comfy.options
-    # Default is off already; keep it off so ComfyUI never parses pytest's argv.
-    comfy.options.enable_args_parsing(False)
-    import comfy.cli_args
+    from infusion.cli import runtime
 
     base = tempfile.mkdtemp(prefix="comfyui_infusion_tests_")
     atexit.register(shutil.rmtree, base, ignore_errors=True)
-    args = comfy.cli_args.args
-    args.cpu = True  # must precede `import comfy.model_management` on a CPU-only torch
-    args.base_directory = base  # folder_paths derives models/output/input/temp/user from it
-
-    import comfy.model_management  # noqa: F401  (device selection happens here)
+    # The runner's bootstrap, on the CPU, every ComfyUI folder (models/output/input/temp/user) under `base`.
+    runtime.configure(["--cpu", "--base-directory", base], comfy_root=path)
     import torch
 
     # One intra-op thread: these models are tiny, and on a small shared machine torch's
     # spinning OpenMP workers made sampling up to 50x slower under load.
     torch.set_num_threads(int(os.environ.get("COMFYUI_TEST_THREADS", "1")))
-    import folder_paths
-
-    # folder_paths may have been imported before us: set every directory explicitly.
-    if folder_paths.base_path != base:
-        folder_paths.models_dir = os.path.join(base, "models")
-        for name, (paths, exts) in list(folder_paths.folder_names_and_paths.items()):
-            folder_paths.folder_names_and_paths[name] = ([os.path.join(base, "models", name)], exts)
-    folder_paths.set_output_directory(os.path.join(base, "output"))
-    folder_paths.set_temp_directory(os.path.join(base, "temp"))
-    folder_paths.set_input_directory(os.path.join(base, "input"))
-    folder_paths.set_user_directory(os.path.join(base, "user"))
     for sub in ("models/checkpoints", "models/loras", "models/embeddings", "output", "temp", "input", "user"):
         os.makedirs(os.path.join(base, sub), exist_ok=True)
-
-    import nodes  # noqa: F401  (ComfyUI's nodes.py: the slow part, 4-6 s)
 
     _state["comfy_root"] = path
     _state["base_dir"] = base
@@ -111,6 +90,14 @@ def setup_comfy(path: str | None = None) -> str:
     # interpreter teardown otherwise prints "'NoneType' object has no attribute 'ON_DETACH'".
     atexit.register(release_models)
     return path
+
+
+def start_comfy(comfy_args: list[str]) -> str:
+    """ComfyUI as the runner starts it (its built-in nodes and this pack loaded), for scripts; returns its root."""
+    from infusion.cli import runtime
+
+    one_copy_of_core()
+    return runtime.start(comfy_args)
 
 
 def release_models() -> None:
@@ -149,6 +136,33 @@ def pack_module_name(pack_path: str = PACK_ROOT) -> str:
     return pack_path.replace(".", "_x_")
 
 
+class _CoreAlias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """ComfyUI imports the pack's core as `<pack>.infusion...`, the tests, benchmarks and this package as
+    `infusion...`: the first name is given the module of the second, so one process holds one copy of each
+    (one InfusionConcept class, one set of keys)."""
+
+    def __init__(self, pack_name: str):
+        self.prefix = pack_name + ".infusion"
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname == self.prefix or fullname.startswith(self.prefix + "."):
+            return importlib.util.spec_from_loader(fullname, self)
+        return None
+
+    def create_module(self, spec: Any) -> Any:
+        return importlib.import_module("infusion" + spec.name[len(self.prefix):])
+
+    def exec_module(self, module: Any) -> None:
+        pass  # imported already, under its own name
+
+
+def one_copy_of_core(pack_path: str = PACK_ROOT) -> None:
+    """Before ComfyUI loads the pack at `pack_path`: its core is the `infusion` package on sys.path."""
+    name = pack_module_name(pack_path)
+    if not any(isinstance(f, _CoreAlias) and f.prefix == name + ".infusion" for f in sys.meta_path):
+        sys.meta_path.insert(0, _CoreAlias(name))
+
+
 def load_pack(pack_path: str = PACK_ROOT) -> Any:
     """Load a pack exactly as ComfyUI's startup does and return its module.
     ComfyUI only logs import failures, so the log is captured and raised."""
@@ -158,6 +172,7 @@ def load_pack(pack_path: str = PACK_ROOT) -> Any:
     setup_comfy()
     import nodes
 
+    one_copy_of_core(pack_path)
     capture = _Capture()
     root = logging.getLogger()
     old_level = root.level
@@ -187,8 +202,8 @@ def pack_submodule(pack: Any, name: str) -> Any:
 # --------------------------------------------------------------------------- weights
 
 def _tiny_models() -> Any:
-    """The pack's tiny-model builders (infusion/tiny_models.py; imports torch, so not at module level)."""
-    from infusion import tiny_models
+    """The pack's tiny-model builders (infusion_dev/tiny_models.py; imports torch, so not at module level)."""
+    from . import tiny_models
     return tiny_models
 
 
@@ -389,9 +404,9 @@ def dit_families() -> list[str]:
 
 @functools.cache
 def tiny_dit(family: str) -> tuple[Any, Any]:
-    """(ModelPatcher, CLIP) of a tiny DiT family (infusion/tiny_dits.py), built as in the executor."""
+    """(ModelPatcher, CLIP) of a tiny DiT family (infusion_dev/tiny_dits.py), built as in the executor."""
     setup_comfy()
-    from infusion import tiny_dits
+    from . import tiny_dits
     with executor_mode():
         return tiny_dits.model_and_clip(family, os.path.join(models_dir(), "diffusion_models"))
 
@@ -425,13 +440,13 @@ def tiny_vae() -> Any:
 # --------------------------------------------------------------------------- checkpoint
 
 def sd15_checkpoint_unet_config() -> dict:
-    """Smallest UNet ComfyUI's model_detection still calls SD1.5 (see infusion/tiny_models.py)."""
+    """Smallest UNet ComfyUI's model_detection still calls SD1.5 (see infusion_dev/tiny_models.py)."""
     return _tiny_models().sd15_checkpoint_unet_config()
 
 
 def write_tiny_sd15_checkpoint(path: str, seed: int = SEED + 7) -> str:
     """Write a random-weight .safetensors that comfy.sd.load_checkpoint_guess_config detects
-    as SD15 and loads with no missing keys (built by infusion/tiny_models.py, ~310 MB, ~1.5 s)."""
+    as SD15 and loads with no missing keys (built by infusion_dev/tiny_models.py, ~310 MB, ~1.5 s)."""
     setup_comfy()
     return _tiny_models().write_tiny_sd15_checkpoint(path, seed)
 

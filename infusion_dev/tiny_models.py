@@ -122,7 +122,7 @@ def load_unet_file(path: str, new_model: Callable[[], Any], disable_dynamic: boo
     import comfy.model_patcher
     import comfy.utils
 
-    from . import compat
+    from infusion import compat
 
     model = new_model()
     missing, unexpected = model.diffusion_model.load_state_dict(comfy.utils.load_torch_file(path), strict=False)
@@ -136,7 +136,7 @@ def load_unet_file(path: str, new_model: Callable[[], Any], disable_dynamic: boo
 
 def save_unet_file(model: Any, path: str) -> str:
     """The UNet weights of a BaseModel as a .safetensors file (atomic), for `load_unet_file`."""
-    from .format import write_safetensors
+    from infusion.format import write_safetensors
 
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.diffusion_model.state_dict().items()}
     return write_safetensors(state, path, {})

@@ -1,12 +1,13 @@
-"""The headless runner's ComfyUI-free parts: UI -> API conversion, workflow checks, overrides,
-batch files, finding ComfyUI, and the shipped example workflows' structure."""
+"""The headless runner's ComfyUI-free parts (its train command's options and batch files, finding ComfyUI),
+and the development tools' checks of the shipped example workflows (workflow checks, settings on a prompt)."""
 import os
 import subprocess
 import sys
 
 import pytest
 
-from infusion.cli import convert, locate, overrides, train, validate, workflows
+from infusion.cli import locate, train
+from infusion_dev import examples, overrides, validate
 
 from core_helpers import HANG
 
@@ -43,91 +44,17 @@ def graph(*nodes, links=()):
     return {"nodes": list(nodes), "links": [list(link) for link in links], "version": 0.4}
 
 
-def basic(sampler_mode=0, patch_mode=0):
+def basic():
     """Loader -> Patch -> Sampler, Encode (clip from Patch) -> Sampler.positive, plus a note."""
     return graph(
         node(1, "Loader", ["a.safetensors"]),
-        node(2, "Patch", [7], [("model", "MODEL", 1), ("clip", "CLIP", 2)], mode=patch_mode),
+        node(2, "Patch", [7], [("model", "MODEL", 1), ("clip", "CLIP", 2)]),
         node(3, "Encode", ["a dog"], [("clip", "CLIP", 3)], title="Prompt"),
         node(4, "Sampler", [5, "fixed", 10, "x", "fixed", "", 1.5, True],
-             [("model", "MODEL", 4), ("positive", "CONDITIONING", 5)], mode=sampler_mode),
+             [("model", "MODEL", 4), ("positive", "CONDITIONING", 5)]),
         node(5, "MarkdownNote", ["# hello"]),
         links=[(1, 1, 0, 2, 0, "MODEL"), (2, 1, 1, 2, 1, "CLIP"), (3, 2, 1, 3, 0, "CLIP"),
                (4, 2, 0, 4, 0, "MODEL"), (5, 3, 0, 4, 1, "CONDITIONING")])
-
-
-# ------------------------------------------------------------------ conversion
-
-def test_widgets_follow_definition_order_with_control_values_skipped():
-    prompt = convert.to_api(basic(), DEFS)
-    assert set(prompt) == {"1", "2", "3", "4"}  # the note is frontend-only
-    assert prompt["4"] == {"class_type": "Sampler", "_meta": {"title": "Sampler"},
-                           "inputs": {"model": ["2", 0], "seed": 5, "steps": 10, "positive": ["3", 0], "mode": "x",
-                                      "strength": 1.5, "fast": True}}
-    assert prompt["3"]["inputs"] == {"text": "a dog", "clip": ["2", 1]} and prompt["3"]["_meta"]["title"] == "Prompt"
-    # control_after_generate=False on a 'seed' overrides the frontend's seed-name convention: no control value
-    assert prompt["2"]["inputs"]["seed"] == 7
-
-
-def test_control_counts_match_the_frontend():
-    assert convert.control_count("seed", ["INT", {}]) == 1
-    assert convert.control_count("noise_seed", ["INT", {}]) == 1
-    assert convert.control_count("seed", ["INT", {"control_after_generate": False}]) == 0
-    assert convert.control_count("steps", ["INT", {"control_after_generate": True}]) == 1
-    assert convert.control_count("mode", ["COMBO", {"options": ["x"], "control_after_generate": True}]) == 2
-    assert convert.control_count("mode", [["x"], {}]) == 0
-    assert not convert.has_widget(["INT", {"forceInput": True}])
-
-
-def test_a_linked_widget_input_takes_the_link():
-    wf = basic()
-    wf["nodes"].append(node(6, "Loader", ["b.safetensors"]))
-    sampler = wf["nodes"][3]
-    sampler["inputs"].append({"name": "steps", "type": "INT", "link": 6, "widget": {"name": "steps"}})
-    wf["nodes"].append(node(7, "PrimitiveNode", [42]))
-    wf["links"].append([6, 7, 0, 4, 2, "INT"])
-    assert convert.to_api(wf, DEFS)["4"]["inputs"]["steps"] == 42
-
-
-def test_reroutes_are_followed_and_muted_nodes_dropped():
-    wf = basic()
-    wf["nodes"].append(node(8, "Reroute", [], [("", "*", 6)]))
-    wf["nodes"][2]["inputs"][0]["link"] = 7  # Encode.clip now comes through the reroute
-    wf["links"] += [[6, 2, 1, 8, 0, "CLIP"], [7, 8, 0, 3, 0, "CLIP"]]
-    assert convert.to_api(wf, DEFS)["3"]["inputs"]["clip"] == ["2", 1]
-    muted = convert.to_api(basic(sampler_mode=convert.MODE_MUTED), DEFS)
-    assert "4" not in muted
-
-
-def test_bypassed_nodes_pass_inputs_of_the_same_type_through():
-    prompt = convert.to_api(basic(patch_mode=convert.MODE_BYPASSED), DEFS)
-    assert "2" not in prompt
-    assert prompt["4"]["inputs"]["model"] == ["1", 0]
-    assert prompt["3"]["inputs"]["clip"] == ["1", 1]
-
-
-def test_clear_errors_for_missing_nodes_stale_widgets_and_subgraphs():
-    wf = basic()
-    wf["nodes"].append(node(9, "FancyNode"))
-    with pytest.raises(convert.WorkflowError, match="no node type FancyNode"):
-        convert.to_api(wf, DEFS)
-    wf = basic()
-    wf["nodes"][3]["widgets_values"] = [5, "fixed", 10]
-    with pytest.raises(convert.WorkflowError, match=r"node #4 \(Sampler\) has 3 widget values but its definition "
-                                                    r"has 8 .*save it again"):
-        convert.to_api(wf, DEFS)
-    wf = basic()
-    wf["definitions"] = {"subgraphs": [{"id": "abc-123"}]}
-    wf["nodes"].append(node(10, "abc-123"))
-    with pytest.raises(convert.WorkflowError, match="subgraph"):
-        convert.to_api(wf, DEFS)
-
-
-def test_links_saved_as_objects_are_read_too():
-    wf = basic()
-    keys = ("id", "origin_id", "origin_slot", "target_id", "target_slot", "type")
-    wf["links"] = [dict(zip(keys, link)) for link in wf["links"]]
-    assert convert.to_api(wf, DEFS) == convert.to_api(basic(), DEFS)
 
 
 # ------------------------------------------------------------------ checking
@@ -160,8 +87,19 @@ def test_type_matching_follows_comfyui():
 
 # ------------------------------------------------------------------ overrides
 
+def basic_prompt():
+    """basic() as the frontend queues it."""
+    return {"1": {"class_type": "Loader", "inputs": {"ckpt_name": "a.safetensors"}, "_meta": {"title": "Loader"}},
+            "2": {"class_type": "Patch", "inputs": {"model": ["1", 0], "clip": ["1", 1], "seed": 7},
+                  "_meta": {"title": "Patch"}},
+            "3": {"class_type": "Encode", "inputs": {"text": "a dog", "clip": ["2", 1]}, "_meta": {"title": "Prompt"}},
+            "4": {"class_type": "Sampler", "inputs": {"model": ["2", 0], "seed": 5, "steps": 10, "positive": ["3", 0],
+                                                      "mode": "x", "strength": 1.5, "fast": True},
+                  "_meta": {"title": "Sampler"}}}
+
+
 def test_set_by_id_title_or_type_and_values_typed_by_the_input():
-    prompt = convert.to_api(basic(), DEFS)
+    prompt = basic_prompt()
     assert overrides.set_input(prompt, DEFS, "Sampler", "steps", "30") == ["4"]
     assert overrides.set_input(prompt, DEFS, "Prompt", "text", "a cat") == ["3"]
     overrides.set_input(prompt, DEFS, "4", "fast", "false")
@@ -174,19 +112,14 @@ def test_set_by_id_title_or_type_and_values_typed_by_the_input():
         overrides.set_input(prompt, DEFS, "4", "cfg", "3")
     with pytest.raises(overrides.OverrideError, match="'many' is not an INT"):
         overrides.set_input(prompt, DEFS, "4", "steps", "many")
-    assert overrides.parse_assignment("Load Infusion (first concept).concept_name=x.safetensors") == (
-        "Load Infusion (first concept)", "concept_name", "x.safetensors")
-    with pytest.raises(overrides.OverrideError, match="TARGET.INPUT=VALUE"):
-        overrides.parse_assignment("steps=3")
 
 
-def test_shortcuts_find_their_settings_or_say_they_are_absent():
-    prompt = convert.to_api(basic(), DEFS)
-    assert overrides.set_shortcut(prompt, DEFS, "checkpoint", "ckpt_name", "b.safetensors") == ["1"]
-    assert overrides.set_prompt(prompt, DEFS, "a teapot") == ["3"]
-    assert prompt["1"]["inputs"]["ckpt_name"] == "b.safetensors" and prompt["3"]["inputs"]["text"] == "a teapot"
-    with pytest.raises(overrides.OverrideError, match="--word: this workflow has no 'word' setting"):
-        overrides.set_shortcut(prompt, DEFS, "word", "word", "dog")
+def test_the_prompt_is_set_on_the_encoder_that_feeds_the_sampler():
+    prompt = basic_prompt()
+    assert overrides.set_prompt(prompt, DEFS, "a teapot") == ["3"] and prompt["3"]["inputs"]["text"] == "a teapot"
+    del prompt["4"]
+    with pytest.raises(overrides.OverrideError, match="no text encoder feeds a sampler's 'positive' input"):
+        overrides.set_prompt(prompt, DEFS, "a teapot")
 
 
 def test_the_prompt_is_found_through_nodes_that_pass_a_conditioning_on():
@@ -281,7 +214,8 @@ def _installed(name):
 
 def test_the_runner_says_what_is_missing(tmp_path):
     env = {**os.environ, "COMFYUI_PATH": str(tmp_path / "nowhere")}
-    done = subprocess.run([sys.executable, "-m", "infusion", "check"], cwd=locate.PACK_ROOT, env=env,
+    done = subprocess.run([sys.executable, "-m", "infusion", "train", "--checkpoint", "x.safetensors"],
+                          cwd=locate.PACK_ROOT, env=env,
                           capture_output=True, text=True, timeout=HANG)
     assert done.returncode == 1
     assert f"COMFYUI_PATH={tmp_path / 'nowhere'} does not exist" in done.stderr
@@ -289,23 +223,23 @@ def test_the_runner_says_what_is_missing(tmp_path):
 
 # ------------------------------------------------------------------ the shipped example workflows
 
-EXAMPLES = workflows.example_names()
+EXAMPLES = examples.example_names()
 
 
 def test_the_examples_are_shipped_where_comfyui_serves_templates():
     assert EXAMPLES == ["blend_concepts", "flux_concept", "generate_with_concept", "measure_overfitting", "multi_concept",
                         "train_concept"]
-    assert os.path.basename(workflows.WORKFLOWS_DIR) == "workflows"
+    assert os.path.basename(examples.WORKFLOWS_DIR) == "workflows"
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_example_is_a_consistent_ui_workflow_with_a_note(name):
-    wf = workflows.load(workflows.resolve(name))
-    assert not workflows.is_api_format(wf) and wf["version"] == 0.4
+    wf = examples.load(name)
+    assert wf["version"] == 0.4
     nodes = {n["id"]: n for n in wf["nodes"]}
-    notes = [n for n in nodes.values() if n["type"] in convert.NOTE_TYPES]
+    notes = [n for n in nodes.values() if n["type"] in validate.NOTE_TYPES]
     assert len(notes) == 1 and len(notes[0]["widgets_values"][0]) > 200
-    for link in convert.links_of(wf).values():
+    for link in validate.links_of(wf).values():
         assert nodes[link.origin_id]["outputs"][link.origin_slot]["type"] == link.type
         assert link.id in nodes[link.origin_id]["outputs"][link.origin_slot]["links"]
         assert nodes[link.target_id]["inputs"][link.target_slot]["link"] == link.id

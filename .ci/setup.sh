@@ -1,0 +1,54 @@
+# Shared by .ci/run (CI) and .ci/first-run (the README's first run); sourced from the repository root.
+OLDEST_TAG=v0.3.64
+CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/comfyui-infusion"
+
+# --- ComfyUI trees, newest first: $COMFYUI_PATH alone if set; else every tree in ../shared
+# (ComfyUI-0.33.0, then ComfyUI = 0.3.64); else a shallow clone of the oldest supported tag (cached).
+find_trees() {  # sets the array `trees`
+  trees=()
+  if [ -n "${COMFYUI_PATH:-}" ]; then
+    trees=("$COMFYUI_PATH")
+    return
+  fi
+  for tree in ../shared/ComfyUI-0.33.0 ../shared/ComfyUI; do
+    [ -f "$tree/nodes.py" ] && trees+=("$(cd "$tree" && pwd)")
+  done
+  if [ ${#trees[@]} -eq 0 ]; then
+    local clone="$CACHE/ComfyUI-$OLDEST_TAG"
+    if [ ! -f "$clone/nodes.py" ]; then
+      rm -rf "$clone.partial"
+      git clone -q --depth 1 --branch "$OLDEST_TAG" https://github.com/comfyanonymous/ComfyUI "$clone.partial"
+      mv "$clone.partial" "$clone"
+    fi
+    trees=("$clone")
+  fi
+}
+version_of() { sed -n 's/^__version__ = "\(.*\)"/\1/p' "$1/comfyui_version.py" 2>/dev/null || true; }
+
+# --- Python, one environment per version. torch 2.14.1 with torchvision runs on the CPU here (the
+# CPU-only torch wheel on this machine has no matching torchvision, which ComfyUI imports). ComfyUI lists
+# torchaudio (0.33's comfy.sd imports it), whose newest release (2.11.1) pins an older torch: it is
+# installed without its dependencies, and what ComfyUI uses of it (resample, MelSpectrogram) runs on
+# torch 2.14.1.
+requirements_of() {  # requirements_of TREE VERSION: the requirements file the environment is built from
+  if [ -f ".ci/requirements-$2.txt" ]; then echo ".ci/requirements-$2.txt"; else echo "$1/requirements.txt"; fi
+}
+environment_ready() {  # environment_ready TREE VERSION: built, from today's requirements file
+  [ -f ".venv-$2/ready" ] && cmp -s ".venv-$2/ready" "$(requirements_of "$1" "$2")"
+}
+environment() {  # environment TREE VERSION: builds .venv-VERSION
+  local tree=$1 version=$2 venv=".venv-$2"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q torch==2.14.1 torchvision==0.29.1
+  if grep -q -E '^torchaudio' "$tree/requirements.txt" 2>/dev/null; then
+    "$venv/bin/pip" install -q --no-deps torchaudio==2.11.1
+  fi
+  if [ -f ".ci/requirements-$version.txt" ]; then
+    "$venv/bin/pip" install -q -r ".ci/requirements-$version.txt"
+  else  # a version CI was not proven with: its own list, torch left as installed
+    grep -v -E '^(torch|torchvision|torchaudio)([^a-z_-]|$)' "$tree/requirements.txt" > "$venv/comfyui-requirements.txt"
+    "$venv/bin/pip" install -q -r "$venv/comfyui-requirements.txt" pytest pytest-xdist requests comfy-cli
+  fi
+  cp "$(requirements_of "$tree" "$version")" "$venv/ready"
+}
