@@ -479,8 +479,8 @@ def run_node(node: Any, *args: Any, **kwargs: Any) -> Any:
 
 def train_node(pack: Any, unique_id: str = "1", prompt: dict | None = None) -> Any:
     """Train Infusion Concept's class, prepared as the executor prepares a node (its hidden inputs set)."""
-    compat = pack_submodule(pack, "infusion.compat")
-    return compat.node_class(pack_submodule(pack, "nodes.train").TrainInfusion, unique_id, prompt)
+    from .comfy_versions import node_class
+    return node_class(pack_submodule(pack, "nodes.train").TrainInfusion, unique_id, prompt)
 
 
 def encode(clip: Any, text: str) -> list:

@@ -122,7 +122,7 @@ def load_unet_file(path: str, new_model: Callable[[], Any], disable_dynamic: boo
     import comfy.model_patcher
     import comfy.utils
 
-    from infusion import compat
+    from .comfy_versions import register_reload
 
     model = new_model()
     missing, unexpected = model.diffusion_model.load_state_dict(comfy.utils.load_torch_file(path), strict=False)
@@ -130,7 +130,7 @@ def load_unet_file(path: str, new_model: Callable[[], Any], disable_dynamic: boo
         raise ValueError(f"{path} does not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
     patcher = comfy.model_patcher.ModelPatcher(model, comfy.model_management.get_torch_device(),
                                                comfy.model_management.unet_offload_device())
-    compat.register_reload(patcher, load_unet_file, path, new_model)
+    register_reload(patcher, load_unet_file, path, new_model)
     return patcher
 
 

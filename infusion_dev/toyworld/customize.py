@@ -19,6 +19,8 @@ from typing import Any, Sequence
 import torch
 
 from infusion import compat
+
+from .. import comfy_versions
 from . import scenes
 from .probe import Probe, Reading, read
 from .sampling import sample
@@ -127,7 +129,7 @@ def infusion_node_inputs(**overrides: Any) -> dict[str, Any]:
 def train_infusion_outputs(model: Any, clip: Any, photos: torch.Tensor, **inputs: Any) -> tuple:
     """Every output of the Train Infusion Concept node, trained on the photos' latents."""
     import nodes
-    node = compat.node_class(nodes.NODE_CLASS_MAPPINGS["TrainInfusion"], "toyworld")
+    node = comfy_versions.node_class(nodes.NODE_CLASS_MAPPINGS["TrainInfusion"], "toyworld")
     with torch.inference_mode():
         return node.execute(model, clip, latents={"samples": photos}, **infusion_node_inputs(**inputs)).result
 
@@ -155,8 +157,8 @@ def train_lora(model: Any, clip: Any, photos: torch.Tensor, captions: Sequence[s
     from .sampling import encode
     positive = [c for text in captions for c in encode(clip, text)]
     with torch.inference_mode():
-        lora = compat.train_lora(model, {"samples": photos}, positive, **lora_node_inputs(**inputs))
-    return compat.apply_lora(model, lora, 1.0), lora
+        lora = comfy_versions.train_lora(model, {"samples": photos}, positive, **lora_node_inputs(**inputs))
+    return comfy_versions.apply_lora(model, lora, 1.0), lora
 
 
 def latent_fisher_divergence(base: Any, custom: Any, clip: Any, samples: int = 8, timesteps: int = 10,

@@ -1,4 +1,5 @@
-"""The ComfyUI-version seams (infusion/compat.py and the pack's overrides of ComfyUI methods).
+"""The ComfyUI-version seams (infusion/compat.py, infusion_dev/comfy_versions.py and the pack's overrides of
+ComfyUI methods).
 
 The suite runs on the real 0.3.64 and 0.33.0, so each runs its own paths for real; the paths of the
 other (and of 0.38, found by reading its code) run against stand-ins shaped as their objects are, so a
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from infusion_dev import comfy_harness as h
+from infusion_dev import comfy_versions
 
 
 @pytest.fixture
@@ -208,20 +210,20 @@ LORA_INPUTS = dict(batch_size=1, steps=1, grad_accumulation_steps=1, learning_ra
                    gradient_checkpointing=False, existing_lora="[None]")
 
 
-def test_train_lora_runs_comfyuis_own_node_and_its_lora_applies(compat, sd15):
+def test_train_lora_runs_comfyuis_own_node_and_its_lora_applies(sd15):
     model, clip = sd15
     latents = {"samples": torch.randn(1, 4, h.LATENT_SIZE, h.LATENT_SIZE, generator=torch.Generator().manual_seed(0))}
     positive = h.encode(clip, "a photo of a dog")
     with h.executor_mode():
-        lora = compat.train_lora(model, latents, positive, **LORA_INPUTS)
+        lora = comfy_versions.train_lora(model, latents, positive, **LORA_INPUTS)
     assert lora and all(isinstance(v, torch.Tensor) for v in lora.values())
     negative = h.encode(clip, "")
     base = h.sample(model, positive, negative)["samples"]
-    assert not torch.equal(h.sample(compat.apply_lora(model, lora, 1.0), positive, negative)["samples"], base)
+    assert not torch.equal(h.sample(comfy_versions.apply_lora(model, lora, 1.0), positive, negative)["samples"], base)
     assert torch.equal(h.sample(model, positive, negative)["samples"], base)  # the input model is untouched
 
 
-def test_train_lora_calls_a_v3_node_with_lists_and_its_defaults(compat, monkeypatch):
+def test_train_lora_calls_a_v3_node_with_lists_and_its_defaults(monkeypatch):
     """0.38's TrainLoraNode: a V3 node with is_input_list (every input a one-item list), newer inputs
     at their schema defaults, result (lora, loss, steps)."""
     import comfy_extras.nodes_train as native
@@ -241,5 +243,5 @@ def test_train_lora_calls_a_v3_node_with_lists_and_its_defaults(compat, monkeypa
             return io.NodeOutput({"lora": 1}, {"loss": []}, steps)
 
     monkeypatch.setattr(native, "TrainLoraNode", TrainLoraNode)
-    assert compat.train_lora("M", {"samples": None}, [], steps=3, rank=1) == {"lora": 1}
+    assert comfy_versions.train_lora("M", {"samples": None}, [], steps=3, rank=1) == {"lora": 1}
     assert received == {"model": ["M"], "steps": [3], "checkpoint_depth": [1], "offloading": [False]}
