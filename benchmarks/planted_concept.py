@@ -29,7 +29,7 @@ def main() -> None:
     args = parser.parse_args()
     h.setup_comfy()
     pack = h.load_pack()
-    import test_train_planted as planted
+    from infusion_dev import planted
 
     _, clip = h.tiny_sd15()
     start = time.perf_counter()

@@ -380,6 +380,9 @@ def main() -> None:
                         help="the rescaled copies of the rescale table: layers (a per layer in [0.1, 10]), 0.1, 10; "
                              "none: only the model as trained")
     parser.add_argument("--seeds", type=int, default=0, help="training seeds per table (default: 3, --quick 1)")
+    parser.add_argument("--methods", type=lambda v: v.split(","), default=None,
+                        help="only the methods whose names start with one of these (comma-separated, e.g. "
+                             "'Infusion, defaults'); default every method")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -440,7 +443,8 @@ def main() -> None:
             tables.append(rescale_table(model, clip, probe, setting, reference, kinds, steps(500)))
         else:
             concept, photos, title, rows = runs[key]
-            text, grid = measure(concept, rows(), model, clip, probe, setting, reference, photos, title)
+            chosen = [m for m in rows() if not args.methods or m.name.startswith(tuple(args.methods))]
+            text, grid = measure(concept, chosen, model, clip, probe, setting, reference, photos, title)
             tables.append(text)
             grid_png(grid, os.path.join(out, f"grid_{key}.png"))
     minutes = (time.perf_counter() - started) / 60

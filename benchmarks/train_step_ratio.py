@@ -28,7 +28,7 @@ def random_model(kind: str, width: int):
     an SD1.5-shaped UNet of `width` channels, or a FLUX.1-shaped DiT of `width` (a multiple of 128)."""
     import comfy.supported_models
     if kind == "flux":
-        from infusion import tiny_dits
+        from infusion_dev import tiny_dits
         return (tiny_dits.flux_shaped(os.path.join(h.models_dir(), "diffusion_models"), width, *FLUX_DEPTH),
                 h.tiny_dit("flux")[1])
     config = {**h.sd15_unet_config(), "model_channels": width}

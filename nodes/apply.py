@@ -3,7 +3,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..infusion.patching import apply_concept
-from ..infusion.toolbox import layer_weights, rebind
+from ..infusion.concept_tools import layer_weights, rebind
 from .load import INFUSION
 from .word_clip import InfusionCLIP
 

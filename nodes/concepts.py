@@ -1,6 +1,6 @@
-"""The concept toolbox: Infusion Concept Info, Blend Infusion Concepts, Save Infusion.
+"""The concept tools: Infusion Concept Info, Blend Infusion Concepts, Save Infusion.
 
-Thin wrappers: the logic lives in ../infusion/toolbox.py.
+Thin wrappers: the logic lives in ../infusion/concept_tools.py.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from comfy_api.latest import io, ui
 
 from ..infusion.format import load_concept, save_concept
 from ..infusion.images import to_image
-from ..infusion.toolbox import blend, norms_chart, report, residual_norms
+from ..infusion.concept_tools import blend, norms_chart, report, residual_norms
 from ..infusion.training.session import check_name
 from .load import INFUSION
 
@@ -22,7 +22,7 @@ class InfusionConceptInfo(io.ComfyNode):
         return io.Schema(
             node_id="InfusionConceptInfo",
             display_name="Infusion Concept Info",
-            category="Infusion",
+            category="Infusion/concepts",
             description="What a concept is (word, model, layers, training, lineage) and where it lives: the size of "
                         "its residual in each layer, grouped by block.",
             inputs=[
@@ -53,7 +53,7 @@ class BlendInfusionConcepts(io.ComfyNode):
         return io.Schema(
             node_id="BlendInfusionConcepts",
             display_name="Blend Infusion Concepts",
-            category="Infusion",
+            category="Infusion/concepts",
             description="weight x A + (1 - weight) x B, layer by layer, for two concepts of the same model.",
             inputs=[
                 INFUSION.Input("concept_a", tooltip="Concept A."),
@@ -76,7 +76,7 @@ class SaveInfusion(io.ComfyNode):
         return io.Schema(
             node_id="SaveInfusion",
             display_name="Save Infusion",
-            category="Infusion",
+            category="Infusion/concepts",
             description="Save a concept (a blend, a re-bound one) to models/infusion, with its lineage.",
             inputs=[
                 INFUSION.Input("infusion", tooltip="The concept to save."),

@@ -32,7 +32,7 @@ class InfusionLatentFisherDivergence(io.ComfyNode):
         return io.Schema(
             node_id="InfusionLatentFisherDivergence",
             display_name="Infusion Metrics: Latent Fisher Divergence",
-            category="Infusion",
+            category="Infusion/metrics",
             description="Concept-agnostic overfitting: how far a customized model's noise prediction moves "
                         "from the base model's on prompts that do NOT name the concept, averaged over "
                         "timesteps and noised reference latents (same draws for both models). 0 = untouched. "
@@ -92,7 +92,7 @@ class InfusionWasserstein(io.ComfyNode):
         return io.Schema(
             node_id="InfusionWasserstein",
             display_name="Infusion Metrics: Wasserstein-2",
-            category="Infusion",
+            category="Infusion/metrics",
             description="Concept-specific overfitting: Wasserstein-2 distance, in CLIP vision feature space, "
                         "between the customized model's images of the concept and the base model's images "
                         "of its class in the same varied contexts. Lower = the concept keeps the variety of "

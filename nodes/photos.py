@@ -26,7 +26,7 @@ class LoadConceptPhotos(io.ComfyNode):
         return io.Schema(
             node_id="LoadConceptPhotos",
             display_name="Load Concept Photos",
-            category="Infusion",
+            category="Infusion/train",
             description="Read every photo in a folder (png, jpg, webp, bmp, tiff; any size and aspect), and the "
                         "caption beside each (<photo>.txt), for Train Infusion Concept. Re-reads when the folder's "
                         "files change.",

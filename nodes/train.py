@@ -67,7 +67,7 @@ class TrainInfusion(io.ComfyNode):
         return io.Schema(
             node_id="TrainInfusion",
             display_name="Train Infusion Concept",
-            category="Infusion",
+            category="Infusion/train",
             description="Learn a concept (one residual vector per attention layer that reads text: KBs on SD1.5, "
                         "hundreds of KB on Flux) from 3-10 photos, "
                         "bound to its plain class word. Only the vectors train; the model stays frozen and unchanged. "
@@ -110,14 +110,14 @@ class TrainInfusion(io.ComfyNode):
                 io.Int.Input("resolution", default=0, min=0, max=4096, step=64,
                              tooltip="Training size in pixels (a multiple of 64). 0 = the model's own: 512 for "
                                      "SD1.x, 768 for SD2.x 768-v (512 for SD2 base), 1024 for SDXL and the DiTs (Flux, ...)."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
+                io.Int.Input("seed", default=DEFAULTS.seed, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
                              tooltip="Seeds every random draw (photo order, captions, flips, timesteps, noise): the "
                                      "same inputs and seed give the same concept (bit-identical on CPU). "
                                      + _RETRAIN),
                 io.String.Input("templates", default="\n".join(AUTHOR_TEMPLATES), multiline=True,
                                 tooltip="Caption templates, one per line, {} where the class word goes. One is drawn "
                                         "per model call. Default: the authors' 11 templates."),
-                io.Boolean.Input("flip", default=True,
+                io.Boolean.Input("flip", default=DEFAULTS.flip,
                                  tooltip="Mirror each photo left-right with probability 0.5 (the authors do). Turn "
                                          "off for asymmetric concepts (text, logos)."),
                 io.Int.Input("save_every", default=100, min=0, max=100000,
@@ -134,7 +134,7 @@ class TrainInfusion(io.ComfyNode):
                                        "attention maps (seen in the authors' code). image-queries (DiT models): only "
                                        "the image tokens see the residual; the prompt's own tokens stay the base "
                                        "model's."),
-                io.Combo.Input("precision", options=list(PRECISIONS), default="fp16",
+                io.Combo.Input("precision", options=list(PRECISIONS), default=DEFAULTS.precision,
                                tooltip="Autocast precision of the model during training; the vectors stay fp32. fp16 "
                                        "(the authors', with loss scaling) is fastest on most GPUs; bf16 on recent "
                                        "GPUs; fp32 on CPU or when the loss turns non-finite."),

@@ -10,7 +10,7 @@ from typing import Any
 
 import comfy.sd
 
-from ..infusion.prompt import word_positions
+from ..infusion.word_positions import word_positions
 from ..infusion.tokens import CONDITIONING_KEY
 
 

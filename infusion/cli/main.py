@@ -7,7 +7,6 @@ itself (--lowvram, --cpu, --output-directory DIR, ...).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Sequence
 
@@ -74,7 +73,7 @@ def cmd_train(args: argparse.Namespace, argv: list[str], comfy_args: Sequence[st
 
 def cmd_info(args: argparse.Namespace, comfy_args: Sequence[str]) -> int:
     from ..format import load_concept
-    from ..toolbox import report, residual_norms
+    from ..concept_tools import report, residual_norms
 
     for i, path in enumerate(args.files):
         concept = load_concept(path)

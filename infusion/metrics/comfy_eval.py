@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..sampling import inside_sampling
+from ..sampler_context import inside_sampling
 from .fisher import DEFAULT_SIGMA_FLOOR, LFDPlan, LFDResult, check_weighting, compare, evaluate, make_plan
 from .wasserstein import W2Result, feature_wasserstein
 

@@ -17,7 +17,7 @@ from .. import compat
 from ..concept import InfusionConcept
 from ..families import adapter_for
 from ..patching import install, trainable_residual, training_space
-from ..sampling import inside_sampling
+from ..sampler_context import inside_sampling
 from ..value_space import TRAINED_IN, ValueSpace
 from .loop import PhotoLatents, TrainingHooks, TrainingSettings, train
 from .state import ResumeError, TrainingState

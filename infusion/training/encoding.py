@@ -8,7 +8,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from ..prompt import word_positions
+from ..word_positions import word_positions
 from ..tokens import CONDITIONING_KEY
 from .captions import PhotoCaptions
 from .data import fit_masks, fit_photos, flip, loss_weights, photo_hash

@@ -24,7 +24,7 @@ from ..concept import InfusionConcept, normalize_word
 from ..families import adapter_for
 from ..format import save_concept
 from ..patching import model_layers, training_space
-from ..prompt import context_key, word_token_ids
+from ..word_positions import context_key, word_token_ids
 from ..value_space import TRAINED_IN, ValueSpace
 from .comfy_model import train_on_model
 from .encoding import ConceptData, encode_captions, photo_caption_indices

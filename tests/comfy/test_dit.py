@@ -478,7 +478,7 @@ def test_families_it_cannot_reach_are_refused_by_name(pack):
 @pytest.mark.parametrize("family", [f for f in ("flux", "qwen_image", "z_image") if f in FAMILIES])
 def test_the_word_is_marked_in_every_piece_and_occurrence_after_the_template(pack, family):
     _, clip = h.tiny_dit(family)
-    prompt = P(pack, "infusion.prompt")
+    prompt = P(pack, "infusion.word_positions")
     tokenizer = clip.tokenizer
 
     def marked(text, word):
@@ -538,19 +538,19 @@ def test_lumina_2_is_reached_where_comfyui_labels_its_layers_and_refused_by_name
             patching.model_layers(model)
 
 
-def test_the_toolbox_reads_a_dit_concept(pack):
+def test_the_concept_tools_read_a_dit_concept(pack):
     model, clip = h.tiny_dit("flux")
     concept = random_concept(pack, model)
-    toolbox = P(pack, "infusion.toolbox")
-    norms = toolbox.residual_norms(concept, model)
-    assert norms == toolbox.residual_norms(concept)  # value space already: the norm is where it acts
-    text = toolbox.report(concept, norms, value_space=True)
+    tools = P(pack, "infusion.concept_tools")
+    norms = tools.residual_norms(concept, model)
+    assert norms == tools.residual_norms(concept)  # value space already: the norm is where it acts
+    text = tools.report(concept, norms, value_space=True)
     assert "4 attention layers, value width 128" in text and "|r|, value space" in text
     assert "double 0: " in text and "  single 0: " in text and "  1: " in text
-    weights = toolbox.layer_weights("double=0, single.1=0.5", sorted(concept.values))
+    weights = tools.layer_weights("double=0, single.1=0.5", sorted(concept.values))
     assert [weights[layer] for layer in sorted(concept.values)] == [0.0, 0.0, 1.0, 0.5]
     with pytest.raises(ValueError, match=r"neither a block \(double, single\)"):
-        toolbox.layer_weights("input=0", sorted(concept.values))
+        tools.layer_weights("input=0", sorted(concept.values))
 
 
 @pytest.mark.parametrize("family", [f for f in ("flux", "qwen_image") if f in FAMILIES])

@@ -84,7 +84,7 @@ def test_node_schema_has_tooltips_everywhere(pack):
 ])
 def test_word_positions_with_comfy_tokenizers(pack, request, family, text, word, expected):
     _, clip = request.getfixturevalue(family)
-    prompt = h.pack_submodule(pack, "infusion.prompt")
+    prompt = h.pack_submodule(pack, "infusion.word_positions")
     positions = prompt.word_positions(clip.tokenizer, clip.tokenize(text), [word])
     assert positions.length == 77
     assert positions.words.get(word, ()) == expected
@@ -92,7 +92,7 @@ def test_word_positions_with_comfy_tokenizers(pack, request, family, text, word,
 
 def test_multi_token_word_and_long_prompt(pack, sd15):
     _, clip = sd15
-    prompt = h.pack_submodule(pack, "infusion.prompt")
+    prompt = h.pack_submodule(pack, "infusion.word_positions")
     ids = prompt.word_token_ids(clip.tokenizer, "axolotl")
     assert len(ids) > 1  # a word of several BPE tokens: every piece gets the residual
     text = " ".join(["scenery"] * 80) + " and an axolotl"

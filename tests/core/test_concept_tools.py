@@ -1,4 +1,4 @@
-"""The concept toolbox's core: blends (exact at the ends), re-binding, block-weight texts, reports."""
+"""The concept tools's core: blends (exact at the ends), re-binding, block-weight texts, reports."""
 import os
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 
 from infusion.concept import InfusionConcept
 from infusion.layers import LayerId
-from infusion.toolbox import blend, layer_weights, rebind, report, residual_norms
+from infusion.concept_tools import blend, layer_weights, rebind, report, residual_norms
 
 from core_helpers import HANG, random_concept, sd15_layers
 

@@ -1,4 +1,4 @@
-"""The concept toolbox on a real ComfyUI: Info, Blend, Save, and Apply's word and block_weights, with the
+"""The concept tools on a real ComfyUI: Info, Blend, Save, and Apply's word and block_weights, with the
 exact properties they promise."""
 import os
 
@@ -89,7 +89,7 @@ def test_info_reports_and_charts_norms_in_text_or_value_space(pack, sd15):
     assert "Infusion concept 'rex' (word 'dog')" in text and "|u|, text space" in text and chart.shape[-1] == 3
     text, _ = node("InfusionConceptInfo").execute(concept, model).result
     assert "|W_v u|, value space" in text
-    norms = h.pack_submodule(pack, "infusion.toolbox").residual_norms(concept, model)
+    norms = h.pack_submodule(pack, "infusion.concept_tools").residual_norms(concept, model)
     unet = model.get_model_object("diffusion_model")
     to_v = unet.input_blocks[1][1].transformer_blocks[0].attn2.to_v.weight
     layer = h.pack_submodule(pack, "infusion.layers").LayerId("input", 1, 0)
