@@ -1,5 +1,5 @@
-"""Every place where the pack depends on a ComfyUI version, and nowhere else (the development tools' own
-are infusion_dev/comfy_versions.py).
+"""Every place where the pack depends on a ComfyUI version, and nowhere else (the development tools keep
+theirs apart).
 
 Tested: ComfyUI 0.3.64 and 0.33.0 (real, in CI). Reviewed by reading: 0.38.x (Comfy-Org/ComfyUI up to 0.38.1).
 Each function says which versions each branch serves. ComfyUI is imported inside functions only.

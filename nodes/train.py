@@ -61,6 +61,148 @@ def _schedulers() -> list[str]:
     return list(comfy.samplers.KSampler.SCHEDULERS)
 
 
+def _concept_inputs() -> list:
+    """The model, its CLIP and VAE, the photos, and the word and file name the concept gets."""
+    return [
+        io.Model.Input("model", tooltip="The base model to train the concept for: SD1.x, SD2.x, SDXL, FLUX.1, "
+                                        "FLUX.2, Chroma, Qwen-Image, Z-Image or Krea 2. "
+                                        "It is not modified."),
+        io.Clip.Input("clip", tooltip="The model's CLIP: encodes every caption once, before training."),
+        io.Vae.Input("vae", optional=True,
+                     tooltip="The model's VAE: encodes every photo once, before training (not needed with "
+                             "latents)."),
+        io.Image.Input("photos", optional=True,
+                       tooltip="The concept's photos (3-10 is typical), any size and aspect: each is scaled "
+                               "and centre-cropped to the training resolution. Load Concept Photos reads a "
+                               "whole folder. Give photos or latents."),
+        io.String.Input("word", default="dog",
+                        tooltip="The concept's plain class word ('dog', 'teapot', 'woman'). Prompts that say "
+                                "this word will draw the concept; no new token is learned."),
+        io.String.Input("output_name", default="my_concept",
+                        tooltip="File name in models/infusion: <name>.safetensors (the concept), "
+                                "<name>_step<N>.safetensors (snapshots), <name>.resume (resume state). "
+                                "An existing concept of this name is overwritten."),
+    ]
+
+
+def _training_inputs() -> list:
+    """How the vectors train: steps, learning rate, batch, resolution, seed, captions, files, precision."""
+    return [
+        io.Int.Input("steps", default=DEFAULTS.steps, min=1, max=100000,
+                     tooltip="Optimizer steps in all (with resume: the total, counting the steps already "
+                             "done). The authors train 400-500."),
+        io.Float.Input("learning_rate", default=DEFAULTS.learning_rate, min=1e-6, max=10.0, step=0.0001,
+                       tooltip="AdamW's learning rate at the start (weight decay 0.01), falling along a cosine to "
+                               "0 at the last step: about what fraction of their own size the word's values "
+                               "move by in each step, in every layer of every model. The default learns on "
+                               "both models of the toy world (docs). No concept in the previews yet: raise "
+                               "it, then the steps; the concept overdone: lower it."),
+        io.Int.Input("batch_size", default=DEFAULTS.batch_size, min=1, max=64,
+                     tooltip="Photos per model call. Lower it if memory runs out, and raise "
+                             "gradient_accumulation to keep the effective batch."),
+        io.Int.Input("gradient_accumulation", default=DEFAULTS.gradient_accumulation, min=1, max=256,
+                     tooltip="Model calls per optimizer step: effective batch = batch_size x this. 1 "
+                             "trains in a quarter of the authors' time (4 x 4 = 16), and the toy world "
+                             "learns at it."),
+        io.Int.Input("resolution", default=0, min=0, max=4096, step=64,
+                     tooltip="Training size in pixels (a multiple of 64). 0 = the model's own: 512 for "
+                             "SD1.x, 768 for SD2.x 768-v (512 for SD2 base), 1024 for SDXL and the DiTs (Flux, ...)."),
+        io.Int.Input("seed", default=DEFAULTS.seed, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
+                     tooltip="Seeds every random draw (photo order, captions, flips, timesteps, noise): the "
+                             "same inputs and seed give the same concept (bit-identical on CPU). "
+                             + _RETRAIN),
+        io.String.Input("templates", default="\n".join(AUTHOR_TEMPLATES), multiline=True,
+                        tooltip="Caption templates, one per line, {} where the class word goes. One is drawn "
+                                "per model call. Default: the authors' 11 templates."),
+        io.Boolean.Input("flip", default=DEFAULTS.flip,
+                         tooltip="Mirror each photo left-right with probability 0.5 (the authors do). Turn "
+                                 "off for asymmetric concepts (text, logos)."),
+        io.Int.Input("save_every", default=100, min=0, max=100000,
+                     tooltip="Every N steps write a snapshot <name>_step<N>.safetensors and the resume "
+                             "state (atomic writes). 0 = only at the end (and on cancel)."),
+        io.Boolean.Input("resume", default=False,
+                         tooltip="Continue from <output_name>.resume up to 'steps' total. Needs the same "
+                                 "photos, word, templates and settings; vectors, optimizer, step and random "
+                                 "generator are restored, so the result equals one uninterrupted run. "
+                                 "Cancel saves a resume state."),
+        io.Combo.Input("variant", options=list(VARIANTS), default="value",
+                       tooltip="value: the method (residual on the values at the word, attention maps "
+                               "kept). key+value (UNet models): also a key residual, which changes the "
+                               "attention maps (seen in the authors' code). image-queries (DiT models): only "
+                               "the image tokens see the residual; the prompt's own tokens stay the base "
+                               "model's."),
+        io.Combo.Input("precision", options=list(PRECISIONS), default=DEFAULTS.precision,
+                       tooltip="Autocast precision of the model during training; the vectors stay fp32. fp16 "
+                               "(the authors', with loss scaling) is fastest on most GPUs; bf16 on recent "
+                               "GPUs; fp32 on CPU or when the loss turns non-finite."),
+        io.Boolean.Input("gradient_checkpointing", default=True,
+                         tooltip="Recompute activations during the backward pass: much less memory for "
+                                 "about a third more time (the authors train with it)."),
+    ]
+
+
+def _latents_input() -> list:
+    """Instead of photos: the concept as latents."""
+    return [
+        io.Latent.Input("latents", optional=True,
+                        tooltip="Instead of photos: the concept as latents (e.g. from VAE Encode), as ComfyUI's "
+                                "own Train LoRA takes them; trained at their own size (resolution is "
+                                "ignored), flips mirror the latents."),
+    ]
+
+
+def _preview_inputs() -> list:
+    """How the previews are sampled along the run."""
+    return [
+        io.String.Input("sample_prompts", default="\n".join(DEFAULT_PROMPTS), multiline=True,
+                        tooltip="Preview prompts, one per line, each with the class word or {} for it. "
+                                "Sampled at step 0 (the base model) and every sample_every steps with the "
+                                "concept as trained so far; saved to output/infusion/<name>/samples/."),
+        io.Int.Input("sample_every", default=100, min=0, max=100000,
+                     tooltip="Preview every N steps (and at the end); 0 = no previews. Previews never "
+                             "change the training: the concept is the same with them on or off."),
+        io.Int.Input("sample_steps", default=20, min=1, max=200, tooltip="Sampling steps of each preview."),
+        io.Float.Input("sample_cfg", default=7.0, min=0.0, max=30.0, step=0.1,
+                       tooltip="Classifier-free guidance of the previews."),
+        io.Combo.Input("sample_sampler", options=_samplers(), default="euler",
+                       tooltip="Sampler of the previews (as in KSampler)."),
+        io.Combo.Input("sample_scheduler", options=_schedulers(), default="normal",
+                       tooltip="Scheduler of the previews (as in KSampler)."),
+        io.Int.Input("sample_seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
+                     tooltip="The previews' noise: one seed for every step, so the columns compare."),
+        io.Int.Input("sample_size", default=0, min=0, max=4096, step=64,
+                     tooltip="Preview size in pixels; 0 = the training resolution."),
+    ]
+
+
+def _per_photo_inputs() -> list:
+    """Optional per-photo captions and masks."""
+    return [
+        CAPTIONS.Input("captions", optional=True,
+                       tooltip="Optional: each photo's own caption, from Load Concept Photos (dog1.txt beside "
+                               "dog1.png). A caption must say the class word (or {} for it); name what else "
+                               "is in the photo ('a dog on a red sofa') so the base model explains it and "
+                               "less of it leaks into the concept. Photos without one use the templates."),
+        io.Mask.Input("masks", optional=True,
+                      tooltip="Optional soft foreground masks, one per photo, same size as the photos "
+                              "(1 = the concept, 0 = background): the loss then ignores the background. "
+                              "Load Image's mask is 1 where a photo is transparent: invert it first."),
+    ]
+
+
+def _outputs() -> list:
+    return [
+        INFUSION.Output(display_name="INFUSION", tooltip="The trained concept, ready for Apply Infusion to "
+                                                         "Model (identical to the saved file)."),
+        io.LossMap.Output(display_name="loss", tooltip="Mean loss of every optimizer step ({'loss': [...]})."),
+        io.Image.Output(display_name="loss_graph", tooltip="The loss curve (raw and running mean)."),
+        io.String.Output(display_name="path", tooltip="Where the concept was saved."),
+        io.Image.Output(display_name="samples",
+                        tooltip="The previews as a grid: one row per prompt, one column per step sampled "
+                                "(step 0 = the base model). A note when previews are off."),
+    ]
+
+
 class TrainInfusion(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -72,117 +214,10 @@ class TrainInfusion(io.ComfyNode):
                         "hundreds of KB on Flux) from 3-10 photos, "
                         "bound to its plain class word. Only the vectors train; the model stays frozen and unchanged. "
                         "Saved to models/infusion with a resume state. " + _RETRAIN,
-            inputs=[
-                io.Model.Input("model", tooltip="The base model to train the concept for: SD1.x, SD2.x, SDXL, FLUX.1, "
-                                                "FLUX.2, Chroma, Qwen-Image or Z-Image. "
-                                                "It is not modified."),
-                io.Clip.Input("clip", tooltip="The model's CLIP: encodes every caption once, before training."),
-                io.Vae.Input("vae", optional=True,
-                             tooltip="The model's VAE: encodes every photo once, before training (not needed with "
-                                     "latents)."),
-                io.Image.Input("photos", optional=True,
-                               tooltip="The concept's photos (3-10 is typical), any size and aspect: each is scaled "
-                                       "and centre-cropped to the training resolution. Load Concept Photos reads a "
-                                       "whole folder. Give photos or latents."),
-                io.String.Input("word", default="dog",
-                                tooltip="The concept's plain class word ('dog', 'teapot', 'woman'). Prompts that say "
-                                        "this word will draw the concept; no new token is learned."),
-                io.String.Input("output_name", default="my_concept",
-                                tooltip="File name in models/infusion: <name>.safetensors (the concept), "
-                                        "<name>_step<N>.safetensors (snapshots), <name>.resume (resume state). "
-                                        "An existing concept of this name is overwritten."),
-                io.Int.Input("steps", default=DEFAULTS.steps, min=1, max=100000,
-                             tooltip="Optimizer steps in all (with resume: the total, counting the steps already "
-                                     "done). The authors train 400-500."),
-                io.Float.Input("learning_rate", default=DEFAULTS.learning_rate, min=1e-6, max=10.0, step=0.0001,
-                               tooltip="AdamW's learning rate at the start (weight decay 0.01), falling along a cosine to "
-                                       "0 at the last step: about what fraction of their own size the word's values "
-                                       "move by in each step, in every layer of every model. The default learns on "
-                                       "both models of the toy world (docs). No concept in the previews yet: raise "
-                                       "it, then the steps; the concept overdone: lower it."),
-                io.Int.Input("batch_size", default=DEFAULTS.batch_size, min=1, max=64,
-                             tooltip="Photos per model call. Lower it if memory runs out, and raise "
-                                     "gradient_accumulation to keep the effective batch."),
-                io.Int.Input("gradient_accumulation", default=DEFAULTS.gradient_accumulation, min=1, max=256,
-                             tooltip="Model calls per optimizer step: effective batch = batch_size x this. 1 "
-                                     "trains in a quarter of the authors' time (4 x 4 = 16), and the toy world "
-                                     "learns at it."),
-                io.Int.Input("resolution", default=0, min=0, max=4096, step=64,
-                             tooltip="Training size in pixels (a multiple of 64). 0 = the model's own: 512 for "
-                                     "SD1.x, 768 for SD2.x 768-v (512 for SD2 base), 1024 for SDXL and the DiTs (Flux, ...)."),
-                io.Int.Input("seed", default=DEFAULTS.seed, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
-                             tooltip="Seeds every random draw (photo order, captions, flips, timesteps, noise): the "
-                                     "same inputs and seed give the same concept (bit-identical on CPU). "
-                                     + _RETRAIN),
-                io.String.Input("templates", default="\n".join(AUTHOR_TEMPLATES), multiline=True,
-                                tooltip="Caption templates, one per line, {} where the class word goes. One is drawn "
-                                        "per model call. Default: the authors' 11 templates."),
-                io.Boolean.Input("flip", default=DEFAULTS.flip,
-                                 tooltip="Mirror each photo left-right with probability 0.5 (the authors do). Turn "
-                                         "off for asymmetric concepts (text, logos)."),
-                io.Int.Input("save_every", default=100, min=0, max=100000,
-                             tooltip="Every N steps write a snapshot <name>_step<N>.safetensors and the resume "
-                                     "state (atomic writes). 0 = only at the end (and on cancel)."),
-                io.Boolean.Input("resume", default=False,
-                                 tooltip="Continue from <output_name>.resume up to 'steps' total. Needs the same "
-                                         "photos, word, templates and settings; vectors, optimizer, step and random "
-                                         "generator are restored, so the result equals one uninterrupted run. "
-                                         "Cancel saves a resume state."),
-                io.Combo.Input("variant", options=list(VARIANTS), default="value",
-                               tooltip="value: the method (residual on the values at the word, attention maps "
-                                       "kept). key+value (UNet models): also a key residual, which changes the "
-                                       "attention maps (seen in the authors' code). image-queries (DiT models): only "
-                                       "the image tokens see the residual; the prompt's own tokens stay the base "
-                                       "model's."),
-                io.Combo.Input("precision", options=list(PRECISIONS), default=DEFAULTS.precision,
-                               tooltip="Autocast precision of the model during training; the vectors stay fp32. fp16 "
-                                       "(the authors', with loss scaling) is fastest on most GPUs; bf16 on recent "
-                                       "GPUs; fp32 on CPU or when the loss turns non-finite."),
-                io.Boolean.Input("gradient_checkpointing", default=True,
-                                 tooltip="Recompute activations during the backward pass: much less memory for "
-                                         "about a third more time (the authors train with it)."),
-                io.Latent.Input("latents", optional=True,
-                                tooltip="Instead of photos: the concept as latents (e.g. from VAE Encode), as ComfyUI's "
-                                        "own Train LoRA takes them; trained at their own size (resolution is "
-                                        "ignored), flips mirror the latents."),
-                io.String.Input("sample_prompts", default="\n".join(DEFAULT_PROMPTS), multiline=True,
-                                tooltip="Preview prompts, one per line, each with the class word or {} for it. "
-                                        "Sampled at step 0 (the base model) and every sample_every steps with the "
-                                        "concept as trained so far; saved to output/infusion/<name>/samples/."),
-                io.Int.Input("sample_every", default=100, min=0, max=100000,
-                             tooltip="Preview every N steps (and at the end); 0 = no previews. Previews never "
-                                     "change the training: the concept is the same with them on or off."),
-                io.Int.Input("sample_steps", default=20, min=1, max=200, tooltip="Sampling steps of each preview."),
-                io.Float.Input("sample_cfg", default=7.0, min=0.0, max=30.0, step=0.1,
-                               tooltip="Classifier-free guidance of the previews."),
-                io.Combo.Input("sample_sampler", options=_samplers(), default="euler",
-                               tooltip="Sampler of the previews (as in KSampler)."),
-                io.Combo.Input("sample_scheduler", options=_schedulers(), default="normal",
-                               tooltip="Scheduler of the previews (as in KSampler)."),
-                io.Int.Input("sample_seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
-                             tooltip="The previews' noise: one seed for every step, so the columns compare."),
-                io.Int.Input("sample_size", default=0, min=0, max=4096, step=64,
-                             tooltip="Preview size in pixels; 0 = the training resolution."),
-                CAPTIONS.Input("captions", optional=True,
-                               tooltip="Optional: each photo's own caption, from Load Concept Photos (dog1.txt beside "
-                                       "dog1.png). A caption must say the class word (or {} for it); name what else "
-                                       "is in the photo ('a dog on a red sofa') so the base model explains it and "
-                                       "less of it leaks into the concept. Photos without one use the templates."),
-                io.Mask.Input("masks", optional=True,
-                              tooltip="Optional soft foreground masks, one per photo, same size as the photos "
-                                      "(1 = the concept, 0 = background): the loss then ignores the background. "
-                                      "Load Image's mask is 1 where a photo is transparent: invert it first."),
-            ],
-            outputs=[
-                INFUSION.Output(display_name="INFUSION", tooltip="The trained concept, ready for Apply Infusion to "
-                                                                 "Model (identical to the saved file)."),
-                io.LossMap.Output(display_name="loss", tooltip="Mean loss of every optimizer step ({'loss': [...]})."),
-                io.Image.Output(display_name="loss_graph", tooltip="The loss curve (raw and running mean)."),
-                io.String.Output(display_name="path", tooltip="Where the concept was saved."),
-                io.Image.Output(display_name="samples",
-                                tooltip="The previews as a grid: one row per prompt, one column per step sampled "
-                                        "(step 0 = the base model). A note when previews are off."),
-            ],
+            # The order is the widgets' order in saved workflows: new inputs go at the end.
+            inputs=[*_concept_inputs(), *_training_inputs(), *_latents_input(), *_preview_inputs(),
+                    *_per_photo_inputs()],
+            outputs=_outputs(),
             hidden=[io.Hidden.prompt, io.Hidden.unique_id],
             is_output_node=True,
         )

@@ -10,8 +10,8 @@ from typing import Any
 
 import comfy.sd
 
-from ..infusion.word_positions import word_positions
 from ..infusion.tokens import CONDITIONING_KEY
+from ..infusion.word_positions import word_positions
 
 
 class InfusionCLIP(comfy.sd.CLIP):

@@ -8,8 +8,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from ..word_positions import word_positions
 from ..tokens import CONDITIONING_KEY
+from ..word_positions import word_positions
 from .captions import PhotoCaptions
 from .data import fit_masks, fit_photos, flip, loss_weights, photo_hash
 from .loop import PhotoLatents

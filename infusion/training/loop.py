@@ -188,6 +188,43 @@ def _all_finite(tensors: list[torch.Tensor]) -> bool:
     return not tensors or bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
 
+def _restore(resume: TrainingState, vectors: Mapping[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer,
+             scaler: torch.amp.GradScaler, generator: torch.Generator) -> None:
+    """The vectors, AdamW's moments, the loss scale and the random generator as the resume state has them."""
+    if list(resume.vectors) != list(vectors):
+        raise ValueError("the resume state holds other vectors than this model's layers")
+    with torch.no_grad():
+        for name, p in vectors.items():
+            p.copy_(resume.vectors[name])
+    # Copies: a state loaded inside ComfyUI's executor holds inference tensors, which AdamW
+    # could not update in place.
+    moments = {i: {k: t.clone() for k, t in s.items()} for i, s in resume.optimizer.items()}
+    optimizer.load_state_dict({"state": moments, "param_groups": optimizer.state_dict()["param_groups"]})
+    if resume.scaler is not None:
+        scaler.load_state_dict(resume.scaler)
+    generator.set_state(resume.generator)
+
+
+def _micro_batch_loss(model: Denoiser, latents: PhotoLatents, order: PhotoOrder, generator: torch.Generator,
+                      captions: int, batch: int, flip: bool, autocast: Any) -> torch.Tensor:
+    """One model call's loss. Its random draws, in this order: the photos, one caption template, the mirror
+    flags, a timestep per photo, the noise (a resumed run draws them as the uninterrupted run does)."""
+    index = order.take(batch, generator)
+    caption = int(torch.randint(captions, (1,), generator=generator))
+    mirror = torch.rand(batch, generator=generator) < 0.5 if flip else None
+    t = torch.randint(model.num_timesteps, (batch,), generator=generator)
+    noise = torch.randn((batch,) + tuple(latents.latents.shape[1:]), generator=generator)
+    x0, weights = latents.select(index, mirror)
+    sigma = model.sigma(t.to(model.device))
+    x_t = model.noised(x0, noise.to(model.device), sigma)
+    conds = latents.captions_of(index, caption)
+    with autocast:
+        with torch.no_grad():
+            target = by_caption(model.target, conds, x0, x_t, sigma)
+        denoised = by_caption(model.denoise, conds, x_t, sigma)
+    return diffusion_loss(denoised, target, model.prediction_scale(sigma), weights)
+
+
 def train(vectors: Mapping[str, torch.nn.Parameter], model: Denoiser, photos: PhotoLatents, captions: int,
           settings: TrainingSettings, hooks: TrainingHooks | None = None, run: Mapping[str, Any] | None = None,
           resume: TrainingState | None = None) -> TrainingState:
@@ -211,18 +248,7 @@ def train(vectors: Mapping[str, torch.nn.Parameter], model: Denoiser, photos: Ph
     step, losses = 0, []
     if resume is not None:
         check_resumable(resume, run)
-        if list(resume.vectors) != names:
-            raise ValueError("the resume state holds other vectors than this model's layers")
-        with torch.no_grad():
-            for p, name in zip(params, names):
-                p.copy_(resume.vectors[name])
-        # Copies: a state loaded inside ComfyUI's executor holds inference tensors, which AdamW
-        # could not update in place.
-        moments = {i: {k: t.clone() for k, t in s.items()} for i, s in resume.optimizer.items()}
-        optimizer.load_state_dict({"state": moments, "param_groups": optimizer.state_dict()["param_groups"]})
-        if resume.scaler is not None:
-            scaler.load_state_dict(resume.scaler)
-        generator.set_state(resume.generator)
+        _restore(resume, vectors, optimizer, scaler, generator)
         order = PhotoOrder(photos.latents.shape[0], resume.order, resume.cursor)
         step, losses = resume.step, list(resume.losses)
 
@@ -240,28 +266,15 @@ def train(vectors: Mapping[str, torch.nn.Parameter], model: Denoiser, photos: Ph
     autocast = (torch.autocast(device.type, dtype=PRECISIONS[settings.precision])
                 if PRECISIONS[settings.precision] is not None else nullcontext())
     latents = photos.to(device)
-    shape = tuple(latents.latents.shape[1:])
-    batch, accumulation = settings.batch_size, settings.gradient_accumulation
+    accumulation = settings.gradient_accumulation
     last_good = draws()
     try:
         while step < settings.steps:
             total = torch.zeros((), device=device)
             for _ in range(accumulation):
                 hooks.check_cancel()
-                index = order.take(batch, generator)
-                caption = int(torch.randint(captions, (1,), generator=generator))
-                mirror = torch.rand(batch, generator=generator) < 0.5 if settings.flip else None
-                t = torch.randint(model.num_timesteps, (batch,), generator=generator)
-                noise = torch.randn((batch,) + shape, generator=generator)
-                x0, weights = latents.select(index, mirror)
-                sigma = model.sigma(t.to(device))
-                x_t = model.noised(x0, noise.to(device), sigma)
-                conds = latents.captions_of(index, caption)
-                with autocast:
-                    with torch.no_grad():
-                        target = by_caption(model.target, conds, x0, x_t, sigma)
-                    denoised = by_caption(model.denoise, conds, x_t, sigma)
-                loss = diffusion_loss(denoised, target, model.prediction_scale(sigma), weights)
+                loss = _micro_batch_loss(model, latents, order, generator, captions, settings.batch_size,
+                                         settings.flip, autocast)
                 scaler.scale(loss / accumulation).backward()
                 total += loss.detach()
             mean = total.item() / accumulation

@@ -12,6 +12,8 @@ seed give a bit-identical concept file.
 """
 from __future__ import annotations
 
+import functools
+
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -24,8 +26,8 @@ from ..concept import InfusionConcept, normalize_word
 from ..families import adapter_for
 from ..format import save_concept
 from ..patching import model_layers, training_space
-from ..word_positions import context_key, word_token_ids
 from ..value_space import TRAINED_IN, ValueSpace
+from ..word_positions import context_key, word_token_ids
 from .comfy_model import train_on_model
 from .encoding import ConceptData, encode_captions, photo_caption_indices
 from .loop import NonFiniteLossError, TrainingHooks, TrainingSettings, is_out_of_memory
@@ -192,25 +194,8 @@ def _train(model: Any, clip: Any, data: ConceptData, request: TrainingRequest,
                                                                       context_key(clip.tokenize(word))))
     captions = [fill(t, word) for t in request.templates]
     space = training_space(compat.classic_patcher(model), request.variant)  # the weights training will use
-    run = {
-        "word": word, "variant": request.variant, "family": family, "resolution": resolution,
-        "templates": list(request.templates), "photos": data.count, "masked": data.masks is not None,
-        "photos_sha256": data.fingerprint(), "captions": data.captions is not None, "base_model": request.base_model_name,
-    }
-    run["trained_in"] = TRAINED_IN  # resume states of earlier parametrizations are refused by name
-    model_type = getattr(model.model.model_type, "name", "EPS")
-    prediction = PREDICTIONS.get(model_type, model_type.lower())
-
-    def describe(state: TrainingState, reason: str) -> dict:
-        training = {**run, VALUE_SCALES: state.run.get(VALUE_SCALES), **settings.trajectory(), "optimizer": "AdamW",
-                    "steps": settings.steps,
-                    "steps_done": state.step, "final_loss": state.losses[-1] if state.losses else None,
-                    "batch_size": settings.batch_size, "gradient_accumulation": settings.gradient_accumulation,
-                    "gradient_checkpointing": request.gradient_checkpointing, "status": STATUS[reason],
-                    "loss": f"{prediction}-prediction MSE" + (", mask-weighted" if data.masks is not None else "")}
-        provenance = {"base_model": request.base_model_name, "model_class": type(model.model).__name__,
-                      "prediction": prediction, "trainer": "ComfyUI-Infusion Train Infusion Concept"}
-        return {"training": training, "provenance": provenance}
+    run = _run_record(request, data, word, family, resolution)
+    describe = functools.partial(_file_metadata, run, request, data, model)
 
     resume = load_state(resume_path(request.folder, name)) if request.resume else None
     latents = data.encode(model, resolution, settings.flip)
@@ -255,15 +240,48 @@ def _train(model: Any, clip: Any, data: ConceptData, request: TrainingRequest,
     else:
         out_of_memory = False
     if out_of_memory:
-        import gc
-
-        import comfy.model_management
-        gc.collect()
-        comfy.model_management.soft_empty_cache()
-        raise OutOfMemoryPause(out_of_memory_advice(request, hooks.kept("the last completed step")))
+        _pause_for_memory(request, hooks)
     path = concept_path(request.folder, name)
     concept = replace(trained_concept(start, state, describe(state, "final"), space), path=path)
     return TrainingResult(concept, list(state.losses), path, state, previewer.grid() if previewer else None)
+
+
+def _run_record(request: TrainingRequest, data: ConceptData, word: str, family: str,
+                resolution: int | None) -> dict:
+    """What the run is made of, stored in every file it writes; a resume state must match it."""
+    return {
+        "word": word, "variant": request.variant, "family": family, "resolution": resolution,
+        "templates": list(request.templates), "photos": data.count, "masked": data.masks is not None,
+        "photos_sha256": data.fingerprint(), "captions": data.captions is not None, "base_model": request.base_model_name,
+        "trained_in": TRAINED_IN,  # resume states of other parametrizations are refused by name
+    }
+
+
+def _file_metadata(run: dict, request: TrainingRequest, data: ConceptData, model: Any, state: TrainingState,
+                   reason: str) -> dict:
+    """A concept file's metadata: how it was trained, how far, and on what."""
+    settings = request.settings
+    model_type = getattr(model.model.model_type, "name", "EPS")
+    prediction = PREDICTIONS.get(model_type, model_type.lower())
+    training = {**run, VALUE_SCALES: state.run.get(VALUE_SCALES), **settings.trajectory(), "optimizer": "AdamW",
+                "steps": settings.steps,
+                "steps_done": state.step, "final_loss": state.losses[-1] if state.losses else None,
+                "batch_size": settings.batch_size, "gradient_accumulation": settings.gradient_accumulation,
+                "gradient_checkpointing": request.gradient_checkpointing, "status": STATUS[reason],
+                "loss": f"{prediction}-prediction MSE" + (", mask-weighted" if data.masks is not None else "")}
+    provenance = {"base_model": request.base_model_name, "model_class": type(model.model).__name__,
+                  "prediction": prediction, "trainer": "ComfyUI-Infusion Train Infusion Concept"}
+    return {"training": training, "provenance": provenance}
+
+
+def _pause_for_memory(request: TrainingRequest, hooks: _FileHooks) -> None:
+    """Out of memory: hand the memory back and say what to lower (the last step is on disk already)."""
+    import gc
+
+    import comfy.model_management
+    gc.collect()
+    comfy.model_management.soft_empty_cache()
+    raise OutOfMemoryPause(out_of_memory_advice(request, hooks.kept("the last completed step")))
 
 
 def _previewer(model: Any, clip: Any, data: ConceptData, word: str, request: TrainingRequest, size: int,
