@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     from .comfy_harness import load_pack, setup_comfy
     setup_comfy()
     load_pack()
+    import comfy.utils
+    comfy.utils.set_progress_bar_enabled(False)  # this script says what happens
     from .toyworld import customize as cz
     from .toyworld import model as world
     from .toyworld.pictures import grid_png
@@ -65,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(args.out, exist_ok=True)
     picture = os.path.join(args.out, "first_run.png")
     grid_png([("base model", base.latents), (f"+ Infusion: {concept_name}", drawn.latents)], picture, per_cell=4)
-    print(f"Picture: {picture} ({time.perf_counter() - started:.0f} s in all)")
+    print(f"Concept rate: {base.concept_rate(cz.KNOWN):.0%} before, {drawn.concept_rate(cz.KNOWN):.0%} after. "
+          f"Picture: {picture} ({time.perf_counter() - started:.0f} s in all)")
     return 0 if exact else 1
 
 

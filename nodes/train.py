@@ -141,16 +141,6 @@ def _training_inputs() -> list:
     ]
 
 
-def _latents_input() -> list:
-    """Instead of photos: the concept as latents."""
-    return [
-        io.Latent.Input("latents", optional=True,
-                        tooltip="Instead of photos: the concept as latents (e.g. from VAE Encode), as ComfyUI's "
-                                "own Train LoRA takes them; trained at their own size (resolution is "
-                                "ignored), flips mirror the latents."),
-    ]
-
-
 def _preview_inputs() -> list:
     """How the previews are sampled along the run."""
     return [
@@ -215,8 +205,12 @@ class TrainInfusion(io.ComfyNode):
                         "bound to its plain class word. Only the vectors train; the model stays frozen and unchanged. "
                         "Saved to models/infusion with a resume state. " + _RETRAIN,
             # The order is the widgets' order in saved workflows: new inputs go at the end.
-            inputs=[*_concept_inputs(), *_training_inputs(), *_latents_input(), *_preview_inputs(),
-                    *_per_photo_inputs()],
+            inputs=[*_concept_inputs(), *_training_inputs(),
+                    io.Latent.Input("latents", optional=True,
+                                    tooltip="Instead of photos: the concept as latents (e.g. from VAE Encode), as "
+                                            "ComfyUI's own Train LoRA takes them; trained at their own size "
+                                            "(resolution is ignored), flips mirror the latents."),
+                    *_preview_inputs(), *_per_photo_inputs()],
             outputs=_outputs(),
             hidden=[io.Hidden.prompt, io.Hidden.unique_id],
             is_output_node=True,
