@@ -25,25 +25,34 @@ find_trees() {  # sets the array `trees`
 }
 version_of() { sed -n 's/^__version__ = "\(.*\)"/\1/p' "$1/comfyui_version.py" 2>/dev/null || true; }
 
-# --- Python, one environment per version. torch 2.14.1 with torchvision runs on the CPU here (the
-# CPU-only torch wheel on this machine has no matching torchvision, which ComfyUI imports). ComfyUI lists
-# torchaudio (0.33's comfy.sd imports it), whose newest release (2.11.1) pins an older torch: it is
-# installed without its dependencies, and what ComfyUI uses of it (resample, MelSpectrogram) runs on
-# torch 2.14.1.
+# --- Python. torch 2.14.1 with torchvision runs on the CPU here (the CPU-only torch wheel on this machine
+# has no matching torchvision, which ComfyUI imports). ComfyUI lists torchaudio (0.33's comfy.sd imports
+# it), whose newest release (2.11.1) pins an older torch: it is installed without its dependencies, and
+# what ComfyUI uses of it (resample, MelSpectrogram) runs on torch 2.14.1. torch is installed once, in
+# .venv-torch (5.5 GB: most of an environment's size and build time), which every version's environment
+# reads through a .pth file; each has its own copy of everything else, so its own versions come first.
+TORCH=(torch==2.14.1 torchvision==0.29.1)
+TORCHAUDIO=torchaudio==2.11.1
+torch_ready() { [ -f .venv-torch/ready ] && [ "$(cat .venv-torch/ready)" = "${TORCH[*]} $TORCHAUDIO" ]; }
+torch_environment() {  # builds .venv-torch
+  rm -rf .venv-torch
+  python3 -m pip install -q --target .venv-torch "${TORCH[@]}"
+  python3 -m pip install -q --no-deps --target .venv-torch "$TORCHAUDIO"
+  echo "${TORCH[*]} $TORCHAUDIO" > .venv-torch/ready
+}
 requirements_of() {  # requirements_of TREE VERSION: the requirements file the environment is built from
   if [ -f ".ci/requirements-$2.txt" ]; then echo ".ci/requirements-$2.txt"; else echo "$1/requirements.txt"; fi
 }
 environment_ready() {  # environment_ready TREE VERSION: built, from today's requirements file
-  [ -f ".venv-$2/ready" ] && cmp -s ".venv-$2/ready" "$(requirements_of "$1" "$2")"
+  torch_ready && [ -f ".venv-$2/ready" ] && cmp -s ".venv-$2/ready" "$(requirements_of "$1" "$2")"
 }
-environment() {  # environment TREE VERSION: builds .venv-VERSION
+environment() {  # environment TREE VERSION: builds .venv-VERSION on .venv-torch (built first)
   local tree=$1 version=$2 venv=".venv-$2"
   rm -rf "$venv"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q torch==2.14.1 torchvision==0.29.1
-  if grep -q -E '^torchaudio' "$tree/requirements.txt" 2>/dev/null; then
-    "$venv/bin/pip" install -q --no-deps torchaudio==2.11.1
-  fi
+  local site
+  site=$("$venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+  echo "$PWD/.venv-torch" > "$site/shared-torch.pth"
   if [ -f ".ci/requirements-$version.txt" ]; then
     "$venv/bin/pip" install -q -r ".ci/requirements-$version.txt"
   else  # a version CI was not proven with: its own list, torch left as installed
