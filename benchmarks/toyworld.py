@@ -52,7 +52,7 @@ COLLAPSE_PHOTOS, COLLAPSE_STEPS = 2, 3
 # The curves: concept rate after these steps (Infusion: snapshots of one run; LoRA and Custom Diffusion: a run each).
 CURVE_STEPS = (25, 50, 100, 200, 300, 500, 750, 1000)
 # Infusion alone, every seed, a run per point: up to four times the default (500).
-STEPS_CURVE = (100, 250, 500, 1000, 2000)
+STEPS_CURVE = (25, 50, 100, 250, 500, 1000, 2000)
 # --rescale: the base model's attention layers rescaled (values x a, output projection / a), as rows of a table.
 RESCALES = {"none": "the model as trained", "layers": "values x a per layer, a in [0.1, 10]",
             "0.1": "values x 0.1 in every layer", "10": "values x 10 in every layer"}
@@ -380,6 +380,8 @@ def main() -> None:
                         help="the rescaled copies of the rescale table: layers (a per layer in [0.1, 10]), 0.1, 10; "
                              "none: only the model as trained")
     parser.add_argument("--seeds", type=int, default=0, help="training seeds per table (default: 3, --quick 1)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="the first training seed (e.g. --first-seed 1 --seeds 2: seeds 1 and 2)")
     parser.add_argument("--methods", type=lambda v: v.split(","), default=None,
                         help="only the methods whose names start with one of these (comma-separated, e.g. "
                              "'Infusion, defaults'); default every method")
@@ -403,7 +405,7 @@ def main() -> None:
         from infusion_dev.toyworld import sampling
         sampling.SAMPLER["steps"] = 2
     if args.seeds:
-        setting.seeds = list(range(args.seeds))
+        setting.seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     scale = {"smoke": 0.01, "quick": 0.25, "full": 1.0}[run]
     steps = lambda n: max(1, round(n * scale))  # noqa: E731
     dit = args.model == "dit"

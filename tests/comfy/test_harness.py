@@ -215,3 +215,15 @@ def test_without_comfyui_the_folder_skips(tmp_path):
         assert run.returncode == 0, run.stdout + run.stderr
         assert "real ComfyUI not found: set COMFYUI_PATH" in run.stdout, run.stdout
         assert " skipped" in run.stdout and "passed" not in run.stdout and "error" not in run.stdout, run.stdout
+
+
+def test_one_copy_of_the_core_per_process(pack):
+    """ComfyUI imports the core as `<pack>.infusion`, tests and infusion_dev as `infusion`: one module, one class."""
+    import importlib
+
+    import infusion.concept
+    for name in ("infusion", "infusion.concept", "infusion.residual", "infusion.training.session"):
+        assert h.pack_submodule(pack, name) is importlib.import_module(name)
+    nodes_load = h.pack_submodule(pack, "nodes.load")
+    assert nodes_load.load_concept.__module__ == "infusion.format"
+    assert h.pack_submodule(pack, "infusion.concept").InfusionConcept is infusion.concept.InfusionConcept
