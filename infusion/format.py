@@ -71,6 +71,10 @@ def _file_mode() -> int:
 _FILE_MODE = _file_mode()
 
 
+class SaveError(RuntimeError):
+    """A file could not be written (no space left, a read-only folder); the message names the folder and the fix."""
+
+
 def write_safetensors(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str]) -> str:
     """A safetensors file whose bytes depend only on its content (the library's writer orders
     metadata keys at random), written atomically: temporary file + rename, so an interrupted
@@ -87,18 +91,37 @@ def write_safetensors(tensors: dict[str, torch.Tensor], path: str, metadata: dic
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # the format pads the header to 8 bytes
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".infusion-", suffix=".tmp", dir=folder)
+    tmp = None
     try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".infusion-", suffix=".tmp", dir=folder)
         with os.fdopen(fd, "wb") as f:
             f.write(struct.pack("<Q", len(raw)) + raw)
             f.writelines(blobs)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the name points at them (power loss)
         os.chmod(tmp, _FILE_MODE)  # mkstemp makes it private; a saved concept is an ordinary file
         os.replace(tmp, path)
+        _sync_folder(folder)
+    except OSError as e:
+        raise SaveError(f"could not save {os.path.basename(path)} in {folder} ({e.strerror or e}): free some space "
+                        "on that disk or make the folder writable (or give ComfyUI another models folder in "
+                        "extra_model_paths.yaml); every file saved before is unchanged") from e
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def _sync_folder(folder: str) -> None:
+    """The rename on disk too (POSIX; Windows has no directory handles to sync)."""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # Concept files are kilobytes (SDXL key+value in fp32: about 1.2 MB); a bigger file is something else,

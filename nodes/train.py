@@ -186,7 +186,8 @@ def _outputs() -> list:
                                                          "Model (identical to the saved file)."),
         io.LossMap.Output(display_name="loss", tooltip="Mean loss of every optimizer step ({'loss': [...]})."),
         io.Image.Output(display_name="loss_graph", tooltip="The loss curve (raw and running mean)."),
-        io.String.Output(display_name="path", tooltip="Where the concept was saved."),
+        io.String.Output(display_name="path", tooltip="Where the concept was saved; 'not saved: <why>' when the "
+                                                    "disk refused it (the concept is still returned)."),
         io.Image.Output(display_name="samples",
                         tooltip="The previews as a grid: one row per prompt, one column per step sampled "
                                 "(step 0 = the base model). A note when previews are off."),

@@ -13,6 +13,7 @@ seed give a bit-identical concept file.
 from __future__ import annotations
 
 import functools
+import logging
 
 import os
 from contextlib import contextmanager
@@ -24,7 +25,7 @@ import torch
 from .. import compat
 from ..concept import InfusionConcept, normalize_word
 from ..families import adapter_for
-from ..format import save_concept
+from ..format import SaveError, save_concept
 from ..patching import model_layers, training_space
 from ..value_space import TRAINED_IN, ValueSpace
 from ..word_positions import context_key, word_token_ids
@@ -63,7 +64,7 @@ class TrainingRequest:
 class TrainingResult:
     concept: InfusionConcept
     losses: list[float]
-    path: str
+    path: str  # where the concept was saved, or "not saved: <why>"
     state: TrainingState
     previews: torch.Tensor | None = None  # IMAGE grid: a row per prompt, a column per step sampled
 
@@ -140,6 +141,7 @@ class _FileHooks(TrainingHooks):
         self.total, self.save_every = request.settings.steps, request.settings.save_every
         self._on_step, self._check_cancel = on_step, check_cancel
         self.last_saved: tuple[str, int] | None = None
+        self.save_error = ""  # the last save that failed
 
     def check_cancel(self) -> None:
         if self._check_cancel is not None:
@@ -157,14 +159,22 @@ class _FileHooks(TrainingHooks):
             reason = "checkpoint"
         path = concept_path(self.folder, self.name, state.step if reason == "checkpoint" else None)
         concept = trained_concept(self.start, state, self.describe(state, reason), self.space)
-        save_concept(concept, path, dtype=FILE_DTYPE)
-        save_state(state, resume_path(self.folder, self.name))
+        try:
+            save_concept(concept, path, dtype=FILE_DTYPE)
+            save_state(state, resume_path(self.folder, self.name))
+        except SaveError as e:
+            # Training goes on (a snapshot) or ends with the concept in memory (the last step), and whatever
+            # stopped the run (cancel, out of memory) is still what the user is told about.
+            logging.warning("Infusion: %s", e)
+            self.save_error = str(e)
+            return
         self.last_saved = (path, state.step)
 
     def kept(self, what: str) -> str:
+        unsaved = f" ({self.save_error})" if self.save_error else ""
         if self.last_saved is None:
-            return "no step had completed, nothing was saved"
-        return f"{what} (step {self.last_saved[1]}) is kept in {self.last_saved[0]} and its .resume file"
+            return f"no step was saved{unsaved}"
+        return f"{what} (step {self.last_saved[1]}) is kept in {self.last_saved[0]} and its .resume file{unsaved}"
 
 
 def train_concept(model: Any, clip: Any, data: ConceptData, request: TrainingRequest,
@@ -242,8 +252,10 @@ def _train(model: Any, clip: Any, data: ConceptData, request: TrainingRequest,
     if out_of_memory:
         _pause_for_memory(request, hooks)
     path = concept_path(request.folder, name)
-    concept = replace(trained_concept(start, state, describe(state, "final"), space), path=path)
-    return TrainingResult(concept, list(state.losses), path, state, previewer.grid() if previewer else None)
+    saved = hooks.last_saved == (path, state.step)  # else the last save failed: the concept is in memory only
+    concept = replace(trained_concept(start, state, describe(state, "final"), space), path=path if saved else "")
+    return TrainingResult(concept, list(state.losses), path if saved else f"not saved: {hooks.save_error}", state,
+                          previewer.grid() if previewer else None)
 
 
 def _run_record(request: TrainingRequest, data: ConceptData, word: str, family: str,

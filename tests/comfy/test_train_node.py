@@ -316,3 +316,34 @@ def test_a_second_run_on_a_name_being_trained_is_refused_naming_it(pack, sd15, v
     assert not os.path.exists(os.path.join(folder, "busy.safetensors"))
     train(pack, model, clip, vae, photos, steps=1, output_name="busy")
     assert os.path.isfile(os.path.join(folder, "busy.safetensors"))
+
+
+@pytest.mark.parametrize("fails, error", [("os.replace", "ENOSPC"), ("tempfile.mkstemp", "EACCES")])
+def test_a_full_disk_or_read_only_folder_loses_nothing(pack, sd15, vae, photos, folder, monkeypatch, fails, error):
+    """Saves that fail as a full disk (at the rename) or a read-only folder (at the first write) do: training
+    goes on past the failed snapshots, the node returns the trained concept (the one a run that could save
+    makes) and says where and why it was not saved, and every file saved before is unchanged."""
+    import errno
+    import importlib
+    model, clip = sd15
+    train(pack, model, clip, vae, photos, save_every=1)
+    before = {n: read(os.path.join(folder, n)) for n in os.listdir(folder)}
+    module_name, function = fails.split(".")
+    module = importlib.import_module(module_name)
+    real = getattr(module, function)
+
+    def refuse(*args, **kwargs):
+        where = kwargs.get("dir") or args[-1]
+        if os.path.abspath(os.path.dirname(where) if fails == "os.replace" else where) == os.path.abspath(folder):
+            code = getattr(errno, error)
+            raise OSError(code, os.strerror(code))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, function, refuse)
+    concept, loss, _, path, _ = train(pack, model, clip, vae, photos, save_every=1, seed=6).result
+    monkeypatch.undo()
+    assert path.startswith(f"not saved: could not save rex.safetensors in {folder} ({os.strerror(getattr(errno, error))})")
+    assert "free some space on that disk or make the folder writable" in path and len(loss["loss"]) == 3
+    assert {n: read(os.path.join(folder, n)) for n in os.listdir(folder)} == before  # no temporary file either
+    saved = train(pack, model, clip, vae, photos, save_every=1, seed=6).result[0]
+    assert all(torch.equal(concept.values[k].float(), saved.values[k].float()) for k in saved.values)
