@@ -69,7 +69,11 @@ def _as_encoded(c: Mapping[str, Any]) -> WordPositions:
 
 def carry_word_positions(executor, model, conds, x_in, timestep, model_options, *args, **kwargs):
     """CALC_COND_BATCH wrapper: hands the word positions of this step's conditionings to the patches
-    (and passes on whatever else a ComfyUI version gives a wrapper)."""
+    (and passes on whatever else a ComfyUI version gives a wrapper); at a run's first step, says why a
+    concept cannot act, if one cannot (run_checks.py)."""
+    from .run_checks import tell_if_concepts_cannot_act  # it reads the families, which import this module
+
+    tell_if_concepts_cannot_act(conds, timestep, model_options.get("transformer_options", {}))
     by_uuid = {c["uuid"]: _as_encoded(c) for group in conds if group for c in group
                if CONDITIONING_KEY in c and "uuid" in c}
     options = dict(model_options)

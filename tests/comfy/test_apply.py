@@ -296,3 +296,28 @@ def test_start_and_end_percent_limit_the_steps(pack, sd15):
     assert not torch.equal(h.sample(m, h.encode(c, PROMPT), h.encode(c, NEGATIVE), steps=4)["samples"], base)
     with pytest.raises(ValueError, match="start_percent"):
         apply(model, clip, concept, start_percent=0.8, end_percent=0.2)
+
+
+def warnings_of(caplog):
+    return [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "Infusion" in r.getMessage()]
+
+
+def test_a_concept_that_cannot_act_is_named_once_per_run(pack, base, caplog):
+    """Prompts encoded with the CLIP that went into Apply (not the one it returned) carry no word marks, and a
+    start/end range between two steps covers none: each run says so once, naming the concept and the fix.
+    The right CLIP and the whole range say nothing."""
+    model, clip = base
+    m, c = apply(model, clip, make_concept(pack, model, name="rex"))
+    with caplog.at_level("WARNING"):
+        h.sample(m, h.encode(c, PROMPT), h.encode(c, NEGATIVE), steps=3)
+    assert warnings_of(caplog) == []
+    with caplog.at_level("WARNING"):
+        h.sample(m, h.encode(clip, PROMPT), h.encode(clip, NEGATIVE), steps=3)
+    assert len(warnings_of(caplog)) == 1
+    assert "rex" in warnings_of(caplog)[0] and "CLIP that Apply Infusion to Model returned" in warnings_of(caplog)[0]
+    caplog.clear()
+    narrow, narrow_clip = apply(model, clip, make_concept(pack, model, name="rex"), start_percent=0.4,
+                                end_percent=0.41)
+    with caplog.at_level("WARNING"):
+        h.sample(narrow, h.encode(narrow_clip, PROMPT), h.encode(narrow_clip, NEGATIVE), steps=2)
+    assert len(warnings_of(caplog)) == 1 and "cover none of this run's 2 steps" in warnings_of(caplog)[0]

@@ -169,6 +169,19 @@ def test_a_node_that_replaces_the_attention_override_keeps_the_concept_in_either
         assert name == "ComfyUI's ModelAttentionBackend" or calls, name  # the node's attention served
 
 
+def test_a_prompt_the_concept_cannot_see_is_named(pack, caplog):
+    """Prompts encoded with the CLIP that went into Apply carry no word marks: the run says so, once (FLUX.1; the
+    check reads no family-specific part but where the residuals sit, which every DiT shares)."""
+    model, clip = h.tiny_dit("flux")
+    m, c = apply(model, clip, random_concept(pack, model))
+    with caplog.at_level("WARNING"):
+        sample(m, c, WORD_PROMPT)
+        told = [r.getMessage() for r in caplog.records if "Infusion" in r.getMessage()]
+        sample(m, clip, WORD_PROMPT)
+    told_now = [r.getMessage() for r in caplog.records if "Infusion" in r.getMessage()]
+    assert told == [] and len(told_now) == 1 and "cannot see its word" in told_now[0]
+
+
 def test_image_queries_variant_computes_the_text_rows_from_the_base_values(pack, dit):
     """In the model: the first joint attention's text rows are the base model's under image-queries (to
     rounding: the queries are split), not under value; the image is changed under both."""
