@@ -321,3 +321,58 @@ def test_a_concept_that_cannot_act_is_named_once_per_run(pack, base, caplog):
     with caplog.at_level("WARNING"):
         h.sample(narrow, h.encode(narrow_clip, PROMPT), h.encode(narrow_clip, NEGATIVE), steps=2)
     assert len(warnings_of(caplog)) == 1 and "cover none of this run's 2 steps" in warnings_of(caplog)[0]
+
+
+def later_nodes(pack):
+    """What a node placed before or after Apply can do to a UNet's attention: another pack's attn2 patch,
+    an IPAdapter-style attn2 replace, an attention override (a sage / flash attention node, and ComfyUI's own
+    ModelAttentionBackend where this ComfyUI has it)."""
+    from comfy.ldm.modules.attention import optimized_attention
+    from test_dit import attention_nodes
+
+    def attn2_patch(model, calls):
+        patched = model.clone()
+
+        def patch(n, context, value, extra_options):
+            calls.append(n.shape)
+            return n, context * 1.01, value
+        patched.set_model_attn2_patch(patch)
+        return patched
+
+    def attn2_replace(model, calls):
+        patched = model.clone()
+
+        def replace(q, k, v, extra_options):
+            calls.append(v.shape)
+            return optimized_attention(q, k, v * 1.5, extra_options["n_heads"])
+        layers, _ = h.pack_submodule(pack, "infusion.patching").model_layers(model)
+        for layer in layers:
+            patched.set_model_attn2_replace(replace, layer.block, layer.number, layer.index)
+        return patched
+
+    return {"another pack's attn2 patch": attn2_patch, "an attn2 replace patch": attn2_replace,
+            **attention_nodes()}
+
+
+@pytest.mark.parametrize("order", ["before Apply", "after Apply"])
+def test_a_unet_concept_acts_whatever_node_comes_before_or_after_apply(pack, sd15, order):
+    """Each such node, in either order: the concept acts (as over that node's attention), and a prompt without
+    the word is that node's model's picture bit for bit."""
+    model, clip = sd15
+    concept = make_concept(pack, model)
+    for name, later in later_nodes(pack).items():
+        calls = []
+        if order == "before Apply":
+            applied, word_clip = apply(later(model, calls), clip, concept)
+        else:
+            applied, word_clip = apply(model, clip, concept)
+            applied = later(applied, calls)
+        reference, _ = apply(later(model, []), clip, concept)
+        with_node = later(model, [])
+        drawn = h.sample(applied, h.encode(word_clip, PROMPT), h.encode(word_clip, NEGATIVE))["samples"]
+        assert torch.equal(drawn, h.sample(reference, h.encode(word_clip, PROMPT),
+                                           h.encode(word_clip, NEGATIVE))["samples"]), name
+        assert not torch.equal(drawn, h.sample(with_node, h.encode(clip, PROMPT), h.encode(clip, NEGATIVE))["samples"])
+        assert torch.equal(h.sample(applied, h.encode(word_clip, NO_WORD), h.encode(word_clip, NEGATIVE))["samples"],
+                           h.sample(with_node, h.encode(clip, NO_WORD), h.encode(clip, NEGATIVE))["samples"]), name
+        assert name == "ComfyUI's ModelAttentionBackend" or calls, name
