@@ -25,9 +25,18 @@ def check_fits(model: Any, concept: InfusionConcept) -> None:
                        adapter.vector_space)
 
 
+def load_weights(model: Any, **options: Any) -> None:
+    """`model`'s weights in place as ComfyUI loads it, its own patches (LoRAs) applied: another patcher of the
+    same weights (a LoRA sampled before) may have left its own there. `options` go to load_models_gpu."""
+    import comfy.model_management
+
+    comfy.model_management.load_models_gpu([model], force_full_load=True, **options)
+
+
 def value_weights(model: Any) -> dict[LayerId, Any] | None:
     """Each layer's map from a residual vector to what it adds to the values (a UNet's W_v, fp32 on the
     CPU), or None where the vectors are value-space already (DiTs)."""
+    load_weights(model)
     return adapter_for(model).value_weights(model.get_model_object("diffusion_model"))
 
 
@@ -58,7 +67,9 @@ def install(patcher: Any, residual: ConceptResidual) -> None:
 
 
 def training_space(model: Any, variant: str) -> ValueSpace:
-    """Where a concept of `variant` trains on this model: its layers' value space (value_space.py)."""
+    """Where a concept of `variant` trains on this model: its layers' value space (value_space.py), read from
+    the weights training uses (the model loaded as training loads it; everything else in memory can go)."""
+    load_weights(model, memory_required=1e20)
     return adapter_for(model).training_space(model.get_model_object("diffusion_model"), variant)
 
 

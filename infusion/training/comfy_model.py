@@ -16,7 +16,7 @@ import torch
 from .. import compat
 from ..concept import InfusionConcept
 from ..families import adapter_for
-from ..patching import install, trainable_residual, training_space
+from ..patching import install, load_weights, trainable_residual, training_space
 from ..sampler_context import inside_sampling
 from ..value_space import TRAINED_IN, ValueSpace
 from .loop import PhotoLatents, TrainingHooks, TrainingSettings, train
@@ -112,10 +112,7 @@ def in_sampling(patcher: Any, conditionings: Sequence[list], shape: Sequence[int
                 run: Callable[[Any, dict], Any]) -> Any:
     """`run(model_wrap, model_options)` inside ComfyUI's sampling setup of `patcher`, with one
     conditioning per caption (keys caption0, caption1, ...) prepared for latents of `shape`."""
-    import comfy.model_management
-
-    # Everything else in memory can go: training needs far more room than inference.
-    comfy.model_management.load_models_gpu([patcher], memory_required=1e20, force_full_load=True)
+    load_weights(patcher, memory_required=1e20)  # everything else can go: training needs more room than inference
     schedule = patcher.get_model_object("model_sampling").sigmas
     sigmas = torch.cat([schedule.flip(0), schedule.new_zeros(1)])  # seen by patches as sample_sigmas
     conds = {_caption_key(i): _clone_tensors(c) for i, c in enumerate(conditionings)}
