@@ -382,9 +382,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=0, help="training seeds per table (default: 3, --quick 1)")
     parser.add_argument("--first-seed", type=int, default=0,
                         help="the first training seed (e.g. --first-seed 1 --seeds 2: seeds 1 and 2)")
-    parser.add_argument("--methods", type=lambda v: v.split(","), default=None,
-                        help="only the methods whose names start with one of these (comma-separated, e.g. "
-                             "'Infusion, defaults'); default every method")
+    parser.add_argument("--method", action="append", dest="methods", default=None,
+                        help="only the methods whose names start with this (e.g. 'Infusion, defaults'); "
+                             "repeatable; default every method")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
