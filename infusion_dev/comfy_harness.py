@@ -306,6 +306,12 @@ def _built_in_comfy(fn: Any) -> Any:
     return wrapper
 
 
+def unshared(builder: Any) -> Any:
+    """A new model from a session-cached builder (tiny_sd15, ...), sharing no weights with the session's: for
+    tests that leave ComfyUI's state in the weights (a LoRA patched in and taken out again)."""
+    return builder.__wrapped__()
+
+
 # --------------------------------------------------------------------------- tiny models
 
 @_built_in_comfy
@@ -684,6 +690,17 @@ class Server:
         import urllib.request
         with urllib.request.urlopen(self.url + route, timeout=HANG) as response:
             return json.load(response)
+
+    def history(self, prompt_id: str) -> dict:
+        """A finished prompt's history entry. The server reports success over the websocket before it files
+        the history (ComfyUI 0.3.64), so it is asked until the entry is there."""
+        import time
+        deadline = time.monotonic() + HANG
+        while prompt_id not in (entry := self.get(f"history/{prompt_id}")):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no history for prompt {prompt_id}")
+            time.sleep(0.1)
+        return entry[prompt_id]
 
     def post(self, route: str, body: Any = None) -> Any:
         import json

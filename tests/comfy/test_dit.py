@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from infusion_dev import comfy_harness as h
+from infusion_dev import comfy_versions
 
 FAMILIES = h.dit_families()
 WORD_PROMPT = "a photo of a Dog on the beach"
@@ -20,11 +21,6 @@ NEGATIVE = "blurry, low quality"
 def dit(request, pack):
     model, clip = h.tiny_dit(request.param)
     return request.param, model.clone(), clip.clone()
-
-
-@pytest.fixture
-def compat_mod(pack):
-    return h.pack_submodule(pack, "infusion.compat")
 
 
 @pytest.fixture
@@ -397,12 +393,12 @@ def random_lora(model, rank=2, seed=4):
     return lora
 
 
-def test_a_lora_and_the_metrics_on_the_same_flux(pack, compat_mod, metrics_mod):
+def test_a_lora_and_the_metrics_on_the_same_flux(pack, metrics_mod):
     """A concept applied on top of a LoRA (ComfyUI's LoRA loading) leaves prompts without the word exactly
     the LoRA model's; the Latent Fisher divergence of an applied concept on such prompts is exactly 0, a
     LoRA's is not (flow-matching models are compared in noise space)."""
     model, clip = h.tiny_dit("flux")
-    with_lora = compat_mod.apply_lora(model, random_lora(model), 1.0)
+    with_lora = comfy_versions.apply_lora(model, random_lora(model), 1.0)
     assert not torch.equal(sample(with_lora, clip, NO_WORD), sample(model, clip, NO_WORD))
     applied, word_clip = apply(with_lora, clip, random_concept(pack, model))
     assert torch.equal(sample(applied, word_clip, NO_WORD), sample(with_lora, clip, NO_WORD))

@@ -90,7 +90,7 @@ def test_nodes_are_registered_with_tooltips_everywhere(metrics):
     for node in metrics.NODES:
         assert nodes.NODE_CLASS_MAPPINGS[node.GET_SCHEMA().node_id] is node
         schema = node.GET_SCHEMA()
-        assert schema.node_id.startswith("Infusion") and schema.category == "Infusion"
+        assert schema.node_id.startswith("Infusion") and schema.category == "Infusion/metrics"
         assert schema.is_output_node  # runs and shows its report without a downstream node
         assert all(i.tooltip for i in schema.inputs + schema.outputs), schema.node_id
         info = node.GET_NODE_INFO_V1()  # what the frontend receives

@@ -96,7 +96,7 @@ def test_a_queued_training_shows_progress_and_previews_and_saves_the_concept(ser
     progress = [(b["value"], b["max"]) for kind, b in seen if kind == "progress" and b.get("node") == train_id]
     assert progress and progress[-1] == (3, 3), progress
     assert any(kind == "preview" for kind, _ in seen)  # the loss curve and the samples, live on the node
-    outputs = server.get(f"history/{prompt_id}")[prompt_id]["outputs"]
+    outputs = server.history(prompt_id)["outputs"]
     assert outputs[train_id]["images"], outputs  # the loss graph, shown on the node
     training = concept_metadata(server, "rex")["training"]
     assert training["steps_done"] == 3 and training["status"] == "complete"

@@ -349,13 +349,13 @@ def test_a_full_disk_or_read_only_folder_loses_nothing(pack, sd15, vae, photos, 
     assert all(torch.equal(concept.values[k].float(), saved.values[k].float()) for k in saved.values)
 
 
-def test_training_does_not_depend_on_what_the_process_ran_before(pack, sd15, vae, photos):
+def test_training_does_not_depend_on_what_the_process_ran_before(pack, vae, photos):
     """A LoRA (rank 4 on every attn2 to_k and to_v) sampled and measured by the Latent Fisher divergence node in
     the same process first, which leaves its weights in the model: the concept trained after it, with previews
     and without, is the one trained before it, and the Info node's norms are the same (both read the LoRA's
     to_v where ComfyUI had not loaded the base model again)."""
     import comfy.sd
-    model, clip = sd15
+    model, clip = h.unshared(h.tiny_sd15)
     settings = dict(steps=3, learning_rate=0.1, seed=21, gradient_checkpointing=False)
     before = train(pack, model, clip, vae, photos, output_name="before", **settings).result[0]
     lora, sd, g = {}, model.model.state_dict(), torch.Generator().manual_seed(3)
@@ -368,11 +368,13 @@ def test_training_does_not_depend_on_what_the_process_ran_before(pack, sd15, vae
     cond = h.encode(clip, "a photo of a cat")
     latent = {"samples": torch.randn((2, 4, h.LATENT_SIZE, h.LATENT_SIZE), generator=torch.Generator().manual_seed(0))}
 
-    def lora_run():
-        for strength in (0.0, 0.5, 1.0):
-            with_lora = comfy.sd.load_lora_for_models(model, None, lora, strength, 0)[0]
-            h.sample(with_lora, cond, h.encode(clip, ""))
-            h.run_node(metrics.InfusionLatentFisherDivergence, model, with_lora, cond, latent, 2, 2, 0, "epsilon")
+    def lora_run():  # as the executor runs nodes: in inference mode
+        with h.executor_mode():
+            for strength in (0.0, 0.5, 1.0):
+                with_lora = comfy.sd.load_lora_for_models(model, None, lora, strength, 0)[0]
+                h.sample(with_lora, cond, h.encode(clip, ""))
+                h.run_node(metrics.InfusionLatentFisherDivergence, model, with_lora, cond, latent, 2, 2, 0,
+                           "epsilon")
 
     norms = h.pack_submodule(pack, "infusion.concept_tools").residual_norms
     in_value_space = norms(before, model)  # Infusion Concept Info with the MODEL reads W_v too
