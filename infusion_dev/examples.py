@@ -8,9 +8,9 @@ import json
 import os
 from typing import Any, Iterable, Mapping
 
+from infusion.cli.locate import PACK_ROOT
 from infusion.cli.node_inputs import node_definitions
 
-PACK_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKFLOWS_DIR = os.path.join(PACK_ROOT, "workflows")
 MODE_BYPASSED = 4  # litegraph's node mode for Ctrl+B
 
