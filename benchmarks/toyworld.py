@@ -26,6 +26,7 @@ Writes results.md and the pictures (grid_<table>.png, curve.png, previews.png) t
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -261,6 +262,12 @@ def infusion_curve(concept: Any, model: Any, clip: Any, probe: Any, per_backgrou
     return found
 
 
+def atomic_json(path: str, value: Any) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f)
+    os.replace(path + ".tmp", path)
+
+
 def steps_table(concept: Any, model: Any, clip: Any, probe: Any, setting: Setting, scale: float, out: str) -> str:
     """Concept rate against steps for Infusion at the defaults, up to four times the default, every seed: a run
     per point (the learning rate's cosine spans each run's own steps, so a snapshot of a longer run is not the
@@ -269,15 +276,22 @@ def steps_table(concept: Any, model: Any, clip: Any, probe: Any, setting: Settin
 
     points = sorted({max(1, round(n * scale)) for n in STEPS_CURVE})
     per_background = max(1, setting.per_background // 2)
+    # Each point is recorded as it is measured, so that a stopped run resumes where it was (hours on a CPU).
+    record = os.path.join(out, "steps_points.json")
+    measured = json.load(open(record)) if os.path.exists(record) else {}
     runs = {}
     for seed in setting.seeds:
         runs[seed] = []
         for steps in points:
-            concept_now = cz.train_infusion(model, clip, concept.photos(), seed=seed, steps=steps,
-                                            output_name=f"steps_{seed}_{steps}")
-            samples = cz.context_samples(*cz.apply_infusion(model, clip, concept_now), probe, per_background,
-                                         setting.sample_seed)
-            runs[seed].append((steps, samples.concept_rate(concept), samples.context_rate()))
+            key = f"{seed},{steps},{per_background}"
+            if key not in measured:
+                concept_now = cz.train_infusion(model, clip, concept.photos(), seed=seed, steps=steps,
+                                                output_name=f"steps_{seed}_{steps}")
+                samples = cz.context_samples(*cz.apply_infusion(model, clip, concept_now), probe, per_background,
+                                             setting.sample_seed)
+                measured[key] = [samples.concept_rate(concept), samples.context_rate()]
+                atomic_json(record, measured)
+            runs[seed].append((steps, *measured[key]))
             print(f"steps | seed {seed}: {runs[seed][-1]}", flush=True)
     mean = [statistics.fmean(run[i][1] for run in runs.values()) for i in range(len(points))]
     curve_png({f"seed {s}": [(n, c) for n, c, _ in run] for s, run in runs.items()} |

@@ -14,7 +14,7 @@ import json
 import os
 import struct
 import tempfile
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import safetensors.torch
@@ -71,6 +71,10 @@ def _file_mode() -> int:
 _FILE_MODE = _file_mode()
 
 
+# An atomic save writes ".<file name>.<random>.tmp" beside its file, then renames it to the file name.
+TEMPORARY_SUFFIX = ".tmp"
+
+
 class SaveError(RuntimeError):
     """A file could not be written (no space left, a read-only folder); the message names the folder and the fix."""
 
@@ -94,7 +98,7 @@ def write_safetensors(tensors: dict[str, torch.Tensor], path: str, metadata: dic
     tmp = None
     try:
         os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".infusion-", suffix=".tmp", dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=TEMPORARY_SUFFIX, dir=folder)
         with os.fdopen(fd, "wb") as f:
             f.write(struct.pack("<Q", len(raw)) + raw)
             f.writelines(blobs)
@@ -111,6 +115,21 @@ def write_safetensors(tensors: dict[str, torch.Tensor], path: str, metadata: dic
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def remove_temporaries(folder: str, owns: Callable[[str], bool]) -> list[str]:
+    """Delete the temporary files that saves left in `folder` when their process was killed mid-save (the
+    rename never happened, so the file they were for is whole), for the file names `owns` accepts. Only the
+    writer of those names may call this, or it could delete a save in progress. Returns what was removed."""
+    try:
+        entries = os.listdir(folder)
+    except FileNotFoundError:
+        return []
+    removed = [e for e in entries if e.startswith(".") and e.endswith(TEMPORARY_SUFFIX)
+               and e.count(".") >= 3 and owns(e[1:-len(TEMPORARY_SUFFIX)].rsplit(".", 1)[0])]
+    for entry in removed:
+        os.remove(os.path.join(folder, entry))
+    return removed
 
 
 def _sync_folder(folder: str) -> None:

@@ -16,6 +16,7 @@ import functools
 import logging
 
 import os
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Sequence
@@ -25,7 +26,7 @@ import torch
 from .. import compat
 from ..concept import InfusionConcept, normalize_word
 from ..families import adapter_for
-from ..format import SaveError, save_concept
+from ..format import SaveError, remove_temporaries, save_concept
 from ..patching import model_layers, training_space
 from ..value_space import TRAINED_IN, ValueSpace
 from ..word_positions import context_key, word_token_ids
@@ -77,11 +78,25 @@ def resume_path(folder: str, name: str) -> str:
     return os.path.join(folder, name + RESUME_SUFFIX)
 
 
+_SNAPSHOT = re.compile(r"_step\d{5,}$")
+
+
 def check_name(name: str) -> str:
     name = name.strip()
     if not name or name != os.path.basename(name) or name.startswith("."):
         raise ValueError(f"output name '{name}' must be a plain file name (no folders), e.g. 'my_dog'")
-    return name[:-len(".safetensors")] if name.endswith(".safetensors") else name
+    name = name[:-len(".safetensors")] if name.endswith(".safetensors") else name
+    if _SNAPSHOT.search(name):
+        raise ValueError(f"output name '{name}' ends like the snapshots of a run named "
+                         f"'{_SNAPSHOT.sub('', name)}' (<name>_step<N>), whose files it would overwrite: "
+                         "choose a name without '_step' and a number at its end")
+    return name
+
+
+def owned_files(name: str) -> Callable[[str], bool]:
+    """Whether a file name is one of <name>'s: the concept, its snapshots, its resume state."""
+    snapshot = re.compile(rf"{re.escape(name)}_step\d{{5,}}\.safetensors")
+    return lambda file: file in (f"{name}.safetensors", name + RESUME_SUFFIX) or bool(snapshot.fullmatch(file))
 
 
 class NameInUse(RuntimeError):
@@ -104,6 +119,10 @@ def name_lock(folder: str, name: str) -> Iterator[None]:
         raise NameInUse(f"another training is writing '{name}' in {folder} right now: wait for it to finish, "
                         "or give this one another output_name") from None
     try:
+        removed = remove_temporaries(folder, owned_files(name))
+        if removed:
+            logging.info("Infusion: removed %d temporary file(s) that an earlier run of '%s' left when it was "
+                         "stopped while saving", len(removed), name)
         yield
     finally:
         lock.release()

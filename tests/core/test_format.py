@@ -55,6 +55,43 @@ def test_save_is_atomic_and_leaves_no_temporary(tmp_path, concept):
     assert [p.name for p in tmp_path.iterdir()] == ["rex.safetensors"]
 
 
+def _save_and_die_before_the_rename(concept, path):
+    """A process killed mid-save (SIGKILL: no finally runs), after the bytes are written, before the rename."""
+    import signal
+    os.replace = lambda *_: os.kill(os.getpid(), signal.SIGKILL)
+    save_concept(concept, path)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="SIGKILL and fork")
+def test_a_save_killed_mid_way_leaves_the_file_whole_and_its_temporary_goes_with_the_next_run(tmp_path, concept):
+    import multiprocessing
+
+    from infusion.training.session import name_lock
+
+    save_concept(concept, str(tmp_path / "rex.safetensors"))
+    before = (tmp_path / "rex.safetensors").read_bytes()
+    for target in ("rex.safetensors", "rex_step00004.safetensors", "rex.resume", "rexa.safetensors"):
+        child = multiprocessing.get_context("fork").Process(target=_save_and_die_before_the_rename,
+                                                             args=(concept, str(tmp_path / target)))
+        child.start()
+        child.join()
+        assert child.exitcode == -9
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert len(left) == 5 and all(n.endswith(".tmp") for n in left if n != "rex.safetensors"), left
+    assert (tmp_path / "rex.safetensors").read_bytes() == before  # the file the killed save was for: unchanged
+    with name_lock(str(tmp_path), "rex"):  # the next run of 'rex' removes its own temporaries, not 'rexa''s
+        kept = sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock"))
+    assert kept == [n for n in left if n == "rex.safetensors" or n.startswith(".rexa.safetensors.")], kept
+
+
+def test_a_name_that_would_overwrite_another_runs_snapshots_is_refused():
+    from infusion.training.session import check_name
+
+    assert check_name("rex_step") == "rex_step"
+    with pytest.raises(ValueError, match="'rex_step00003' ends like the snapshots of a run named 'rex'"):
+        check_name("rex_step00003.safetensors")
+
+
 def _rewrite(path, tensors=None, meta_update=None, drop=()):
     from safetensors.torch import load_file
     from safetensors import safe_open
