@@ -276,7 +276,8 @@ def steps_table(concept: Any, model: Any, clip: Any, probe: Any, setting: Settin
 
     points = sorted({max(1, round(n * scale)) for n in STEPS_CURVE})
     per_background = max(1, setting.per_background // 2)
-    # Each point is recorded as it is measured, so that a stopped run resumes where it was (hours on a CPU).
+    # Each point is recorded as it is measured, so that a stopped run resumes where it was (hours on a CPU);
+    # delete steps_points.json (or give another --out) to measure changed code again.
     record = os.path.join(out, "steps_points.json")
     measured = json.load(open(record)) if os.path.exists(record) else {}
     runs = {}
