@@ -629,12 +629,13 @@ def free_port() -> int:
 
 class Server:
     """ComfyUI's main.py as a user starts it (this Python, --cpu), on 127.0.0.1, with `base` as its base
-    directory (custom_nodes, models, input, output, user) and this pack linked into base/custom_nodes."""
+    directory (custom_nodes, models, input, output, user) and this pack linked into base/custom_nodes;
+    `extra_args` are given to main.py after those."""
 
     PACK_DIR_NAME = "ComfyUI-Infusion"
 
-    def __init__(self, comfy_root: str, base: str):
-        self.comfy_root, self.base = comfy_root, base
+    def __init__(self, comfy_root: str, base: str, extra_args: tuple[str, ...] = ()):
+        self.comfy_root, self.base, self.extra_args = comfy_root, base, extra_args
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.log_path = os.path.join(base, "server.log")
@@ -650,7 +651,7 @@ class Server:
         with open(self.log_path, "w") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-                 "--base-directory", self.base, "--disable-auto-launch"],
+                 "--base-directory", self.base, "--disable-auto-launch", *self.extra_args],
                 cwd=self.comfy_root, stdout=log, stderr=subprocess.STDOUT)
         try:
             self.wait_for("object_info/TrainInfusion")
