@@ -397,6 +397,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=0, help="training seeds per table (default: 3, --quick 1)")
     parser.add_argument("--first-seed", type=int, default=0,
                         help="the first training seed (e.g. --first-seed 1 --seeds 2: seeds 1 and 2)")
+    parser.add_argument("--weight-dtype", default="default",
+                        choices=["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"],
+                        help="the DiT's weights as Load Diffusion Model loads them with this weight_dtype")
     parser.add_argument("--method", action="append", dest="methods", default=None,
                         help="only the methods whose names start with this (e.g. 'Infusion, defaults'); "
                              "repeatable; default every method")
@@ -445,7 +448,10 @@ def main() -> None:
                      f"{cz.KNOWN.name}, the collapse case: {COLLAPSE_PHOTOS} photos, {COLLAPSE_STEPS} x every method's "
                      "steps", lambda: methods(COLLAPSE_STEPS)),
     }
-    model, clip = world_model(args.model).load()
+    if args.weight_dtype != "default" and args.model != "dit":
+        parser.error("--weight-dtype is for the DiT (--model dit)")
+    model, clip = world_model(args.model).load(**({} if args.weight_dtype == "default" else
+                                                   {"weight_dtype": args.weight_dtype}))
     probe = load_probe()
     tables = []
     reference = baseline(model, clip, probe, setting) if set(args.tables) - {"curve", "steps"} else None
@@ -466,7 +472,8 @@ def main() -> None:
             grid_png(grid, os.path.join(out, f"grid_{key}.png"))
     minutes = (time.perf_counter() - started) / 60
     with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(f"Toy world, {args.model} ({run} run, {minutes:.0f} minutes)\n\n" + "\n\n".join(tables) + "\n")
+        f.write(f"Toy world, {args.model}{'' if args.weight_dtype == 'default' else ', weights ' + args.weight_dtype} "
+                f"({run} run, {minutes:.0f} minutes)\n\n" + "\n\n".join(tables) + "\n")
     from PIL import Image
     for grid in PREVIEW_GRIDS.values():
         Image.fromarray((grid[0].numpy() * 255).round().astype("uint8")).save(os.path.join(out, "previews.png"))

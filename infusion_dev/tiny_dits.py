@@ -82,6 +82,18 @@ def flux_model(folder: str, guidance: bool = True, seed: int = SEED) -> Any:
     return load_unet_file(path, partial(_flux, guidance))
 
 
+def flux_through_loader(folder: str, weight_dtype: str) -> Any:
+    """The tiny FLUX.1 dev's file in `folder` (flux_model writes it) through ComfyUI's Load Diffusion Model with
+    `weight_dtype` (fp8_e4m3fn, ...)."""
+    from functools import partial
+
+    import comfy.supported_models
+
+    from .tiny_models import load_with_weight_dtype
+    return load_with_weight_dtype(os.path.join(folder, "tiny_flux_dev.safetensors"), weight_dtype,
+                                  partial(comfy.supported_models.Flux, flux_config(True)))
+
+
 def flux2_model(seed: int = SEED + 4) -> Any:
     """A tiny FLUX.2 as its klein variants are built (Qwen3 text, global modulation, 128-channel latents)."""
     import comfy.ldm.flux.model

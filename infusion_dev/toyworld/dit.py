@@ -90,11 +90,14 @@ def build_model() -> Any:
                                             comfy.model_management.unet_offload_device())
 
 
-def load(path: str = DIT_WEIGHTS) -> tuple[Any, Any]:
-    """(MODEL, CLIP) of the trained toy Flux, loaded from its file as ComfyUI's loaders load a checkpoint."""
-    from ..tiny_models import load_unet_file
+def load(path: str = DIT_WEIGHTS, weight_dtype: str = "default") -> tuple[Any, Any]:
+    """(MODEL, CLIP) of the trained toy Flux, loaded from its file as ComfyUI's loaders load a checkpoint; with
+    another `weight_dtype` (fp8_e4m3fn, ...) as Load Diffusion Model loads it so."""
+    from ..tiny_models import load_unet_file, load_with_weight_dtype
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no toy-world DiT at {path}: build it with `python -m infusion_dev.toyworld.train base "
                                 "--model dit` (see README, Toy world)")
+    if weight_dtype != "default":
+        return load_with_weight_dtype(path, weight_dtype, model_config), build_clip()
     return load_unet_file(path, new_model), build_clip()
