@@ -1,6 +1,6 @@
 """Crash consistency against a real ComfyUI server: training is queued over HTTP with a snapshot and a
-resume state every step, and the server is killed (SIGKILL) at seeded random moments, half of them the moment
-a save is seen in progress. After each kill every file in models/infusion must load (a concept through Load
+resume state every step, and the server is killed (SIGKILL) at seeded random moments, half of them aimed at
+the moment a save begins. After each kill every file in models/infusion must load (a concept through Load
 Infusion's reader, a resume state through the trainer's); then the server is started again and the run
 resumed. When the kills are done, the run is resumed to its end, and every file it wrote must equal, bit for
 bit, the file an uninterrupted run on another server wrote.
@@ -30,7 +30,7 @@ _IN_CREATE = 0x100  # inotify's "a file was created in the watched folder"
 @dataclass
 class CrashReport:
     kills: int = 0
-    kills_at_a_save: int = 0          # killed the moment a temporary file was seen
+    kills_at_a_save: int = 0          # killed the moment a save created its temporary file
     temporaries_left: int = 0         # kills that left a save's temporary file (the save was cut short)
     files_checked: int = 0            # after every kill, every file; at the end, every file against the reference
     corrupt: list[str] = field(default_factory=list)
@@ -39,7 +39,7 @@ class CrashReport:
     timing: str = ""                  # the uninterrupted run's, which sets the kills' moments
 
     def summary(self) -> str:
-        return (f"kills {self.kills} ({self.kills_at_a_save} the moment a save was seen, {self.temporaries_left} "
+        return (f"kills {self.kills} ({self.kills_at_a_save} the moment a save began, {self.temporaries_left} "
                 f"cut a save short); files checked {self.files_checked}; corrupt {len(self.corrupt)}; "
                 f"mismatches {len(self.mismatches)}; resume state's step after each kill: {self.steps_at_kills}; "
                 f"{self.timing}")
