@@ -25,6 +25,8 @@ from infusion_dev import comfy_harness as h
 
 NAME = "crash"
 _IN_CREATE = 0x100  # inotify's "a file was created in the watched folder"
+# A run that has not begun to save after this many times the reference run's whole duration is killed anyway.
+HANG_AFTER = 10
 
 
 @dataclass
@@ -114,32 +116,44 @@ def _saves_in_progress(folder: str) -> set[str]:
     return {e for e in os.listdir(folder) if e.endswith(TEMPORARY_SUFFIX)} if os.path.isdir(folder) else set()
 
 
-def _kill_at_a_save(server: h.Server, folder: str, timeout: float) -> bool:
-    """SIGKILL the server the moment a save creates its temporary file in `folder` (True), or after `timeout`
-    seconds (False). Linux's inotify wakes this process at the file's creation: a save lasts milliseconds
-    (write, fsync, rename), too short for polling to catch on a busy machine."""
-    from infusion.format import TEMPORARY_SUFFIX
-    libc = ctypes.CDLL(None, use_errno=True)
-    watch = libc.inotify_init1(os.O_NONBLOCK)
-    if watch < 0 or libc.inotify_add_watch(watch, folder.encode(), _IN_CREATE) < 0:
-        raise OSError(ctypes.get_errno(), f"inotify on {folder}")
-    try:
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0 and server.process.poll() is None:
-            if not select.select([watch], [], [], left)[0]:
-                break
-            events = os.read(watch, 65536)
+class SaveWatch:
+    """Wakes the moment a save creates its temporary file in `folder`, through Linux's inotify: a save lasts
+    milliseconds (write, fsync, rename), too short for polling to catch on a busy machine."""
+
+    def __init__(self, folder: str):
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = self.libc.inotify_init1(os.O_NONBLOCK)
+        if self.fd < 0 or self.libc.inotify_add_watch(self.fd, folder.encode(), _IN_CREATE) < 0:
+            raise OSError(ctypes.get_errno(), f"inotify on {folder}")
+
+    def __enter__(self) -> "SaveWatch":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        os.close(self.fd)
+
+    def _saves_begun(self) -> bool:
+        """Whether any of the events queued since the last call is a save's temporary file."""
+        from infusion.format import TEMPORARY_SUFFIX
+        begun = False
+        while True:
+            try:
+                events = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return begun
             while events:  # struct inotify_event: wd, mask, cookie, len, then the name (NUL-padded)
                 _, _, _, size = struct.unpack_from("iIII", events)
-                name = events[16:16 + size].rstrip(b"\0").decode()
+                begun |= events[16:16 + size].rstrip(b"\0").decode().endswith(TEMPORARY_SUFFIX)
                 events = events[16 + size:]
-                if name.endswith(TEMPORARY_SUFFIX):
-                    server.process.kill()
-                    return True
-        server.process.kill()
+
+    def next_save(self, timeout: float) -> bool:
+        """Wait for a save that begins from now on (True), or `timeout` seconds (False)."""
+        self._saves_begun()  # what began before now does not count
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if select.select([self.fd], [], [], left)[0] and self._saves_begun():
+                return True
         return False
-    finally:
-        os.close(watch)
 
 
 def _without_api_nodes(comfy_root: str) -> tuple[str, ...]:
@@ -171,19 +185,20 @@ def crash_trial(comfy_root: str, work: str, kills: int, seed: int, steps: int) -
     for kill in range(kills):
         stale = _saves_in_progress(folder)
         resumable = os.path.exists(resume_path(folder, NAME))
-        left = (steps - (load_state(resume_path(folder, NAME)).step if resumable else 0)) / steps
-        with h.Server(comfy_root, crashed, lean) as server:
+        left = steps - (load_state(resume_path(folder, NAME)).step if resumable else 0)
+        with h.Server(comfy_root, crashed, lean) as server, SaveWatch(folder) as saves:
             _queue(server, _prompt(photos, steps, resume=resumable))
-            # From halfway through loading and encoding to a share of the training left: the kills land
-            # before training, in steps and in saves, and the run still has steps left when the last one comes.
-            delay = rng.uniform(first_save / 2, first_save + training * left / (kills - kill))
-            if rng.random() < 0.5:  # at the first save after a shorter delay
-                waited = rng.uniform(first_save / 2, delay)
-                time.sleep(waited)
-                report.kills_at_a_save += _kill_at_a_save(server, folder, delay - waited)
-            else:
-                time.sleep(delay)
-                server.process.kill()
+            if rng.random() < 0.2:  # while the run loads the model, encodes, reads its resume state
+                time.sleep(rng.uniform(0, first_save))
+            elif saves.next_save(HANG_AFTER * (first_save + training)):  # it trains: its first save began
+                # From there, so that how long a start takes (it varies the most) does not decide how far the
+                # run gets: at most the steps left shared among the kills left (at the reference run's speed),
+                # so the run still has steps to do when the last kill comes, even on a quicker machine.
+                budget = training / steps * left / (2 * (kills - kill))
+                time.sleep(rng.uniform(0, budget))
+                if rng.random() < 0.5:
+                    report.kills_at_a_save += saves.next_save(budget)
+            server.process.kill()
             server.process.wait()
             report.kills += 1
         _check_files(folder, report, stale)
