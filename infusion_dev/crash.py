@@ -117,14 +117,15 @@ def _saves_in_progress(folder: str) -> set[str]:
 
 
 class SaveWatch:
-    """Wakes the moment a save creates its temporary file in `folder`, through Linux's inotify: a save lasts
-    milliseconds (write, fsync, rename), too short for polling to catch on a busy machine."""
+    """Counts the saves that begin in `folder` (each creates its temporary file), through Linux's inotify: a save
+    lasts milliseconds (write, fsync, rename), too short for polling to catch on a busy machine."""
 
     def __init__(self, folder: str):
         self.libc = ctypes.CDLL(None, use_errno=True)
         self.fd = self.libc.inotify_init1(os.O_NONBLOCK)
         if self.fd < 0 or self.libc.inotify_add_watch(self.fd, folder.encode(), _IN_CREATE) < 0:
             raise OSError(ctypes.get_errno(), f"inotify on {folder}")
+        self.begun = 0
 
     def __enter__(self) -> "SaveWatch":
         return self
@@ -132,28 +133,29 @@ class SaveWatch:
     def __exit__(self, *exc: Any) -> None:
         os.close(self.fd)
 
-    def _saves_begun(self) -> bool:
-        """Whether any of the events queued since the last call is a save's temporary file."""
+    def _read(self) -> None:
         from infusion.format import TEMPORARY_SUFFIX
-        begun = False
         while True:
             try:
                 events = os.read(self.fd, 65536)
             except BlockingIOError:
-                return begun
+                return
             while events:  # struct inotify_event: wd, mask, cookie, len, then the name (NUL-padded)
                 _, _, _, size = struct.unpack_from("iIII", events)
-                begun |= events[16:16 + size].rstrip(b"\0").decode().endswith(TEMPORARY_SUFFIX)
+                self.begun += events[16:16 + size].rstrip(b"\0").decode().endswith(TEMPORARY_SUFFIX)
                 events = events[16 + size:]
 
-    def next_save(self, timeout: float) -> bool:
-        """Wait for a save that begins from now on (True), or `timeout` seconds (False)."""
-        self._saves_begun()  # what began before now does not count
+    def wait_for(self, count: int, timeout: float) -> bool:
+        """Until the `count`-th save since the watch began has begun (True), or `timeout` seconds (False)."""
         deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            if select.select([self.fd], [], [], left)[0] and self._saves_begun():
-                return True
-        return False
+        self._read()
+        while self.begun < count:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if select.select([self.fd], [], [], left)[0]:
+                self._read()
+        return True
 
 
 def _without_api_nodes(comfy_root: str) -> tuple[str, ...]:
@@ -188,16 +190,19 @@ def crash_trial(comfy_root: str, work: str, kills: int, seed: int, steps: int) -
         left = steps - (load_state(resume_path(folder, NAME)).step if resumable else 0)
         with h.Server(comfy_root, crashed, lean) as server, SaveWatch(folder) as saves:
             _queue(server, _prompt(photos, steps, resume=resumable))
+            # Counted in saves (two a step: the snapshot, then the resume state), not in seconds, so that how
+            # far a run gets does not depend on the machine's speed: at most a quarter of the steps left shared
+            # among the kills left, one step at the least, so with twice as many steps as kills the run still
+            # has steps to do when the last kill comes.
             if rng.random() < 0.2:  # while the run loads the model, encodes, reads its resume state
-                time.sleep(rng.uniform(0, first_save))
-            elif saves.next_save(HANG_AFTER * (first_save + training)):  # it trains: its first save began
-                # From there, so that how long a start takes (it varies the most) does not decide how far the
-                # run gets: at most the steps left shared among the kills left (at the reference run's speed),
-                # so the run still has steps to do when the last kill comes, even on a quicker machine.
-                budget = training / steps * left / (2 * (kills - kill))
-                time.sleep(rng.uniform(0, budget))
-                if rng.random() < 0.5:
-                    report.kills_at_a_save += saves.next_save(budget)
+                saves.wait_for(1, rng.uniform(0, first_save))
+            else:
+                count = rng.randint(1, 2 * max(1, left // (4 * (kills - kill))))
+                begun = saves.wait_for(count, HANG_AFTER * (first_save + training))
+                if begun and rng.random() < 0.5:
+                    report.kills_at_a_save += 1  # the count-th save has just begun
+                else:  # between two saves, in a step
+                    saves.wait_for(count + 1, rng.uniform(0, training / steps))
             server.process.kill()
             server.process.wait()
             report.kills += 1
