@@ -1,6 +1,6 @@
 """Crash consistency against a real ComfyUI server: training is queued over HTTP with a snapshot and a
-resume state every step, and the server is killed (SIGKILL) at seeded random moments, half of them aimed at
-the moment a save begins. After each kill every file in models/infusion must load (a concept through Load
+resume state every step, and the server is killed (SIGKILL) at seeded random moments: a fifth while the run
+loads, the rest counted in saves (Linux's inotify), at the moment a save begins or in a step between two. After each kill every file in models/infusion must load (a concept through Load
 Infusion's reader, a resume state through the trainer's); then the server is started again and the run
 resumed. When the kills are done, the run is resumed to its end, and every file it wrote must equal, bit for
 bit, the file an uninterrupted run on another server wrote.

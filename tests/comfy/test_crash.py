@@ -1,6 +1,6 @@
 """Crash consistency with a real ComfyUI server (infusion_dev/crash.py): 20 SIGKILLs at seeded random moments of
-a training that saves a snapshot and its resume state every step, half of them the moment a save is seen in
-progress. Every file in models/infusion loads after every kill, and the run resumed to its end wrote the same
+a training that saves a snapshot and its resume state every step, counted in saves (most of them cut a save
+short). Every file in models/infusion loads after every kill, and the run resumed to its end wrote the same
 files, byte for byte, as an uninterrupted run."""
 from infusion_dev import crash
 
