@@ -35,14 +35,17 @@ class LoadConceptPhotos(io.ComfyNode):
                                 tooltip="The folder of photos: an absolute path, or a folder inside ComfyUI's input "
                                         "directory."),
                 io.Int.Input("size", default=1024, min=64, max=4096, step=64,
-                             tooltip="Each photo is scaled (shorter side) and centre-cropped to this square. Train "
-                                     "Infusion Concept scales again to its resolution: keep this at least as large."),
+                             tooltip="Each photo's shorter side is scaled to this, keeping its aspect (nothing is "
+                                     "cropped here). Train Infusion Concept fits each photo to its training size: "
+                                     "keep this at least its resolution."),
             ],
             outputs=[
-                io.Image.Output(display_name="photos", tooltip="The photos, sorted by file name."),
-                io.Mask.Output(display_name="masks", tooltip="Foreground masks from the photos' alpha channels "
-                                                             "(1 = opaque = the concept; 1 everywhere for photos "
-                                                             "without transparency)."),
+                io.Image.Output(display_name="photos", is_output_list=True,
+                                tooltip="The photos, sorted by file name, each at its own aspect (a list: photos "
+                                        "of different sizes cannot share one batch)."),
+                io.Mask.Output(display_name="masks", is_output_list=True,
+                               tooltip="Foreground masks from the photos' alpha channels (1 = opaque = the "
+                                       "concept; 1 everywhere for photos without transparency), one per photo."),
                 CAPTIONS.Output(display_name="captions",
                                 tooltip="The caption beside each photo (dog1.txt for dog1.png), for Train Infusion "
                                         "Concept; each must say the class word (or {} for it). Photos without one "

@@ -4,10 +4,14 @@ Thin wrapper: the run lives in ../infusion/training (session.py drives it).
 """
 from __future__ import annotations
 
+from typing import Any
+
 from comfy_api.latest import io, ui
 
 from ..infusion.concept import VARIANTS
 from ..infusion.images import to_image
+from ..infusion.training.buckets import BUCKETS, CROPS
+from ..infusion.training.captions import text_captions
 from ..infusion.training.encoding import ConceptData
 from ..infusion.training.loop import PRECISIONS, TrainingSettings
 from ..infusion.training.loss_plot import loss_curve, message_image
@@ -72,9 +76,10 @@ def _concept_inputs() -> list:
                      tooltip="The model's VAE: encodes every photo once, before training (not needed with "
                              "latents)."),
         io.Image.Input("photos", optional=True,
-                       tooltip="The concept's photos (3-10 is typical), any size and aspect: each is scaled "
-                               "and centre-cropped to the training resolution. Load Concept Photos reads a "
-                               "whole folder. Give photos or latents."),
+                       tooltip="The concept's photos (3-10 is typical), any size and aspect, as one batch or a "
+                               "list (Load Concept Photos, ComfyUI's Load Image-Text (from Folder) and image "
+                               "dataset nodes): each trains at its own aspect (see crop). Give photos or "
+                               "latents."),
         io.String.Input("word", default="dog",
                         tooltip="The concept's plain class word ('dog', 'teapot', 'woman'). Prompts that say "
                                 "this word will draw the concept; no new token is learned."),
@@ -180,6 +185,32 @@ def _per_photo_inputs() -> list:
     ]
 
 
+def _dataset_inputs() -> list:
+    """How photos are fitted, and captions as texts (ComfyUI's dataset nodes)."""
+    return [
+        io.Combo.Input("crop", options=list(CROPS), default=BUCKETS,
+                       tooltip="buckets: each photo trains at about the resolution's area in the aspect nearest "
+                               "its own (sizes in steps of 64, 1:4 to 4:1), scaled to cover it and cropped by "
+                               "the least amount, so a standing dog keeps its head and paws. centre crop: the "
+                               "resolution's square from the middle of each photo."),
+        io.String.Input("texts", optional=True, force_input=True,
+                        tooltip="Optional: each photo's caption as text, in the photos' order (the texts of "
+                                "ComfyUI's Load Image-Text (from Folder)); one text is used for every photo. Each "
+                                "must say the class word (or {} for it); an empty text uses the templates."),
+    ]
+
+
+def _one(name: str, value: Any) -> Any:
+    """A single input's value: this node takes its inputs as lists (is_input_list), for photos, masks,
+    latents and texts that come as lists; every other input must be one value."""
+    if not isinstance(value, list):
+        return value
+    if len(value) != 1:
+        raise ValueError(f"{name} came as a list of {len(value)}: Train Infusion Concept trains one concept at a "
+                         f"time, connect one {name}")
+    return value[0]
+
+
 def _outputs() -> list:
     return [
         INFUSION.Output(display_name="INFUSION", tooltip="The trained concept, ready for Apply Infusion to "
@@ -208,20 +239,28 @@ class TrainInfusion(io.ComfyNode):
             # The order is the widgets' order in saved workflows: new inputs go at the end.
             inputs=[*_concept_inputs(), *_training_inputs(),
                     io.Latent.Input("latents", optional=True,
-                                    tooltip="Instead of photos: the concept as latents (e.g. from VAE Encode), as "
-                                            "ComfyUI's own Train LoRA takes them; trained at their own size "
-                                            "(resolution is ignored), flips mirror the latents."),
-                    *_preview_inputs(), *_per_photo_inputs()],
+                                    tooltip="Instead of photos: the concept as latents, as ComfyUI's own Train "
+                                            "LoRA takes them (VAE Encode, or the list of Make Training Dataset "
+                                            "or Resolution Bucket); each trained at its own size (resolution and "
+                                            "crop are ignored), flips mirror the latents."),
+                    *_preview_inputs(), *_per_photo_inputs(), *_dataset_inputs()],
             outputs=_outputs(),
             hidden=[io.Hidden.prompt, io.Hidden.unique_id],
             is_output_node=True,
+            is_input_list=True,
         )
 
     @classmethod
-    def execute(cls, model, clip, word, output_name, steps, learning_rate, batch_size, gradient_accumulation,
-                resolution, seed, templates, flip, save_every, resume, variant, precision, gradient_checkpointing,
-                sample_prompts, sample_every, sample_steps, sample_cfg, sample_sampler, sample_scheduler, sample_seed,
-                sample_size, vae=None, photos=None, latents=None, captions=None, masks=None) -> io.NodeOutput:
+    def execute(cls, model, clip, photos=None, masks=None, latents=None, texts=None, **inputs) -> io.NodeOutput:
+        return cls._train(_one("model", model), _one("clip", clip), photos=photos, masks=masks, latents=latents,
+                          texts=texts, **{name: _one(name, value) for name, value in inputs.items()})
+
+    @classmethod
+    def _train(cls, model, clip, word, output_name, steps, learning_rate, batch_size, gradient_accumulation,
+               resolution, seed, templates, flip, save_every, resume, variant, precision, gradient_checkpointing,
+               sample_prompts, sample_every, sample_steps, sample_cfg, sample_sampler, sample_scheduler, sample_seed,
+               sample_size, crop=BUCKETS, vae=None, photos=None, latents=None, captions=None, masks=None,
+               texts=None) -> io.NodeOutput:
         import comfy.model_management
         import comfy.utils
 
@@ -244,8 +283,11 @@ class TrainInfusion(io.ComfyNode):
         def on_preview(step: int, image) -> None:
             bar.update_absolute(step, steps, ("JPEG", image, 512))
 
-        data = ConceptData(photos=photos, vae=vae, latents=None if latents is None else latents["samples"],
-                           masks=masks, captions=captions)
+        data = ConceptData(photos=photos, vae=vae, latents=latents, masks=masks, captions=captions, crop=crop)
+        if texts is not None:
+            if captions is not None:
+                raise ValueError("connect captions (from Load Concept Photos) or texts, not both")
+            data.captions = text_captions(texts, data.count)
         result = train_concept(model, clip, data, request, on_step,
                                comfy.model_management.throw_exception_if_processing_interrupted, on_preview)
         graph = to_image(loss_curve(result.losses, steps))

@@ -32,6 +32,18 @@ class PhotoCaptions:
         return "" if entry is None else entry[0]
 
 
+def text_captions(texts: list[str], count: int) -> PhotoCaptions | None:
+    """Captions given as texts (ComfyUI's Load Image-Text (from Folder) gives one per image, "" where an image
+    has no caption file): one per photo, or one for every photo. None when all are empty."""
+    if len(texts) == 1:
+        texts = texts * count
+    if len(texts) != count:
+        raise ValueError(f"{len(texts)} texts for {count} photos: give one text per photo, in the photos' order "
+                         "(or one text for all)")
+    entries = [(f"text {i + 1}", " ".join(t.split())) if t and t.strip() else None for i, t in enumerate(texts)]
+    return None if all(e is None for e in entries) else PhotoCaptions(tuple(entries))
+
+
 def caption_path(photo_path: str) -> str:
     return os.path.splitext(photo_path)[0] + ".txt"
 

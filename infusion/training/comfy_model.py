@@ -19,7 +19,7 @@ from ..families import adapter_for
 from ..patching import install, load_weights, trainable_residual, training_space
 from ..sampler_context import inside_sampling
 from ..value_space import TRAINED_IN, ValueSpace
-from .loop import PhotoLatents, TrainingHooks, TrainingSettings, train
+from .loop import PhotoBuckets, PhotoLatents, TrainingHooks, TrainingSettings, train
 from .state import ResumeError, TrainingState
 from .vectors import VALUE_SCALES, named_vectors
 
@@ -119,7 +119,8 @@ def in_sampling(patcher: Any, conditionings: Sequence[list], shape: Sequence[int
     return inside_sampling(patcher, conds, shape, sigmas, seed, run)
 
 
-def train_on_model(model: Any, start: InfusionConcept, conditionings: Sequence[list], photos: PhotoLatents,
+def train_on_model(model: Any, start: InfusionConcept, conditionings: Sequence[list],
+                   photos: PhotoLatents | PhotoBuckets,
                    settings: TrainingSettings, hooks: TrainingHooks | None = None,
                    run: Mapping[str, Any] | None = None, resume: TrainingState | None = None,
                    gradient_checkpointing_on: bool = True, teacher: Any = None,
@@ -176,5 +177,7 @@ def train_on_model(model: Any, start: InfusionConcept, conditionings: Sequence[l
                 return train(vectors, denoiser, photos, templates or len(conditionings), settings, hooks, record,
                              resume)
 
-        shape = (settings.batch_size,) + tuple(photos.latents.shape[1:])
+        # The conditionings are prepared once, for the first bucket's size: what they hold (text, pooled and
+        # size vectors, guidance) does not depend on the latent's size.
+        shape = (settings.batch_size,) + tuple(PhotoBuckets.of(photos).buckets[0].latents.shape[1:])
         return in_sampling(patcher, conditionings, shape, settings.seed, loop)

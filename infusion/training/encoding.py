@@ -10,11 +10,12 @@ import torch
 
 from ..tokens import CONDITIONING_KEY
 from ..word_positions import word_positions
+from .buckets import BUCKETS, CROPS, STEP, Placement, place
 from .captions import PhotoCaptions
-from .data import fit_masks, fit_photos, flip, loss_weights, photo_hash
-from .loop import PhotoLatents
+from .data import fit_masks, fit_photos, flip, loss_weights, photo_hash, photo_list
+from .loop import PhotoBuckets, PhotoLatents
 
-LATENT_MULTIPLE = 64  # 8x VAE downscale, then the UNet halves the latent three times
+LATENT_MULTIPLE = STEP  # 8x VAE downscale, then the UNet halves the latent three times
 
 
 def _matching(weights: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
@@ -28,54 +29,90 @@ def check_resolution(resolution: int) -> None:
         raise ValueError(f"resolution must be a multiple of {LATENT_MULTIPLE} (e.g. 512, 768, 1024), not {resolution}")
 
 
-def encode_photos(vae: Any, model: Any, photos: torch.Tensor, masks: torch.Tensor | None,
-                  resolution: int, mirrored: bool) -> PhotoLatents:
-    """Crop and scale the photos, encode them (and their mirror images when flips are on) with
-    the VAE, and bring the latents into the model's space (ComfyUI's process_latent_in)."""
-    check_resolution(resolution)
-    pixels = fit_photos(photos, resolution)
+def group_by_size(sizes: Sequence[tuple[int, ...]]) -> list[list[int]]:
+    """The items of each distinct size, sizes in order of first appearance (a fixed order: the same photos
+    give the same buckets, so the same seed the same concept)."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, size in enumerate(sizes):
+        groups.setdefault(tuple(size), []).append(i)
+    return list(groups.values())
+
+
+def _masked(latents: PhotoLatents, weights: torch.Tensor | None, mirrored_latents: torch.Tensor | None) -> PhotoLatents:
+    if weights is not None:
+        weights = _matching(weights, latents.latents)
+    return PhotoLatents(latents.latents, mirrored_latents, weights,
+                        None if weights is None or mirrored_latents is None else weights.flip(-1))
+
+
+def encode_photos(vae: Any, model: Any, photos: Sequence[torch.Tensor], masks: Sequence[torch.Tensor] | None,
+                  sizes: Sequence[tuple[int, int]], mirrored: bool) -> PhotoBuckets:
+    """Fit each photo [H, W, 3] to its training size (`sizes`, from buckets.place), encode each bucket's photos
+    (and their mirror images when flips are on) with the VAE, and bring the latents into the model's space
+    (ComfyUI's process_latent_in)."""
 
     def encode(images: torch.Tensor) -> torch.Tensor:
         return model.model.process_latent_in(vae.encode(images).float()).cpu()
 
-    latents = encode(pixels)
-    weights = None
-    if masks is not None:
-        weights = _matching(loss_weights(fit_masks(masks, photos, resolution), tuple(latents.shape[-2:])), latents)
-    if not mirrored:
-        return PhotoLatents(latents, weights=weights)
-    # Mirrored pixels, not mirrored latents: the VAE is not exactly mirror-symmetric.
-    return PhotoLatents(latents, encode(flip(pixels)), weights, None if weights is None else weights.flip(-1))
+    groups, buckets = group_by_size(sizes), []
+    for members in groups:
+        size = tuple(sizes[members[0]])
+        pixels = torch.cat([fit_photos(photos[i][None], size) for i in members])
+        latents = PhotoLatents(encode(pixels))
+        weights = None
+        if masks is not None:
+            fitted = torch.cat([fit_masks(masks[i][None], photos[i][None], size) for i in members])
+            weights = loss_weights(fitted, tuple(latents.latents.shape[-2:]), [i + 1 for i in members])
+        # Mirrored pixels, not mirrored latents: the VAE is not exactly mirror-symmetric.
+        buckets.append(_masked(latents, weights, encode(flip(pixels)) if mirrored else None))
+    return PhotoBuckets(buckets, groups)
 
 
-def prepare_latents(model: Any, latents: torch.Tensor, masks: torch.Tensor | None, mirrored: bool) -> PhotoLatents:
+def prepare_latents(model: Any, latents: Sequence[torch.Tensor], masks: Sequence[torch.Tensor] | None,
+                    mirrored: bool) -> PhotoBuckets:
     """Latents given as they are (a LATENT's samples, as VAE Encode gives them, as ComfyUI's own trainer
-    takes them): brought into the model's space; a mirrored photo is the mirrored latent."""
-    if latents.ndim not in (4, 5):
-        raise ValueError(f"latents must be a LATENT batch [N, C, h, w] (or [N, C, frames, h, w] from a video VAE), "
-                         f"got shape {tuple(latents.shape)}")
-    x0 = model.model.process_latent_in(latents.float()).cpu()
-    weights = None
-    if masks is not None:
-        masks = masks[None] if masks.ndim == 2 else masks
-        if masks.shape[0] != x0.shape[0]:
-            raise ValueError(f"{masks.shape[0]} masks for {x0.shape[0]} latents: give one mask per latent")
-        weights = _matching(loss_weights(masks, tuple(x0.shape[-2:])), x0)
-    if not mirrored:
-        return PhotoLatents(x0, weights=weights)
-    return PhotoLatents(x0, x0.flip(-1), weights, None if weights is None else weights.flip(-1))
+    takes them; one [C, h, w] or [C, frames, h, w] per item), each size a bucket: brought into the model's
+    space; a mirrored photo is the mirrored latent."""
+    if masks is not None and len(masks) != len(latents):
+        raise ValueError(f"{len(masks)} masks for {len(latents)} latents: give one mask per latent")
+    groups, buckets = group_by_size([tuple(t.shape) for t in latents]), []
+    for members in groups:
+        x0 = model.model.process_latent_in(torch.stack([latents[i] for i in members]).float()).cpu()
+        weights = None
+        if masks is not None:
+            weights = loss_weights(torch.stack([masks[i] for i in members]), tuple(x0.shape[-2:]),
+                                   [i + 1 for i in members])
+        buckets.append(_masked(PhotoLatents(x0), weights, x0.flip(-1) if mirrored else None))
+    return PhotoBuckets(buckets, groups)
+
+
+def latent_list(latents: Any) -> list[torch.Tensor]:
+    """One tensor per item from a LATENT ({"samples": [N, C, h, w]}), its samples, or a list of LATENTs as
+    ComfyUI's dataset nodes give them (Make Training Dataset, Resolution Bucket)."""
+    items = [latents] if isinstance(latents, (dict, torch.Tensor)) else list(latents)
+    out = []
+    for item in items:
+        samples = item["samples"] if isinstance(item, dict) else item
+        if not isinstance(samples, torch.Tensor) or samples.ndim not in (4, 5):
+            shape = tuple(samples.shape) if isinstance(samples, torch.Tensor) else type(samples).__name__
+            raise ValueError(f"latents must be LATENT batches [N, C, h, w] (or [N, C, frames, h, w] from a video "
+                             f"VAE), or lists of them, got {shape}")
+        out.extend(samples.unbind(0))
+    return out
 
 
 @dataclass
 class ConceptData:
-    """What a concept is learnt from: photos (IMAGE) with the VAE that encodes them, or latents (a
-    LATENT's samples, as ComfyUI's own trainer takes them); optional masks, one per image."""
+    """What a concept is learnt from: photos (IMAGE batches or lists of them, any sizes) with the VAE that
+    encodes them, or latents (LATENTs or lists of them, as ComfyUI's own trainer takes them); optional masks,
+    one per image; how photos are fitted to the training size (`crop`: buckets or centre crop)."""
 
-    photos: torch.Tensor | None = None
+    photos: Any = None
     vae: Any = None
-    latents: torch.Tensor | None = None
-    masks: torch.Tensor | None = None
+    latents: Any = None
+    masks: Any = None
     captions: PhotoCaptions | None = None
+    crop: str = BUCKETS
 
     def __post_init__(self) -> None:
         if (self.photos is None) == (self.latents is None):
@@ -83,22 +120,43 @@ class ConceptData:
                              "not both and not neither")
         if self.photos is not None and self.vae is None:
             raise ValueError("photos need the model's VAE to encode them: connect vae (or give latents instead)")
+        if self.crop not in CROPS:
+            raise ValueError(f"crop must be one of {', '.join(CROPS)}, not '{self.crop}'")
+        self.photos = None if self.photos is None else photo_list(self.photos)
+        self.latents = None if self.latents is None else latent_list(self.latents)
+        self.masks = None if self.masks is None else photo_list(self.masks, "masks")
+        if self.masks is not None and len(self.masks) != self.count:
+            raise ValueError(f"{len(self.masks)} masks for {self.count} photos: give one mask per photo "
+                             "(1 = the concept)")
+        if self.photos is not None and self.masks is not None:
+            for i, (photo, mask) in enumerate(zip(self.photos, self.masks)):
+                if tuple(mask.shape) != tuple(photo.shape[:2]):
+                    raise ValueError(f"mask {i + 1} is {mask.shape[1]}x{mask.shape[0]} but its photo is "
+                                     f"{photo.shape[1]}x{photo.shape[0]}: give masks of the same size as their photos")
         if self.captions is not None and len(self.captions.entries) != self.count:
-            raise ValueError(f"{len(self.captions.entries)} captions for {self.count} photos: connect the captions "
-                             "of the same Load Concept Photos as the photos")
+            raise ValueError(f"{len(self.captions.entries)} captions for {self.count} photos: give one caption "
+                             "per photo, in the photos' order")
 
     @property
     def count(self) -> int:
-        return int((self.photos if self.photos is not None else self.latents).shape[0])
+        return len(self.photos if self.photos is not None else self.latents)
+
+    def placements(self, resolution: int | None) -> list[Placement]:
+        """Where each photo trains (its training size in pixels); latents train at their own size (in latent
+        pixels)."""
+        if self.latents is not None:
+            return [Placement(tuple(t.shape[-2:])) for t in self.latents]
+        check_resolution(resolution)
+        return [place(p.shape[0], p.shape[1], resolution, self.crop) for p in self.photos]
 
     def fingerprint(self) -> str:
         return photo_hash(self.photos if self.photos is not None else self.latents, self.masks,
                           None if self.captions is None else [e and e[1] for e in self.captions.entries])
 
-    def encode(self, model: Any, resolution: int, mirrored: bool) -> PhotoLatents:
+    def encode(self, model: Any, placements: Sequence[Placement], mirrored: bool) -> PhotoBuckets:
         if self.latents is not None:
             return prepare_latents(model, self.latents, self.masks, mirrored)
-        return encode_photos(self.vae, model, self.photos, self.masks, resolution, mirrored)
+        return encode_photos(self.vae, model, self.photos, self.masks, [p.size for p in placements], mirrored)
 
 
 def photo_caption_indices(captions: PhotoCaptions, word: str,

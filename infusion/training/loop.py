@@ -135,6 +135,34 @@ class PhotoLatents:
         return x0, w
 
 
+@dataclass
+class PhotoBuckets:
+    """The photos grouped by training size (aspect-ratio buckets, buckets.py): one PhotoLatents per size, and
+    which photos (indices into the photos as given) each holds. A micro-batch is drawn from one bucket."""
+
+    buckets: list[PhotoLatents]
+    members: list[list[int]]
+
+    @classmethod
+    def of(cls, photos: "PhotoLatents | PhotoBuckets") -> "PhotoBuckets":
+        """One bucket, when all photos have one size."""
+        if isinstance(photos, PhotoBuckets):
+            return photos
+        return cls([photos], [list(range(photos.latents.shape[0]))])
+
+    @property
+    def counts(self) -> list[int]:
+        return [len(m) for m in self.members]
+
+    def set_captions(self, captions: torch.Tensor) -> None:
+        """Each photo's own caption ([photos], as PhotoLatents.captions), shared out to the buckets."""
+        for bucket, members in zip(self.buckets, self.members):
+            bucket.captions = captions[members]
+
+    def to(self, device: torch.device) -> "PhotoBuckets":
+        return PhotoBuckets([b.to(device) for b in self.buckets], self.members)
+
+
 class PhotoOrder:
     """Passes over the photos, each pass in a fresh random order; a batch may span two passes."""
 
@@ -205,11 +233,17 @@ def _restore(resume: TrainingState, vectors: Mapping[str, torch.nn.Parameter], o
     generator.set_state(resume.generator)
 
 
-def _micro_batch_loss(model: Denoiser, latents: PhotoLatents, order: PhotoOrder, generator: torch.Generator,
+def _micro_batch_loss(model: Denoiser, photos: PhotoBuckets, orders: list[PhotoOrder], generator: torch.Generator,
                       captions: int, batch: int, flip: bool, autocast: Any) -> torch.Tensor:
-    """One model call's loss. Its random draws, in this order: the photos, one caption template, the mirror
-    flags, a timestep per photo, the noise (a resumed run draws them as the uninterrupted run does)."""
-    index = order.take(batch, generator)
+    """One model call's loss. Its random draws, in this order: the bucket (only when there are several; each
+    with the chance of its share of the photos, so every photo is drawn as often), the photos (a bucket with
+    fewer photos than the batch repeats them: the batch stays whole), one caption template, the mirror flags,
+    a timestep per photo, the noise (a resumed run draws them as the uninterrupted run does)."""
+    b = 0
+    if len(orders) > 1:
+        b = int(torch.multinomial(torch.tensor(photos.counts, dtype=torch.float64), 1, generator=generator))
+    latents = photos.buckets[b]
+    index = orders[b].take(batch, generator)
     caption = int(torch.randint(captions, (1,), generator=generator))
     mirror = torch.rand(batch, generator=generator) < 0.5 if flip else None
     t = torch.randint(model.num_timesteps, (batch,), generator=generator)
@@ -225,7 +259,8 @@ def _micro_batch_loss(model: Denoiser, latents: PhotoLatents, order: PhotoOrder,
     return diffusion_loss(denoised, target, model.prediction_scale(sigma), weights)
 
 
-def train(vectors: Mapping[str, torch.nn.Parameter], model: Denoiser, photos: PhotoLatents, captions: int,
+def train(vectors: Mapping[str, torch.nn.Parameter], model: Denoiser, photos: PhotoLatents | PhotoBuckets,
+          captions: int,
           settings: TrainingSettings, hooks: TrainingHooks | None = None, run: Mapping[str, Any] | None = None,
           resume: TrainingState | None = None) -> TrainingState:
     """Train `vectors` (the residual's parameters, updated in place) until `settings.steps`.
@@ -236,26 +271,29 @@ def train(vectors: Mapping[str, torch.nn.Parameter], model: Denoiser, photos: Ph
     state must match it and the settings' trajectory.
     """
     hooks = hooks or TrainingHooks()
-    if settings.flip and photos.flipped is None:
+    photos = PhotoBuckets.of(photos)
+    if settings.flip and any(b.flipped is None for b in photos.buckets):
         raise ValueError("flip is on but the photos were encoded without their mirror images")
     run = {**(run or {}), "settings": settings.trajectory()}
     names, params = list(vectors), list(vectors.values())
     device = model.device
     generator = torch.Generator().manual_seed(settings.seed)
-    order = PhotoOrder(photos.latents.shape[0])
+    orders = [PhotoOrder(n) for n in photos.counts]
     optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=settings.precision == "fp16")
     step, losses = 0, []
     if resume is not None:
         check_resumable(resume, run)
         _restore(resume, vectors, optimizer, scaler, generator)
-        order = PhotoOrder(photos.latents.shape[0], resume.order, resume.cursor)
+        if len(resume.order) != len(orders):
+            raise ValueError(f"the resume state has {len(resume.order)} photo buckets, these photos {len(orders)}")
+        orders = [PhotoOrder(n, o, c) for n, o, c in zip(photos.counts, resume.order, resume.cursor)]
         step, losses = resume.step, list(resume.losses)
 
-    def draws() -> tuple[torch.Tensor, torch.Tensor, int]:
-        return generator.get_state(), order.order.clone(), order.cursor
+    def draws() -> tuple[torch.Tensor, list[torch.Tensor], list[int]]:
+        return generator.get_state(), [o.order.clone() for o in orders], [o.cursor for o in orders]
 
-    def snapshot(at: tuple[torch.Tensor, torch.Tensor, int]) -> TrainingState:
+    def snapshot(at: tuple[torch.Tensor, list[torch.Tensor], list[int]]) -> TrainingState:
         opt = {i: {k: v.detach().to("cpu", copy=True) for k, v in s.items()}
                for i, s in optimizer.state_dict()["state"].items()}
         vecs = {n: p.detach().to("cpu", torch.float32, copy=True) for n, p in zip(names, params)}
@@ -273,7 +311,7 @@ def train(vectors: Mapping[str, torch.nn.Parameter], model: Denoiser, photos: Ph
             total = torch.zeros((), device=device)
             for _ in range(accumulation):
                 hooks.check_cancel()
-                loss = _micro_batch_loss(model, latents, order, generator, captions, settings.batch_size,
+                loss = _micro_batch_loss(model, latents, orders, generator, captions, settings.batch_size,
                                          settings.flip, autocast)
                 scaler.scale(loss / accumulation).backward()
                 total += loss.detach()

@@ -1,6 +1,7 @@
 """Concept photos from a folder: every image file in it, any size and aspect, as one batch.
 
-Each photo is scaled (shorter side) and centre-cropped to a square; an alpha channel becomes
+Each photo is scaled (shorter side to a size), keeping its aspect: Train Infusion Concept fits it to its
+training size (an aspect-ratio bucket, or a centre-cropped square); an alpha channel becomes
 the photo's foreground mask (1 = opaque = the concept), photos without one get a full mask. A
 `<photo>.txt` beside a photo is its caption.
 PIL (a ComfyUI dependency) is imported when reading.
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 
 from .captions import PhotoCaptions, read_captions
+from .buckets import cover_size
 from .data import fit_masks, fit_photos
 
 PHOTO_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -52,14 +54,16 @@ def read_photo(path: str) -> tuple[torch.Tensor, torch.Tensor | None]:
     return rgb, torch.from_numpy(pixels[..., 3].copy()) if has_alpha else None
 
 
-def load_photo_folder(folder: str, size: int) -> tuple[torch.Tensor, torch.Tensor, PhotoCaptions | None]:
-    """IMAGE [N, size, size, 3] and MASK [N, size, size] of every photo in `folder`, and the captions
-    beside them (None when there are none)."""
+def load_photo_folder(folder: str, size: int) -> tuple[list[torch.Tensor], list[torch.Tensor], PhotoCaptions | None]:
+    """Every photo in `folder` as IMAGE [1, H, W, 3] with its shorter side scaled to `size` (photos of
+    different aspects differ in size, hence a list), its MASK [1, H, W], and the captions beside them (None
+    when there are none)."""
     images, masks = [], []
     paths = photo_files(folder)
     for path in paths:
         rgb, alpha = read_photo(path)
-        images.append(fit_photos(rgb[None], size))
+        scaled = cover_size(rgb.shape[0], rgb.shape[1], (size, size))
+        images.append(fit_photos(rgb[None], scaled))
         full = torch.ones(rgb.shape[:2]) if alpha is None else alpha
-        masks.append(fit_masks(full[None], rgb[None], size))
-    return torch.cat(images), torch.cat(masks), read_captions(paths)
+        masks.append(fit_masks(full[None], rgb[None], scaled))
+    return images, masks, read_captions(paths)

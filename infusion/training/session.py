@@ -223,19 +223,25 @@ def _train(model: Any, clip: Any, data: ConceptData, request: TrainingRequest,
                                                                       context_key(clip.tokenize(word))))
     captions = [fill(t, word) for t in request.templates]
     space = training_space(compat.classic_patcher(model), request.variant)  # the weights training will use
-    run = _run_record(request, data, word, family, resolution)
+    placements = data.placements(resolution)
+    for i, placement in enumerate(placements):
+        if placement.note:
+            logging.warning("Infusion: photo %d (%dx%d) trains at %dx%d: %s", i + 1, data.photos[i].shape[1],
+                            data.photos[i].shape[0], placement.size[1], placement.size[0], placement.note)
+    run = _run_record(request, data, word, family, resolution, placements)
     describe = functools.partial(_file_metadata, run, request, data, model)
 
     resume = load_state(resume_path(request.folder, name)) if request.resume else None
-    latents = data.encode(model, resolution, settings.flip)
+    latents = data.encode(model, placements, settings.flip)
     own, sources = [], []
     if data.captions is not None:
-        own, sources, latents.captions = photo_caption_indices(data.captions, word, len(captions))
+        own, sources, indices = photo_caption_indices(data.captions, word, len(captions))
+        latents.set_captions(indices)
     conditionings = encode_captions(clip, word, captions + own, [""] * len(captions) + sources,
                                     adapter.training_conditioning(model.get_model_object("diffusion_model")))
     hooks = _FileHooks(request, name, start, space, describe, on_step, check_cancel)
-    previewer = _previewer(model, clip, data, word, request, resolution or 8 * latents.latents.shape[-1],
-                           check_cancel)
+    previewer = _previewer(model, clip, data, word, request,
+                           resolution or 8 * latents.buckets[0].latents.shape[-1], check_cancel)
 
     def preview(step: int, state: TrainingState | None) -> None:
         concept = None if state is None else trained_concept(start, state, {}, space)
@@ -278,10 +284,12 @@ def _train(model: Any, clip: Any, data: ConceptData, request: TrainingRequest,
 
 
 def _run_record(request: TrainingRequest, data: ConceptData, word: str, family: str,
-                resolution: int | None) -> dict:
+                resolution: int | None, placements: list) -> dict:
     """What the run is made of, stored in every file it writes; a resume state must match it."""
     return {
         "word": word, "variant": request.variant, "family": family, "resolution": resolution,
+        "crop": data.crop if data.photos is not None else None,
+        "sizes": [list(p.size) for p in placements],  # each photo's bucket
         "templates": list(request.templates), "photos": data.count, "masked": data.masks is not None,
         "photos_sha256": data.fingerprint(), "captions": data.captions is not None, "base_model": request.base_model_name,
         "trained_in": TRAINED_IN,  # resume states of other parametrizations are refused by name

@@ -19,7 +19,7 @@ from ..format import write_safetensors
 
 RESUME_SUFFIX = ".resume"
 STATE_FORMAT = "infusion-resume"
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: a photo order and cursor per aspect-ratio bucket
 
 
 class ResumeError(ValueError):
@@ -32,8 +32,8 @@ class TrainingState:
     vectors: dict[str, torch.Tensor]                      # parameter name -> fp32 vector
     optimizer: dict[int, dict[str, torch.Tensor]]         # AdamW state by parameter index (order of `vectors`)
     generator: torch.Tensor                               # torch.Generator.get_state()
-    order: torch.Tensor                                   # the photo order of the current pass
-    cursor: int                                           # next position in `order`
+    order: list[torch.Tensor]                             # each bucket's photo order of its current pass
+    cursor: list[int]                                     # each bucket's next position in its `order`
     losses: list[float]                                   # mean loss of every optimizer step
     run: dict[str, Any] = field(default_factory=dict)     # data and settings; a resume must match them
     scaler: dict[str, float] | None = None                # fp16 gradient scaler
@@ -45,12 +45,13 @@ def save_state(state: TrainingState, path: str) -> str:
         for key, t in entries.items():
             tensors[f"optimizer.{index}.{key}"] = t.detach().to("cpu").contiguous()
     tensors["generator"] = state.generator.to("cpu").contiguous()
-    tensors["order"] = state.order.to("cpu", torch.int64).contiguous()
+    for i, order in enumerate(state.order):
+        tensors[f"order.{i}"] = order.to("cpu", torch.int64).contiguous()
     meta = {
         "format": STATE_FORMAT,
         "format_version": str(STATE_VERSION),
         "step": str(state.step),
-        "cursor": str(state.cursor),
+        "cursor": json.dumps(state.cursor),
         "vector_names": json.dumps(list(state.vectors)),
         "losses": json.dumps(state.losses),  # Python floats round-trip exactly through JSON
         "run": json.dumps(state.run, sort_keys=True),
@@ -73,9 +74,10 @@ def load_state(path: str) -> TrainingState:
     if meta.get("format") != STATE_FORMAT:
         raise ResumeError(f"{name} is not an Infusion resume state")
     if int(meta.get("format_version", "0")) != STATE_VERSION:
-        raise ResumeError(f"{name} has resume format version {meta.get('format_version')}, "
-                          f"this pack reads version {STATE_VERSION}")
-    names = json.loads(meta["vector_names"])
+        raise ResumeError(f"{name} has resume format version {meta.get('format_version')}, this pack reads "
+                          f"version {STATE_VERSION}: it was saved by another version of the pack; switch resume "
+                          "off to start over")
+    names, cursors = json.loads(meta["vector_names"]), json.loads(meta["cursor"])
     optimizer: dict[int, dict[str, torch.Tensor]] = {}
     for key, t in tensors.items():
         if key.startswith("optimizer."):
@@ -86,8 +88,8 @@ def load_state(path: str) -> TrainingState:
         vectors={n: tensors[f"vector.{n}"] for n in names},
         optimizer=optimizer,
         generator=tensors["generator"],
-        order=tensors["order"],
-        cursor=int(meta["cursor"]),
+        order=[tensors[f"order.{i}"] for i in range(len(cursors))],
+        cursor=cursors,
         losses=[float(x) for x in json.loads(meta["losses"])],
         run=json.loads(meta["run"]),
         scaler=json.loads(meta["scaler"]),

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from infusion.training.data import fit_masks, fit_photos, flip, loss_weights, photo_hash, square_size
+from infusion.training.buckets import CENTRE_CROP, bucket_sizes, cover_size, place
+from infusion.training.data import fit_masks, fit_photos, flip, loss_weights, photo_hash, photo_list
 from infusion.training.objective import diffusion_loss, prediction_error
 from infusion.training.templates import AUTHOR_TEMPLATES, fill, parse_templates
 
@@ -21,14 +22,14 @@ def test_bad_templates_are_refused_clearly(text, match):
 
 
 def test_photos_keep_their_aspect_and_are_centre_cropped():
-    assert square_size(300, 600, 64) == (64, 128) and square_size(600, 300, 64) == (128, 64)
+    assert cover_size(300, 600, (64, 64)) == (64, 128) and cover_size(600, 300, (64, 64)) == (128, 64)
     wide = torch.zeros(1, 60, 120, 3)
     wide[:, :, 30:90] = 1.0  # a bright centre square
-    out = fit_photos(wide, 32)
+    out = fit_photos(wide, (32, 32))
     assert out.shape == (1, 32, 32, 3) and out.mean() > 0.99  # only the bicubic edge bleeds in
     assert torch.allclose(out[:, :, 2:-2], torch.ones(1, 32, 28, 3), atol=1e-3)
     rgba = torch.rand(2, 64, 64, 4)
-    assert torch.equal(fit_photos(rgba, 64), rgba[..., :3])  # right size: untouched, alpha dropped
+    assert torch.equal(fit_photos(rgba, (64, 64)), rgba[..., :3])  # right size: untouched, alpha dropped
 
 
 def test_masks_follow_their_photos_and_become_normalised_latent_weights():
@@ -36,18 +37,63 @@ def test_masks_follow_their_photos_and_become_normalised_latent_weights():
     masks = torch.zeros(2, 80, 64)
     masks[0, 8:72, :32] = 0.5
     masks[1] = 1.0
-    fitted = fit_masks(masks, photos, 64)
+    fitted = fit_masks(masks, photos, (64, 64))
     assert fitted.shape == (2, 64, 64)
     w = loss_weights(fitted, (8, 8))
     assert w.shape == (2, 1, 8, 8) and torch.allclose(w.amax(dim=(1, 2, 3)), torch.ones(2))
     assert torch.equal(w[0, 0, :, 4:], torch.zeros(8, 4)) and torch.equal(w[1], torch.ones(1, 8, 8))
     assert torch.equal(flip(flip(photos)), photos) and torch.equal(flip(masks)[:, :, 0], masks[:, :, -1])
     with pytest.raises(ValueError, match="one mask per photo"):
-        fit_masks(masks[:1], photos, 64)
+        fit_masks(masks[:1], photos, (64, 64))
     with pytest.raises(ValueError, match="same size"):
-        fit_masks(masks[:, :64], photos, 64)
+        fit_masks(masks[:, :64], photos, (64, 64))
     with pytest.raises(ValueError, match="photo 2 is empty"):
         loss_weights(torch.stack([fitted[0], torch.zeros(64, 64)]), (8, 8))
+
+
+@pytest.mark.parametrize("resolution", [256, 512, 768, 1024])
+def test_buckets_are_multiples_of_64_about_the_resolutions_area_from_1_to_4_to_4_to_1(resolution):
+    sizes = bucket_sizes(resolution)
+    assert (resolution, resolution) in sizes and len(set(sizes)) == len(sizes)
+    for h, w in sizes:
+        assert h % 64 == 0 and w % 64 == 0 and 0.25 <= w / h <= 4
+        assert abs(h * w / resolution ** 2 - 1) <= 0.1
+    aspects = [w / h for h, w in sizes]
+    assert min(aspects) == 0.25 and max(aspects) == 4 and aspects == sorted(aspects)
+    assert sizes == [(w, h) for h, w in reversed(sizes)] or sorted(sizes) == sorted((w, h) for h, w in sizes)
+
+
+def test_each_photo_goes_to_the_bucket_nearest_its_aspect_and_is_cropped_least():
+    assert place(300, 500, 256).size == (192, 320) and place(500, 300, 256).size == (320, 192)
+    assert place(640, 640, 256).size == (256, 256) and place(400, 1600, 256).size == (128, 512)
+    assert place(300, 500, 256, CENTRE_CROP).size == (256, 256)
+    # a photo of the bucket's own aspect loses nothing: scaled, not cropped
+    portrait = torch.zeros(1, 500, 300, 3)
+    portrait[:, :, :, 1] = torch.linspace(0, 1, 500)[:, None]  # a vertical ramp: a crop would shorten it
+    out = fit_photos(portrait, place(500, 300, 256).size)
+    assert out.shape == (1, 320, 192, 3)
+    assert out[0, 0, 0, 1] < 0.01 and out[0, -1, 0, 1] > 0.99
+    with pytest.raises(ValueError, match="crop must be one of"):
+        place(10, 10, 256, "stretch")
+
+
+def test_extreme_and_small_photos_are_placed_with_a_note():
+    extreme = place(100, 1000, 256)
+    assert extreme.size == (128, 512) and "beyond 4:1" in extreme.note and "upscaled" in extreme.note
+    assert place(1000, 1000, 256).note == "" and "upscaled" in place(100, 100, 256).note
+
+
+def test_photo_lists_take_batches_lists_and_single_photos():
+    a, b = torch.rand(2, 8, 6, 3), torch.rand(1, 4, 4, 3)
+    photos = photo_list([a, b, torch.rand(5, 5, 3)])
+    assert [tuple(p.shape) for p in photos] == [(8, 6, 3), (8, 6, 3), (4, 4, 3), (5, 5, 3)]
+    assert torch.equal(photos[1], a[1]) and len(photo_list(a)) == 2
+    assert [tuple(m.shape) for m in photo_list([torch.ones(2, 3, 3), torch.ones(4, 4)], "masks")] == [
+        (3, 3), (3, 3), (4, 4)]
+    with pytest.raises(ValueError, match="give RGB photos"):
+        photo_list(torch.rand(1, 4, 4, 1))
+    with pytest.raises(ValueError, match="IMAGE"):
+        photo_list(["photo.png"])
 
 
 def test_photo_hash_changes_with_any_pixel_or_mask():

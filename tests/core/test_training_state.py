@@ -14,17 +14,18 @@ def state():
         step=7, vectors={"value.input.1.0": torch.randn(8, generator=g), "value.middle.0.0": torch.randn(8, generator=g)},
         optimizer={0: {"step": torch.tensor(7.0), "exp_avg": torch.randn(8, generator=g), "exp_avg_sq": torch.rand(8, generator=g)},
                    1: {"step": torch.tensor(7.0), "exp_avg": torch.randn(8, generator=g), "exp_avg_sq": torch.rand(8, generator=g)}},
-        generator=g.get_state(), order=torch.tensor([2, 0, 1]), cursor=1, losses=[0.1 + 1e-17, 1 / 3, 2e-300],
+        generator=g.get_state(), order=[torch.tensor([2, 0, 1]), torch.tensor([1, 0])], cursor=[1, 2], losses=[0.1 + 1e-17, 1 / 3, 2e-300],
         run={"word": "dog", "settings": {"seed": 3, "learning_rate": 0.01}}, scaler={"scale": 65536.0, "_growth_tracker": 3})
 
 
 def test_round_trip_is_exact(tmp_path):
     a = state()
     b = load_state(save_state(a, str(tmp_path / "x.resume")))
-    assert b.step == 7 and b.cursor == 1 and b.losses == a.losses and b.run == a.run and b.scaler == a.scaler
+    assert b.step == 7 and b.cursor == [1, 2] and b.losses == a.losses and b.run == a.run and b.scaler == a.scaler
     assert list(b.vectors) == list(a.vectors) and all(torch.equal(a.vectors[k], b.vectors[k]) for k in a.vectors)
     assert all(torch.equal(a.optimizer[i][k], b.optimizer[i][k]) for i in a.optimizer for k in a.optimizer[i])
-    assert torch.equal(a.generator, b.generator) and torch.equal(a.order, b.order)
+    assert torch.equal(a.generator, b.generator) and all(torch.equal(x, y) for x, y in zip(a.order, b.order))
+    assert len(b.order) == 2
 
 
 def test_same_state_same_bytes_and_no_temporary_files(tmp_path):
