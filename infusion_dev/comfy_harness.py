@@ -398,6 +398,15 @@ def model_files(workflow: dict) -> list[tuple[str, str]]:
             for i in LOADER_FILES[n["type"]][1]]
 
 
+INPUT_FOLDER_NODES = ("LoadImageTextDataSetFromFolder",)  # their folder list: the input directory's subfolders
+
+
+def input_folders(workflow: dict) -> list[str]:
+    """The input-directory subfolders a UI workflow's dataset loaders name (their lists offer only those that
+    exist, as a user's ComfyUI that has the photos does)."""
+    return [n["widgets_values"][0] for n in workflow["nodes"] if n["type"] in INPUT_FOLDER_NODES]
+
+
 def dit_families() -> list[str]:
     """The tiny DiT families this ComfyUI has (read off its tree: Z-Image came after 0.3.64)."""
     root = find_comfyui() or ""

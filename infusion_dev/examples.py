@@ -11,8 +11,12 @@ from typing import Any, Iterable, Mapping
 from infusion.cli.locate import PACK_ROOT
 from infusion.cli.node_inputs import node_definitions
 
+from .validate import FRONTEND_ONLY
+
 WORKFLOWS_DIR = os.path.join(PACK_ROOT, "workflows")
 MODE_BYPASSED = 4  # litegraph's node mode for Ctrl+B
+# Examples built on ComfyUI nodes that older versions lack (their notes say so): {example: those node types}.
+NEWER_COMFYUI_NODES = {"train_from_dataset": ("LoadImageTextDataSetFromFolder",)}
 
 
 def example_names() -> list[str]:
@@ -24,6 +28,25 @@ def load(name: str) -> dict[str, Any]:
     """An example workflow (UI format) by name."""
     with open(os.path.join(WORKFLOWS_DIR, name + ".json"), encoding="utf-8") as f:
         return json.load(f)
+
+
+def missing_nodes(name: str, available: Iterable[str]) -> list[str]:
+    """The node types an example uses that are not `available` (the node types a ComfyUI has)."""
+    have = set(available)
+    return sorted({n["type"] for n in load(name)["nodes"] if n["type"] not in have and n["type"] not in FRONTEND_ONLY})
+
+
+def runnable(available: Iterable[str]) -> list[str]:
+    """The examples a ComfyUI with these node types can run. Raises if one cannot for another reason than
+    the newer nodes it is declared to need."""
+    have, out = set(available), []
+    for name in example_names():
+        missing = missing_nodes(name, have)
+        if missing and missing != sorted(NEWER_COMFYUI_NODES.get(name, ())):
+            raise AssertionError(f"example {name} uses node types this ComfyUI lacks: {missing}")
+        if not missing:
+            out.append(name)
+    return out
 
 
 def definitions_for(workflow: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

@@ -28,7 +28,7 @@ from infusion.cli.executor import Runner
 from infusion.format import load_concept
 
 from . import tiny_models
-from .examples import as_prompt, bypassed, load
+from .examples import as_prompt, bypassed, load, runnable
 from .overrides import set_input, set_prompt
 
 IMAGE_SIZE = 64
@@ -136,6 +136,31 @@ class Smoke:
         check(len(losses) > 0 and all(finite(v) for v in losses), f"the training loss is not finite: {losses}")
         return path, losses
 
+    def train_from_dataset(self, word: str) -> tuple[str, list[float], dict]:
+        """train_from_dataset for `word` (ComfyUI's Load Image-Text (from Folder) on the word's photos, whose
+        first photo has a caption); returns the concept file, the loss per step and its training metadata."""
+        prompt, definitions = self.prompt("train_from_dataset")
+        train_id = nodes_of(prompt, "TrainInfusion")[0]
+        folder = self.photos[word]
+        with open(os.path.join(folder, "photo_0.txt"), "w", encoding="utf-8") as f:
+            f.write("a {} on a gradient")
+        try:
+            set_input(prompt, definitions, train_id, "word", word)
+            set_input(prompt, definitions, train_id, "output_name", concept_name(word) + "_dataset")
+            set_input(prompt, definitions, nodes_of(prompt, "LoadImageTextDataSetFromFolder")[0], "folder",
+                      os.path.basename(folder))
+            result = self.runner.run_or_raise(prompt)
+        finally:
+            os.remove(os.path.join(folder, "photo_0.txt"))
+        path = result.output(train_id, output_slot(definitions, "TrainInfusion", "STRING"))
+        losses = result.output(train_id, output_slot(definitions, "TrainInfusion", "LOSS_MAP"))["loss"]
+        concept = load_concept(path)
+        training = concept.metadata["training"]
+        check(concept.word == word and training["captions"] is True,
+              f"{path}: word '{concept.word}', captions {training['captions']}")
+        check(len(losses) > 0 and all(finite(v) for v in losses), f"the training loss is not finite: {losses}")
+        return path, losses, training
+
     def generate(self, text: str | None = None, bypass_apply: bool = False) -> torch.Tensor:
         """generate_with_concept (optionally with another prompt, or with Apply Infusion bypassed)."""
         prompt, definitions = self.prompt("generate_with_concept", (APPLY_NODE,) if bypass_apply else ())
@@ -201,6 +226,12 @@ class Smoke:
             return f"{os.path.basename(path)} written and loads, loss {losses[0]:.4g} -> {losses[-1]:.4g}"
         for word in WORDS:
             step(f"train_concept ({word})", lambda w=word: train(w))
+        import nodes
+        if "train_from_dataset" in runnable(nodes.NODE_CLASS_MAPPINGS):
+            step("train_from_dataset", lambda: f"{os.path.basename(self.train_from_dataset(WORDS[0])[0])} written "
+                                               "from ComfyUI's dataset nodes")
+        else:
+            say("--   train_from_dataset: this ComfyUI has no dataset nodes (Load Image-Text (from Folder))")
         step("generate_with_concept", lambda: f"image {tuple(self.generate().shape)}")
 
         def same_as_base() -> str:

@@ -35,9 +35,9 @@ class LoadConceptPhotos(io.ComfyNode):
                                 tooltip="The folder of photos: an absolute path, or a folder inside ComfyUI's input "
                                         "directory."),
                 io.Int.Input("size", default=1024, min=64, max=4096, step=64,
-                             tooltip="Each photo's shorter side is scaled to this, keeping its aspect (nothing is "
-                                     "cropped here). Train Infusion Concept fits each photo to its training size: "
-                                     "keep this at least its resolution."),
+                             tooltip="A photo whose shorter side is longer is scaled down to this, keeping its "
+                                     "aspect (nothing is cropped or enlarged here). Train Infusion Concept fits each "
+                                     "photo to its training size: keep this at least its resolution."),
             ],
             outputs=[
                 io.Image.Output(display_name="photos", is_output_list=True,

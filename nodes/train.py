@@ -11,7 +11,6 @@ from comfy_api.latest import io, ui
 from ..infusion.concept import VARIANTS
 from ..infusion.images import to_image
 from ..infusion.training.buckets import BUCKETS, CROPS
-from ..infusion.training.captions import text_captions
 from ..infusion.training.encoding import ConceptData
 from ..infusion.training.loop import PRECISIONS, TrainingSettings
 from ..infusion.training.loss_plot import loss_curve, message_image
@@ -166,7 +165,8 @@ def _preview_inputs() -> list:
         io.Int.Input("sample_seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
                      tooltip="The previews' noise: one seed for every step, so the columns compare."),
         io.Int.Input("sample_size", default=0, min=0, max=4096, step=64,
-                     tooltip="Preview size in pixels; 0 = the training resolution."),
+                     tooltip="Preview width in pixels (and height, unless sample_height); 0 = the training "
+                             "resolution."),
     ]
 
 
@@ -185,14 +185,18 @@ def _per_photo_inputs() -> list:
     ]
 
 
-def _dataset_inputs() -> list:
-    """How photos are fitted, and captions as texts (ComfyUI's dataset nodes)."""
+def _newer_inputs() -> list:
+    """Inputs added since the first release (saved workflows keep their widgets' order): how photos are
+    fitted, the previews' height, and captions as texts (ComfyUI's dataset nodes)."""
     return [
         io.Combo.Input("crop", options=list(CROPS), default=BUCKETS,
                        tooltip="buckets: each photo trains at about the resolution's area in the aspect nearest "
                                "its own (sizes in steps of 64, 1:4 to 4:1), scaled to cover it and cropped by "
                                "the least amount, so a standing dog keeps its head and paws. centre crop: the "
                                "resolution's square from the middle of each photo."),
+        io.Int.Input("sample_height", default=0, min=0, max=4096, step=64,
+                     tooltip="Preview height in pixels, for previews at another aspect than square (a portrait "
+                             "concept: taller); 0 = as tall as wide."),
         io.String.Input("texts", optional=True, force_input=True,
                         tooltip="Optional: each photo's caption as text, in the photos' order (the texts of "
                                 "ComfyUI's Load Image-Text (from Folder)); one text is used for every photo. Each "
@@ -243,7 +247,7 @@ class TrainInfusion(io.ComfyNode):
                                             "LoRA takes them (VAE Encode, or the list of Make Training Dataset "
                                             "or Resolution Bucket); each trained at its own size (resolution and "
                                             "crop are ignored), flips mirror the latents."),
-                    *_preview_inputs(), *_per_photo_inputs(), *_dataset_inputs()],
+                    *_preview_inputs(), *_per_photo_inputs(), *_newer_inputs()],
             outputs=_outputs(),
             hidden=[io.Hidden.prompt, io.Hidden.unique_id],
             is_output_node=True,
@@ -259,7 +263,7 @@ class TrainInfusion(io.ComfyNode):
     def _train(cls, model, clip, word, output_name, steps, learning_rate, batch_size, gradient_accumulation,
                resolution, seed, templates, flip, save_every, resume, variant, precision, gradient_checkpointing,
                sample_prompts, sample_every, sample_steps, sample_cfg, sample_sampler, sample_scheduler, sample_seed,
-               sample_size, crop=BUCKETS, vae=None, photos=None, latents=None, captions=None, masks=None,
+               sample_size, crop=BUCKETS, sample_height=0, vae=None, photos=None, latents=None, captions=None, masks=None,
                texts=None) -> io.NodeOutput:
         import comfy.model_management
         import comfy.utils
@@ -269,7 +273,7 @@ class TrainInfusion(io.ComfyNode):
                                     precision=precision, save_every=save_every)
         previews = PreviewSettings(prompts=parse_prompts(sample_prompts), every=sample_every, steps=sample_steps,
                                    cfg=sample_cfg, sampler=sample_sampler, scheduler=sample_scheduler,
-                                   seed=sample_seed, size=sample_size)
+                                   seed=sample_seed, size=sample_size, height=sample_height)
         request = TrainingRequest(word=word, name=output_name, folder=_models_folder(), settings=settings,
                                   templates=parse_templates(templates), resolution=resolution, variant=variant,
                                   gradient_checkpointing=gradient_checkpointing, resume=resume,
@@ -283,11 +287,8 @@ class TrainInfusion(io.ComfyNode):
         def on_preview(step: int, image) -> None:
             bar.update_absolute(step, steps, ("JPEG", image, 512))
 
-        data = ConceptData(photos=photos, vae=vae, latents=latents, masks=masks, captions=captions, crop=crop)
-        if texts is not None:
-            if captions is not None:
-                raise ValueError("connect captions (from Load Concept Photos) or texts, not both")
-            data.captions = text_captions(texts, data.count)
+        data = ConceptData(photos=photos, vae=vae, latents=latents, masks=masks, captions=captions, crop=crop,
+                           texts=texts)
         result = train_concept(model, clip, data, request, on_step,
                                comfy.model_management.throw_exception_if_processing_interrupted, on_preview)
         graph = to_image(loss_curve(result.losses, steps))

@@ -59,6 +59,13 @@ class FamilyAdapter:
         """What training gives every caption's conditioning besides the prompt (e.g. Flux-dev's guidance)."""
         return {}
 
+    def photo_conditioning(self, model: Any, original: tuple[int, int], crop: tuple[int, int],
+                           size: tuple[int, int]) -> Mapping[str, Any]:
+        """What training gives one photo's conditioning besides the caption's: a family conditioned on the
+        photo's geometry (SDXL) gets its own size, where its crop starts (top, left) and the size it trains at,
+        all (height, width) in pixels."""
+        return {}
+
     def output_weights(self, diffusion_model: torch.nn.Module) -> dict[LayerId, torch.Tensor]:
         """Each layer's projection that reads its attention output (the image's, where text and image have
         their own): the residual reaches the picture through it (value_space.py)."""

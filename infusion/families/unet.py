@@ -6,7 +6,7 @@ stacks with other packs' patches and with IPAdapter-style attn2 replace patches)
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -55,6 +55,16 @@ class UNetAdapter(FamilyAdapter):
         if width == 1024 and getattr(model.model.model_type, "name", "") == "V_PREDICTION":
             return 768
         return 512
+
+    def photo_conditioning(self, model: Any, original: tuple[int, int], crop: tuple[int, int],
+                           size: tuple[int, int]) -> Mapping[str, Any]:
+        """SDXL's size conditioning (ComfyUI's CLIPTextEncodeSDXL keys) with each photo's real values, as
+        kohya's SDXL training gives them; SD1.x and SD2.x have none."""
+        import comfy.model_base
+        if not isinstance(model.model, comfy.model_base.SDXL):
+            return {}
+        return {"height": original[0], "width": original[1], "crop_h": crop[0], "crop_w": crop[1],
+                "target_height": size[0], "target_width": size[1]}
 
     def value_weights(self, diffusion_model: torch.nn.Module) -> dict[LayerId, torch.Tensor]:
         return {layer: attn2.to_v.weight.detach().float().cpu()

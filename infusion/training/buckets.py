@@ -30,10 +30,14 @@ def bucket_sizes(resolution: int) -> list[tuple[int, int]]:
 
 @dataclass(frozen=True)
 class Placement:
-    """Where one photo trains: its target size, and why the user may want to know (empty: nothing to say)."""
+    """Where one photo trains: its training size, the photo's own size and where the crop starts in the photo
+    scaled to cover the training size (SDXL conditions on all three), and why the user may want to know
+    (empty: nothing to say). Latents have a size only (in latent pixels)."""
 
     size: tuple[int, int]
     note: str = ""
+    original: tuple[int, int] | None = None
+    crop: tuple[int, int] = (0, 0)  # (top, left)
 
 
 def _aspect_distance(size: tuple[int, int], height: int, width: int) -> float:
@@ -58,10 +62,16 @@ def place(height: int, width: int, resolution: int, crop: str = BUCKETS) -> Plac
                      f"nearest bucket")
     if height < size[0] or width < size[1]:
         notes.append("it is smaller than its training size and is upscaled")
-    return Placement(size, "; ".join(notes))
+    return Placement(size, "; ".join(notes), (height, width), crop_start(height, width, size))
 
 
 def cover_size(height: int, width: int, size: tuple[int, int]) -> tuple[int, int]:
     """The size that scales a photo to cover `size` (keeping its aspect), before the centred crop."""
     scale = max(size[0] / height, size[1] / width)
     return max(size[0], round(height * scale)), max(size[1], round(width * scale))
+
+
+def crop_start(height: int, width: int, size: tuple[int, int]) -> tuple[int, int]:
+    """(top, left) of the centred crop of `size` from the photo scaled to cover it."""
+    cover = cover_size(height, width, size)
+    return (cover[0] - size[0]) // 2, (cover[1] - size[1]) // 2

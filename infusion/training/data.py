@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .buckets import cover_size
+from .buckets import cover_size, crop_start
 
 
 def photo_list(images: torch.Tensor | Sequence[torch.Tensor], what: str = "photos") -> list[torch.Tensor]:
@@ -40,7 +40,7 @@ def _fit(planes: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor
     cover = cover_size(h, w, size)
     if (h, w) != cover:
         planes = F.interpolate(planes, size=cover, mode=mode, antialias=True, align_corners=False)
-    top, left = (cover[0] - size[0]) // 2, (cover[1] - size[1]) // 2
+    top, left = crop_start(h, w, size)
     return planes[..., top:top + size[0], left:left + size[1]]
 
 

@@ -11,7 +11,7 @@ import torch
 from ..tokens import CONDITIONING_KEY
 from ..word_positions import word_positions
 from .buckets import BUCKETS, CROPS, STEP, Placement, place
-from .captions import PhotoCaptions
+from .captions import PhotoCaptions, text_captions
 from .data import fit_masks, fit_photos, flip, loss_weights, photo_hash, photo_list
 from .loop import PhotoBuckets, PhotoLatents
 
@@ -101,6 +101,12 @@ def latent_list(latents: Any) -> list[torch.Tensor]:
     return out
 
 
+def _grouped(latents: Any) -> bool:
+    """Whether LATENTs came as a list of groups of several items (Resolution Bucket's output)."""
+    return (isinstance(latents, (list, tuple)) and len(latents) > 1
+            and any((item["samples"] if isinstance(item, dict) else item).shape[0] > 1 for item in latents))
+
+
 @dataclass
 class ConceptData:
     """What a concept is learnt from: photos (IMAGE batches or lists of them, any sizes) with the VAE that
@@ -113,6 +119,7 @@ class ConceptData:
     masks: Any = None
     captions: PhotoCaptions | None = None
     crop: str = BUCKETS
+    texts: list[str] | None = None  # captions as texts, one per photo (ComfyUI's dataset nodes)
 
     def __post_init__(self) -> None:
         if (self.photos is None) == (self.latents is None):
@@ -122,6 +129,10 @@ class ConceptData:
             raise ValueError("photos need the model's VAE to encode them: connect vae (or give latents instead)")
         if self.crop not in CROPS:
             raise ValueError(f"crop must be one of {', '.join(CROPS)}, not '{self.crop}'")
+        if self.texts is not None and _grouped(self.latents):
+            raise ValueError("the latents come grouped by size, as Resolution Bucket gives them, in another order "
+                             "than the texts: connect Make Training Dataset's latents instead (Train Infusion "
+                             "Concept buckets them itself), or leave texts unconnected")
         self.photos = None if self.photos is None else photo_list(self.photos)
         self.latents = None if self.latents is None else latent_list(self.latents)
         self.masks = None if self.masks is None else photo_list(self.masks, "masks")
@@ -133,6 +144,10 @@ class ConceptData:
                 if tuple(mask.shape) != tuple(photo.shape[:2]):
                     raise ValueError(f"mask {i + 1} is {mask.shape[1]}x{mask.shape[0]} but its photo is "
                                      f"{photo.shape[1]}x{photo.shape[0]}: give masks of the same size as their photos")
+        if self.texts is not None:
+            if self.captions is not None:
+                raise ValueError("connect captions (from Load Concept Photos) or texts, not both")
+            self.captions = text_captions(self.texts, self.count)
         if self.captions is not None and len(self.captions.entries) != self.count:
             raise ValueError(f"{len(self.captions.entries)} captions for {self.count} photos: give one caption "
                              "per photo, in the photos' order")

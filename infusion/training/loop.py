@@ -111,19 +111,24 @@ class PhotoLatents:
     weights: torch.Tensor | None = None
     flipped_weights: torch.Tensor | None = None
     captions: torch.Tensor | None = None  # [N] each photo's own caption (a conditioning index), -1 for none
+    offsets: torch.Tensor | None = None   # [N] added to each photo's conditioning index: its geometry's (SDXL)
 
     def to(self, device: torch.device) -> "PhotoLatents":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return PhotoLatents(move(self.latents), move(self.flipped), move(self.weights), move(self.flipped_weights),
-                            self.captions)
+                            self.captions, self.offsets)
 
-    def captions_of(self, index: torch.Tensor, template: int) -> int | torch.Tensor:
-        """The conditioning of each selected photo: its own caption, else the drawn template (one int
-        when the whole batch shares it)."""
-        if self.captions is None:
-            return template
-        own = self.captions[index]
-        return template if bool((own < 0).all()) else torch.where(own >= 0, own, template)
+    def conditionings_of(self, index: torch.Tensor, template: int) -> int | torch.Tensor:
+        """The conditioning of each selected photo: its own caption, else the drawn template, moved to its
+        geometry's copy of the conditionings when the family has one (one int when the whole batch shares it)."""
+        chosen: int | torch.Tensor = template
+        if self.captions is not None:
+            own = self.captions[index]
+            chosen = template if bool((own < 0).all()) else torch.where(own >= 0, own, template)
+        if self.offsets is None:
+            return chosen
+        moved = chosen + self.offsets[index]
+        return int(moved[0]) if bool((moved == moved[0]).all()) else moved
 
     def select(self, index: torch.Tensor, mirror: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         x0, w = self.latents[index], None if self.weights is None else self.weights[index]
@@ -158,6 +163,11 @@ class PhotoBuckets:
         """Each photo's own caption ([photos], as PhotoLatents.captions), shared out to the buckets."""
         for bucket, members in zip(self.buckets, self.members):
             bucket.captions = captions[members]
+
+    def set_offsets(self, offsets: torch.Tensor) -> None:
+        """Each photo's conditioning offset ([photos], as PhotoLatents.offsets), shared out to the buckets."""
+        for bucket, members in zip(self.buckets, self.members):
+            bucket.offsets = offsets[members]
 
     def to(self, device: torch.device) -> "PhotoBuckets":
         return PhotoBuckets([b.to(device) for b in self.buckets], self.members)
@@ -251,7 +261,7 @@ def _micro_batch_loss(model: Denoiser, photos: PhotoBuckets, orders: list[PhotoO
     x0, weights = latents.select(index, mirror)
     sigma = model.sigma(t.to(model.device))
     x_t = model.noised(x0, noise.to(model.device), sigma)
-    conds = latents.captions_of(index, caption)
+    conds = latents.conditionings_of(index, caption)
     with autocast:
         with torch.no_grad():
             target = by_caption(model.target, conds, x0, x_t, sigma)

@@ -1,6 +1,7 @@
 """Concept photos from a folder: every image file in it, any size and aspect, as one batch.
 
-Each photo is scaled (shorter side to a size), keeping its aspect: Train Infusion Concept fits it to its
+Each photo is scaled down (shorter side to a size) where it is larger, keeping its aspect: Train Infusion
+Concept fits it to its
 training size (an aspect-ratio bucket, or a centre-cropped square); an alpha channel becomes
 the photo's foreground mask (1 = opaque = the concept), photos without one get a full mask. A
 `<photo>.txt` beside a photo is its caption.
@@ -55,14 +56,15 @@ def read_photo(path: str) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 
 def load_photo_folder(folder: str, size: int) -> tuple[list[torch.Tensor], list[torch.Tensor], PhotoCaptions | None]:
-    """Every photo in `folder` as IMAGE [1, H, W, 3] with its shorter side scaled to `size` (photos of
-    different aspects differ in size, hence a list), its MASK [1, H, W], and the captions beside them (None
-    when there are none)."""
+    """Every photo in `folder` as IMAGE [1, H, W, 3], with its shorter side scaled down to `size` where it is
+    longer (photos differ in size, hence a list), its MASK [1, H, W], and the captions beside them (None when
+    there are none)."""
     images, masks = [], []
     paths = photo_files(folder)
     for path in paths:
         rgb, alpha = read_photo(path)
-        scaled = cover_size(rgb.shape[0], rgb.shape[1], (size, size))
+        # Scaled down only: a photo's own size is what SDXL's size conditioning should be told.
+        scaled = cover_size(*rgb.shape[:2], (size, size)) if min(rgb.shape[:2]) > size else tuple(rgb.shape[:2])
         images.append(fit_photos(rgb[None], scaled))
         full = torch.ones(rgb.shape[:2]) if alpha is None else alpha
         masks.append(fit_masks(full[None], rgb[None], scaled))

@@ -34,12 +34,13 @@ class PreviewSettings:
     sampler: str = "euler"
     scheduler: str = "normal"
     seed: int = 0
-    size: int = 0  # 0: the training resolution
+    size: int = 0  # the width (and the height, unless `height`); 0: the training resolution
+    height: int = 0  # 0: as tall as wide
 
     def __post_init__(self) -> None:
-        if self.every < 0 or self.steps < 1 or self.size < 0 or self.size % 8:
-            raise ValueError("sample_every must be >= 0, sample_steps >= 1, sample_size a multiple of 8 (0 = the "
-                             "training resolution)")
+        if self.every < 0 or self.steps < 1 or min(self.size, self.height) < 0 or self.size % 8 or self.height % 8:
+            raise ValueError("sample_every must be >= 0, sample_steps >= 1, sample_size and sample_height "
+                             "multiples of 8 (0 = the training resolution's square)")
         if self.every and not self.prompts:
             raise ValueError("no sample prompts: give one per line (each with the class word or {}), or set "
                              "sample_every to 0 to turn previews off")
@@ -60,9 +61,11 @@ class Previewer:
 
     def __init__(self, model: Any, clip: Any, vae: Any, word: str, settings: PreviewSettings, folder: str,
                  size: int, check_cancel: Callable[[], None] | None = None):
+        """`size`: the training resolution, the previews' side unless the settings give theirs."""
         self.model, self.vae, self.settings, self.folder = model, vae, settings, folder
         self.check_cancel = check_cancel or (lambda: None)
-        self.size = settings.size or size
+        self.width = settings.size or size
+        self.height = settings.height or self.width
         prompts = [fill(p, word) for p in settings.prompts]
         self.positive = encode_captions(clip, word, prompts, ["the sample prompt"] * len(prompts))
         self.negative = clip.encode_from_tokens_scheduled(clip.tokenize(""), show_pbar=False)
@@ -83,7 +86,7 @@ class Previewer:
 
         model = self.model if concept is None else apply_concept(self.model, concept)
         latent_format = self.model.model.latent_format
-        latent = torch.zeros(1, latent_format.latent_channels, self.size // 8, self.size // 8)
+        latent = torch.zeros(1, latent_format.latent_channels, self.height // 8, self.width // 8)
         noise = comfy.sample.prepare_noise(latent, self.settings.seed)
 
         def callback(*_: Any) -> None:
@@ -113,7 +116,7 @@ class Previewer:
             if match:
                 found.setdefault(int(match[1]), set()).add(int(match[2]) - 1)
         steps = [s for s in sorted(found) if found[s] >= set(range(len(self.positive)))]
-        tiles = [[np.asarray(Image.open(self.path(s, p)).convert("RGB").resize((self.size, self.size)),
+        tiles = [[np.asarray(Image.open(self.path(s, p)).convert("RGB").resize((self.width, self.height)),
                              dtype=np.float32) / 255.0 for s in steps] for p in range(len(self.positive))]
         return rearrange(torch.from_numpy(np.array(tiles)), "row col h w c -> 1 (row h) (col w) c")
 

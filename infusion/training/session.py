@@ -32,7 +32,8 @@ from ..value_space import TRAINED_IN, ValueSpace
 from ..word_positions import context_key, word_token_ids
 from .comfy_model import train_on_model
 from .encoding import ConceptData, encode_captions, photo_caption_indices
-from .loop import NonFiniteLossError, TrainingHooks, TrainingSettings, is_out_of_memory
+from .buckets import Placement
+from .loop import NonFiniteLossError, PhotoBuckets, TrainingHooks, TrainingSettings, is_out_of_memory
 from .previews import Previewer, PreviewSettings
 from .state import RESUME_SUFFIX, TrainingState, load_state, save_state
 from .templates import AUTHOR_TEMPLATES, fill
@@ -239,6 +240,7 @@ def _train(model: Any, clip: Any, data: ConceptData, request: TrainingRequest,
         latents.set_captions(indices)
     conditionings = encode_captions(clip, word, captions + own, [""] * len(captions) + sources,
                                     adapter.training_conditioning(model.get_model_object("diffusion_model")))
+    conditionings = _with_photo_geometry(conditionings, latents, placements, adapter, model)
     hooks = _FileHooks(request, name, start, space, describe, on_step, check_cancel)
     previewer = _previewer(model, clip, data, word, request,
                            resolution or 8 * latents.buckets[0].latents.shape[-1], check_cancel)
@@ -281,6 +283,19 @@ def _train(model: Any, clip: Any, data: ConceptData, request: TrainingRequest,
     concept = replace(trained_concept(start, state, describe(state, "final"), space), path=path if saved else "")
     return TrainingResult(concept, list(state.losses), path if saved else f"not saved: {hooks.save_error}", state,
                           previewer.grid() if previewer else None)
+
+
+def _with_photo_geometry(conditionings: list[list], latents: PhotoBuckets, placements: list[Placement],
+                         adapter: Any, model: Any) -> list[list]:
+    """Where the family conditions on a photo's geometry (SDXL's size and crop), a copy of the conditionings
+    for each distinct geometry among the photos, each photo pointed at its copy (latents carry none)."""
+    extras = [adapter.photo_conditioning(model, p.original, p.crop, p.size) if p.original else {} for p in placements]
+    geometries = list(dict.fromkeys(tuple(sorted(e.items())) for e in extras))
+    if geometries == [()]:
+        return conditionings
+    latents.set_offsets(torch.tensor([geometries.index(tuple(sorted(e.items()))) * len(conditionings)
+                                      for e in extras]))
+    return [[[t, {**options, **dict(geometry)}] for t, options in c] for geometry in geometries for c in conditionings]
 
 
 def _run_record(request: TrainingRequest, data: ConceptData, word: str, family: str,

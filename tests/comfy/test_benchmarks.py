@@ -15,6 +15,8 @@ RUNS = {
     "apply_overhead.py": (["--channels", "32", "--size", "64", "--steps", "1", "--repeats", "1"], "ratio"),
     "train_step_ratio.py": (["--channels", "32", "--size", "64", "--batch", "1", "--repeats", "1"], "ratio"),
     "planted_concept.py": (["--steps", "2", "--batch", "1"], "cosine"),
+    "bucket_cost.py": (["--channels", "32", "--size", "128", "--batch", "1", "--repeats", "1", "--rounds", "1"],
+                       "ratio"),
     "lfd_cost.py": (["--latent-size", "8", "--samples", "2", "--prompts", "1", "--timesteps", "1", "--repeats", "1"],
                     "ratio"),
 }

@@ -272,6 +272,19 @@ def test_resume_continues_the_previews_where_they_stopped(pack, sd15, vae, photo
     assert preview_files("cont") == [f"step{s:05d}_{p}.png" for s in range(2) for p in (1, 2)]
 
 
+def test_previews_at_a_chosen_width_and_height(pack, sd15, vae, photos):
+    model, clip = sd15
+    grid = train(pack, model, clip, vae, photos, output_name="tall", steps=1, sample_size=64, sample_height=128,
+                 **PREVIEWS).result[4]
+    assert grid.shape == (1, 2 * 128, 2 * 64, 3)  # a row per prompt of 64 x 128 previews, at steps 0 and 1
+    from PIL import Image
+    import folder_paths
+    first = os.path.join(folder_paths.get_output_directory(), "infusion", "tall", "samples", "step00000_1.png")
+    assert Image.open(first).size == (64, 128)
+    with pytest.raises(ValueError, match="sample_size and sample_height multiples of 8"):
+        train(pack, model, clip, vae, photos, output_name="tall", sample_height=100, **PREVIEWS)
+
+
 def test_cancel_during_a_preview_keeps_the_last_step(pack, sd15, vae, photos, folder, monkeypatch):
     import comfy.model_management
     import nodes

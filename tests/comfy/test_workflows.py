@@ -25,7 +25,7 @@ from infusion.cli.node_inputs import node_definition, node_definitions, ordered_
 from infusion.format import load_concept
 from infusion_dev import examples
 from infusion_dev import smoke as smoke_mod
-from infusion_dev.overrides import set_prompt
+from infusion_dev.overrides import set_input, set_prompt
 from infusion_dev.validate import check_workflow
 
 EXAMPLES = examples.example_names()
@@ -58,13 +58,21 @@ def named_models(registry):
                 os.makedirs(folder, exist_ok=True)
                 open(path, "wb").close()
                 made.append(path)
+        for folder in h.input_folders(examples.load(name)):
+            path = os.path.join(folder_paths.get_input_directory(), folder)
+            if not os.path.exists(path):
+                os.makedirs(path)
+                made.append(path)
     yield
     for path in made:
-        os.remove(path)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_workflow_matches_the_live_node_registry(registry, named_models, name):
+    if name not in examples.runnable(registry):  # it raises unless the example declares the nodes it needs
+        assert examples.missing_nodes(name, registry) == list(examples.NEWER_COMFYUI_NODES[name])
+        return
     workflow = examples.load(name)
     prompt, definitions = examples.as_prompt(workflow)
     assert check_workflow(workflow, definitions) == []
@@ -108,6 +116,68 @@ def test_train_concept_writes_a_concept_that_loads(trained):
         concept = load_concept(path)
         assert concept.word == word and concept.family == "SD15" and len(concept.values) == 16
         assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_train_from_dataset_trains_from_comfyuis_dataset_nodes_or_needs_them(smoke, registry):
+    """ComfyUI's Load Image-Text (from Folder) gives the photos as a list at their own sizes, and their captions
+    as texts ("" for a photo without one); where this ComfyUI lacks it, the photo-folder route is the one."""
+    if "train_from_dataset" not in examples.runnable(registry):
+        assert "LoadImageTextDataSetFromFolder" not in registry and "train_concept" in examples.runnable(registry)
+        return
+    path, losses, training = smoke.train_from_dataset("dog")
+    assert load_concept(path).family == "SD15" and len(losses) == 2
+    assert training["captions"] is True and training["photos"] == 3 and training["crop"] == "buckets"
+
+
+def _dataset_prompt(smoke, route, texts=True):
+    """The train_from_dataset example at 256 px on the dog's photos: its images into Train Infusion Concept, or
+    the latents of Make Training Dataset ("dataset"), or of Resolution Bucket after it ("buckets"); with or
+    without the texts of Load Image-Text. Returns the prompt and the trainer's path output (node, slot)."""
+    prompt, definitions = smoke.prompt("train_from_dataset")
+    nodes = {kind: smoke_mod.nodes_of(prompt, kind)[0]
+             for kind in ("CheckpointLoaderSimple", "LoadImageTextDataSetFromFolder", "TrainInfusion")}
+    checkpoint, load, train = nodes.values()
+    set_input(prompt, definitions, load, "folder", os.path.basename(smoke.photos["dog"]))
+    set_input(prompt, definitions, train, "resolution", 256)
+    set_input(prompt, definitions, train, "output_name", f"dataset_{route}")
+    prompt["90"] = {"class_type": "MakeTrainingDataset", "inputs": {"images": [load, 0], "vae": [checkpoint, 2],
+                                                                    "clip": [checkpoint, 1], "texts": [load, 1]}}
+    prompt["91"] = {"class_type": "ResolutionBucket", "inputs": {"latents": ["90", 0], "conditioning": ["90", 1]}}
+    inputs = prompt[train]["inputs"]
+    if route != "images":
+        del inputs["photos"]
+        inputs["latents"] = ["90" if route == "dataset" else "91", 0]
+    if not texts:
+        del inputs["texts"]
+    return prompt, (train, smoke_mod.output_slot(definitions, "TrainInfusion", "STRING"))
+
+
+def test_the_latents_of_make_training_dataset_and_resolution_bucket_train(smoke, registry):
+    if "ResolutionBucket" not in registry:  # 0.3.64: no dataset nodes, Load Concept Photos is the route
+        assert "MakeTrainingDataset" not in registry and "train_from_dataset" not in examples.runnable(registry)
+        return
+    import glob
+    captions = os.path.join(smoke.photos["dog"], "photo_0.txt")
+    with open(captions, "w", encoding="utf-8") as f:
+        f.write("a {} on a gradient")
+    try:
+        trained = {}
+        for route, texts in (("images", True), ("dataset", True), ("buckets", False)):
+            prompt, output = _dataset_prompt(smoke, route, texts)
+            path = smoke.runner.run_or_raise(prompt).output(*output)
+            trained[route] = load_concept(path).metadata["training"]
+        with pytest.raises(Exception, match="Resolution Bucket.*texts"):
+            smoke.runner.run_or_raise(_dataset_prompt(smoke, "buckets", texts=True)[0])
+    finally:
+        os.remove(captions)
+    # The photos are 96 x 96, 80 x 128 and 128 x 80 (Load Image-Text lists a folder in its own order).
+    assert sorted(map(tuple, trained["images"]["sizes"])) == [(192, 320), (256, 256), (320, 192)]
+    assert trained["images"]["captions"] is True and trained["dataset"]["captions"] is True
+    # latents train at their own sizes (in latent pixels): the photos' own, as Make Training Dataset encodes them
+    assert sorted(map(tuple, trained["dataset"]["sizes"])) == [(10, 16), (12, 12), (16, 10)]
+    assert sorted(map(tuple, trained["buckets"]["sizes"])) == sorted(map(tuple, trained["dataset"]["sizes"]))
+    assert trained["buckets"]["captions"] is False
+    assert glob.glob(os.path.join(os.path.dirname(path), "dataset_*.safetensors"))
 
 
 def test_generate_with_concept_gives_an_image_of_the_right_shape(smoke, trained):
