@@ -117,6 +117,7 @@ def report(concept: InfusionConcept, norms: Mapping[LayerId, float], value_space
         lines.append("training: " + ", ".join(f"{k} {training[k]}" for k in (
             "steps_done", "steps", "learning_rate", "effective_batch", "seed", "precision", "status", "final_loss",
             "photos", "photos_sha256") if k in training))
+    lines += [f"note: {note}" for note in training.get("photo_notes") or []]
     if provenance.get("base_model") or training.get("base_model"):
         lines.append(f"base model: {provenance.get('base_model') or training.get('base_model')}")
     if "lineage" in concept.metadata:

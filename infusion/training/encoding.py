@@ -75,6 +75,11 @@ def prepare_latents(model: Any, latents: Sequence[torch.Tensor], masks: Sequence
     space; a mirrored photo is the mirrored latent."""
     if masks is not None and len(masks) != len(latents):
         raise ValueError(f"{len(masks)} masks for {len(latents)} latents: give one mask per latent")
+    channels = model.model.latent_format.latent_channels
+    for i, t in enumerate(latents):
+        if t.shape[0] != channels:
+            raise ValueError(f"latent {i + 1} has {t.shape[0]} channels, but this model's latents have {channels}: "
+                             "encode the photos with this model's VAE")
     groups, buckets = group_by_size([tuple(t.shape) for t in latents]), []
     for members in groups:
         x0 = model.model.process_latent_in(torch.stack([latents[i] for i in members]).float()).cpu()

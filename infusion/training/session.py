@@ -225,12 +225,12 @@ def _train(model: Any, clip: Any, data: ConceptData, request: TrainingRequest,
     captions = [fill(t, word) for t in request.templates]
     space = training_space(compat.classic_patcher(model), request.variant)  # the weights training will use
     placements = data.placements(resolution)
-    for i, placement in enumerate(placements):
-        if placement.note:
-            logging.warning("Infusion: photo %d (%dx%d) trains at %dx%d: %s", i + 1, data.photos[i].shape[1],
-                            data.photos[i].shape[0], placement.size[1], placement.size[0], placement.note)
+    notes = [f"photo {i + 1} ({p.original[1]} x {p.original[0]}) trains at {p.size[1]} x {p.size[0]}: {p.note}"
+             for i, p in enumerate(placements) if p.note]
+    for note in notes:
+        logging.warning("Infusion: %s", note)
     run = _run_record(request, data, word, family, resolution, placements)
-    describe = functools.partial(_file_metadata, run, request, data, model)
+    describe = functools.partial(_file_metadata, run, request, data, model, notes)
 
     resume = load_state(resume_path(request.folder, name)) if request.resume else None
     latents = data.encode(model, placements, settings.flip)
@@ -311,9 +311,10 @@ def _run_record(request: TrainingRequest, data: ConceptData, word: str, family: 
     }
 
 
-def _file_metadata(run: dict, request: TrainingRequest, data: ConceptData, model: Any, state: TrainingState,
-                   reason: str) -> dict:
-    """A concept file's metadata: how it was trained, how far, and on what."""
+def _file_metadata(run: dict, request: TrainingRequest, data: ConceptData, model: Any, notes: list[str],
+                   state: TrainingState, reason: str) -> dict:
+    """A concept file's metadata: how it was trained, how far, on what, and what the user should know of its
+    photos (`notes`: upscaled, or cropped beyond 4:1)."""
     settings = request.settings
     model_type = getattr(model.model.model_type, "name", "EPS")
     prediction = PREDICTIONS.get(model_type, model_type.lower())
@@ -322,7 +323,8 @@ def _file_metadata(run: dict, request: TrainingRequest, data: ConceptData, model
                 "steps_done": state.step, "final_loss": state.losses[-1] if state.losses else None,
                 "batch_size": settings.batch_size, "gradient_accumulation": settings.gradient_accumulation,
                 "gradient_checkpointing": request.gradient_checkpointing, "status": STATUS[reason],
-                "loss": f"{prediction}-prediction MSE" + (", mask-weighted" if data.masks is not None else "")}
+                "loss": f"{prediction}-prediction MSE" + (", mask-weighted" if data.masks is not None else ""),
+                "photo_notes": notes}
     provenance = {"base_model": request.base_model_name, "model_class": type(model.model).__name__,
                   "prediction": prediction, "trainer": "ComfyUI-Infusion Train Infusion Concept"}
     return {"training": training, "provenance": provenance}

@@ -152,3 +152,27 @@ def test_sdxl_is_conditioned_on_each_photos_own_size_and_crop(pack, sdxl, vae):
                 embedded(300, 300, 0, 0, 256, 256)]  # (height, width, crop top, crop left, target h, target w)
     drawn = {next(i for i, e in enumerate(expected) if torch.allclose(row, e)) for y in seen for row in y}
     assert drawn == {0, 1, 2}
+
+
+def test_small_and_extreme_photos_are_named_in_the_log_and_the_concepts_report(pack, comfy_path, tmp_models_dir,
+                                                                                 caplog):
+    model, clip = h.tiny_sd15()
+    photos, _ = edge_photos()
+    photos[1] = photos[1][:, :40]  # 40 x 400: 10:1, beyond 4:1
+    photos[2] = photos[2][:, :100, :100]  # 100 x 100: smaller than its 256 x 256
+    concept = train(pack, model.clone(), clip.clone(), h.tiny_vae(), "bucket_notes", steps=1)[0]
+    notes = concept.metadata["training"]["photo_notes"]
+    assert len(notes) == 2
+    assert notes[0].startswith("photo 2 (400 x 40) trains at 512 x 128: its aspect 10.0:1 is beyond 4:1")
+    assert notes[1] == "photo 3 (100 x 100) trains at 256 x 256: it is smaller than its training size and is upscaled"
+    assert all(note in caplog.text for note in notes)
+    report = h.pack_submodule(pack, "infusion.concept_tools").report(concept, {}, False)
+    assert all(f"note: {note}" in report for note in notes)
+
+
+def test_latents_of_another_models_vae_are_refused_naming_the_item(pack, comfy_path):
+    model, clip = h.tiny_sd15()
+    latents = [{"samples": torch.zeros(1, 4, 8, 8)}, {"samples": torch.zeros(1, 16, 8, 8)}]
+    with pytest.raises(ValueError, match="latent 2 has 16 channels, but this model's latents have 4"):
+        h.run_node(h.train_node(pack), model.clone(), clip.clone(), latents=latents, output_name="bucket_channels",
+                   **{**TRAIN, "steps": 1})
