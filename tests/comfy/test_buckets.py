@@ -73,8 +73,9 @@ def test_buckets_keep_a_subject_at_the_edge_where_centre_crop_cuts_it(pack, fami
     assert abs(kept[2] - 1) < 0.01  # a square photo is the same either way
 
 
-def train(pack, model, clip, vae, name, **overrides):
-    photos, masks = edge_photos()
+def train(pack, model, clip, vae, name, photos=None, **overrides):
+    """Train Infusion Concept on `photos` (default: the edge photos with their masks)."""
+    photos, masks = (photos, None) if photos is not None else edge_photos()
     return h.run_node(h.train_node(pack), model, clip, vae=vae, photos=photos, masks=masks, output_name=name,
                       **{**TRAIN, "steps": 2, **overrides}).result
 
@@ -160,7 +161,7 @@ def test_small_and_extreme_photos_are_named_in_the_log_and_the_concepts_report(p
     photos, _ = edge_photos()
     photos[1] = photos[1][:, :40]  # 40 x 400: 10:1, beyond 4:1
     photos[2] = photos[2][:, :100, :100]  # 100 x 100: smaller than its 256 x 256
-    concept = train(pack, model.clone(), clip.clone(), h.tiny_vae(), "bucket_notes", steps=1)[0]
+    concept = train(pack, model.clone(), clip.clone(), h.tiny_vae(), "bucket_notes", photos, steps=1)[0]
     notes = concept.metadata["training"]["photo_notes"]
     assert len(notes) == 2
     assert notes[0].startswith("photo 2 (400 x 40) trains at 512 x 128: its aspect 10.0:1 is beyond 4:1")

@@ -129,15 +129,16 @@ def test_train_from_dataset_trains_from_comfyuis_dataset_nodes_or_needs_them(smo
     assert training["captions"] is True and training["photos"] == 3 and training["crop"] == "buckets"
 
 
-def _dataset_prompt(smoke, route, texts=True):
-    """The train_from_dataset example at 256 px on the dog's photos: its images into Train Infusion Concept, or
-    the latents of Make Training Dataset ("dataset"), or of Resolution Bucket after it ("buckets"); with or
-    without the texts of Load Image-Text. Returns the prompt and the trainer's path output (node, slot)."""
+def _dataset_prompt(smoke, folder, route, texts=True):
+    """The train_from_dataset example at 256 px on the photos in `folder` (of the input directory): its images
+    into Train Infusion Concept, or the latents of Make Training Dataset ("dataset"), or of Resolution Bucket
+    after it ("buckets"); with or without the texts of Load Image-Text. Returns the prompt and the trainer's
+    path output (node, slot)."""
     prompt, definitions = smoke.prompt("train_from_dataset")
     nodes = {kind: smoke_mod.nodes_of(prompt, kind)[0]
              for kind in ("CheckpointLoaderSimple", "LoadImageTextDataSetFromFolder", "TrainInfusion")}
     checkpoint, load, train = nodes.values()
-    set_input(prompt, definitions, load, "folder", os.path.basename(smoke.photos["dog"]))
+    set_input(prompt, definitions, load, "folder", folder)
     set_input(prompt, definitions, train, "resolution", 256)
     set_input(prompt, definitions, train, "output_name", f"dataset_{route}")
     prompt["90"] = {"class_type": "MakeTrainingDataset", "inputs": {"images": [load, 0], "vae": [checkpoint, 2],
@@ -157,24 +158,29 @@ def test_the_latents_of_make_training_dataset_and_resolution_bucket_train(smoke,
         assert "MakeTrainingDataset" not in registry and "train_from_dataset" not in examples.runnable(registry)
         return
     import glob
-    captions = os.path.join(smoke.photos["dog"], "photo_0.txt")
-    with open(captions, "w", encoding="utf-8") as f:
+    import folder_paths
+    # The dog's photos, one caption, and a fourth photo of photo_0's size (Resolution Bucket groups the two), in a
+    # folder of their own (ComfyUI's executor keeps a loader's output while its inputs are unchanged).
+    folder = os.path.join(folder_paths.get_input_directory(), "smoke_dataset")
+    shutil.copytree(smoke.photos["dog"], folder)
+    shutil.copy(os.path.join(folder, "photo_0.png"), os.path.join(folder, "photo_3.png"))
+    with open(os.path.join(folder, "photo_0.txt"), "w", encoding="utf-8") as f:
         f.write("a {} on a gradient")
     try:
         trained = {}
         for route, texts in (("images", True), ("dataset", True), ("buckets", False)):
-            prompt, output = _dataset_prompt(smoke, route, texts)
+            prompt, output = _dataset_prompt(smoke, "smoke_dataset", route, texts)
             path = smoke.runner.run_or_raise(prompt).output(*output)
             trained[route] = load_concept(path).metadata["training"]
         with pytest.raises(Exception, match="Resolution Bucket.*texts"):
-            smoke.runner.run_or_raise(_dataset_prompt(smoke, "buckets", texts=True)[0])
+            smoke.runner.run_or_raise(_dataset_prompt(smoke, "smoke_dataset", "buckets", texts=True)[0])
     finally:
-        os.remove(captions)
-    # The photos are 96 x 96, 80 x 128 and 128 x 80 (Load Image-Text lists a folder in its own order).
-    assert sorted(map(tuple, trained["images"]["sizes"])) == [(192, 320), (256, 256), (320, 192)]
+        shutil.rmtree(folder)
+    # The photos are 96 x 96 (twice), 80 x 128 and 128 x 80 (Load Image-Text lists a folder in its own order).
+    assert sorted(map(tuple, trained["images"]["sizes"])) == [(192, 320), (256, 256), (256, 256), (320, 192)]
     assert trained["images"]["captions"] is True and trained["dataset"]["captions"] is True
     # latents train at their own sizes (in latent pixels): the photos' own, as Make Training Dataset encodes them
-    assert sorted(map(tuple, trained["dataset"]["sizes"])) == [(10, 16), (12, 12), (16, 10)]
+    assert sorted(map(tuple, trained["dataset"]["sizes"])) == [(10, 16), (12, 12), (12, 12), (16, 10)]
     assert sorted(map(tuple, trained["buckets"]["sizes"])) == sorted(map(tuple, trained["dataset"]["sizes"]))
     assert trained["buckets"]["captions"] is False
     assert glob.glob(os.path.join(os.path.dirname(path), "dataset_*.safetensors"))
