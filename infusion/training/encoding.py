@@ -15,7 +15,7 @@ from .captions import PhotoCaptions, text_captions
 from .data import fit_masks, fit_photos, flip, loss_weights, photo_hash, photo_list
 from .loop import PhotoBuckets, PhotoLatents
 
-LATENT_MULTIPLE = STEP  # 8x VAE downscale, then the UNet halves the latent three times
+LATENT_MULTIPLE = STEP  # a bucket's step: 8x VAE downscale, then the UNet halves the latent three times
 
 
 def _matching(weights: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
@@ -38,11 +38,11 @@ def group_by_size(sizes: Sequence[tuple[int, ...]]) -> list[list[int]]:
     return list(groups.values())
 
 
-def _masked(latents: PhotoLatents, weights: torch.Tensor | None, mirrored_latents: torch.Tensor | None) -> PhotoLatents:
+def _bucket(latents: torch.Tensor, weights: torch.Tensor | None, mirrored: torch.Tensor | None) -> PhotoLatents:
+    """One bucket's latents, with their loss weights shaped to them and mirrored alike when flips are on."""
     if weights is not None:
-        weights = _matching(weights, latents.latents)
-    return PhotoLatents(latents.latents, mirrored_latents, weights,
-                        None if weights is None or mirrored_latents is None else weights.flip(-1))
+        weights = _matching(weights, latents)
+    return PhotoLatents(latents, mirrored, weights, None if weights is None or mirrored is None else weights.flip(-1))
 
 
 def encode_photos(vae: Any, model: Any, photos: Sequence[torch.Tensor], masks: Sequence[torch.Tensor] | None,
@@ -58,13 +58,13 @@ def encode_photos(vae: Any, model: Any, photos: Sequence[torch.Tensor], masks: S
     for members in groups:
         size = tuple(sizes[members[0]])
         pixels = torch.cat([fit_photos(photos[i][None], size) for i in members])
-        latents = PhotoLatents(encode(pixels))
+        latents = encode(pixels)
         weights = None
         if masks is not None:
             fitted = torch.cat([fit_masks(masks[i][None], photos[i][None], size) for i in members])
-            weights = loss_weights(fitted, tuple(latents.latents.shape[-2:]), [i + 1 for i in members])
+            weights = loss_weights(fitted, tuple(latents.shape[-2:]), [i + 1 for i in members])
         # Mirrored pixels, not mirrored latents: the VAE is not exactly mirror-symmetric.
-        buckets.append(_masked(latents, weights, encode(flip(pixels)) if mirrored else None))
+        buckets.append(_bucket(latents, weights, encode(flip(pixels)) if mirrored else None))
     return PhotoBuckets(buckets, groups)
 
 
@@ -87,7 +87,7 @@ def prepare_latents(model: Any, latents: Sequence[torch.Tensor], masks: Sequence
         if masks is not None:
             weights = loss_weights(torch.stack([masks[i] for i in members]), tuple(x0.shape[-2:]),
                                    [i + 1 for i in members])
-        buckets.append(_masked(PhotoLatents(x0), weights, x0.flip(-1) if mirrored else None))
+        buckets.append(_bucket(x0, weights, x0.flip(-1) if mirrored else None))
     return PhotoBuckets(buckets, groups)
 
 

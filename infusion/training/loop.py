@@ -270,8 +270,7 @@ def _micro_batch_loss(model: Denoiser, photos: PhotoBuckets, orders: list[PhotoO
 
 
 def train(vectors: Mapping[str, torch.nn.Parameter], model: Denoiser, photos: PhotoLatents | PhotoBuckets,
-          captions: int,
-          settings: TrainingSettings, hooks: TrainingHooks | None = None, run: Mapping[str, Any] | None = None,
+          captions: int, settings: TrainingSettings, hooks: TrainingHooks | None = None, run: Mapping[str, Any] | None = None,
           resume: TrainingState | None = None) -> TrainingState:
     """Train `vectors` (the residual's parameters, updated in place) until `settings.steps`.
 

@@ -1,8 +1,7 @@
-"""Concept photos from a folder: every image file in it, any size and aspect, as one batch.
+"""Concept photos from a folder: every image file in it, any size and aspect, as a list.
 
-Each photo is scaled down (shorter side to a size) where it is larger, keeping its aspect: Train Infusion
-Concept fits it to its
-training size (an aspect-ratio bucket, or a centre-cropped square); an alpha channel becomes
+Each photo keeps its aspect and is scaled down only (shorter side to a size): Train Infusion Concept fits it
+to its training size (an aspect-ratio bucket, or a centre-cropped square). An alpha channel becomes
 the photo's foreground mask (1 = opaque = the concept), photos without one get a full mask. A
 `<photo>.txt` beside a photo is its caption.
 PIL (a ComfyUI dependency) is imported when reading.
