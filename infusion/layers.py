@@ -1,4 +1,5 @@
-"""Attention layers that read text: their identity in ComfyUI, and the cross-attention layers of a UNet."""
+"""Attention layers that read text: their identity in ComfyUI, the cross-attention layers of a UNet, and the
+weights of their projections as the model multiplies by them."""
 from __future__ import annotations
 
 import re
@@ -65,3 +66,11 @@ def cross_attention_layers(unet: torch.nn.Module) -> dict[LayerId, tuple[int, in
     """Every cross-attention layer of a ComfyUI UNetModel: {layer: (text width, value width)}."""
     return {layer: (attn2.to_v.in_features, attn2.to_v.out_features)
             for layer, attn2 in cross_attention_modules(unet).items()}
+
+
+def weight_of(linear: torch.nn.Module) -> torch.Tensor:
+    """A linear layer's weight as the layer multiplies by it, in fp32. ComfyUI 0.3.x keeps the scale of an fp8
+    "scaled" file's weight beside it (scale_weight); later versions' quantized weights dequantize themselves."""
+    weight = linear.weight.detach().float()
+    scale = getattr(linear, "scale_weight", None)
+    return weight if scale is None else weight * scale.detach().float().to(weight.device)

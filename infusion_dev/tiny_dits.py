@@ -94,6 +94,30 @@ def flux_through_loader(folder: str, weight_dtype: str) -> Any:
                                   partial(comfy.supported_models.Flux, flux_config(True)))
 
 
+def scaled_fp8_flux(folder: str) -> Any:
+    """The tiny FLUX.1 dev as an fp8 "scaled" file, made as the FLUX.1 and Qwen-Image fp8 files people download
+    are: every linear weight in float8_e4m3fn divided by its own scale (its largest magnitude over 448, fp8's
+    largest), the scale beside it (<layer>.scale_weight), and the `scaled_fp8` marker ComfyUI detects; loaded
+    through Load Diffusion Model at its default weight dtype, as such a file is."""
+    from functools import partial
+
+    import comfy.supported_models
+    from safetensors.torch import load_file, save_file
+
+    from .tiny_models import load_with_weight_dtype
+    scaled: dict[str, Any] = {"scaled_fp8": torch.empty(0, dtype=torch.float8_e4m3fn)}
+    for key, weight in load_file(os.path.join(folder, "tiny_flux_dev.safetensors")).items():
+        if key.endswith(".weight") and weight.ndim == 2:
+            scale = weight.float().abs().max() / torch.finfo(torch.float8_e4m3fn).max
+            scaled[key] = (weight.float() / scale).to(torch.float8_e4m3fn)
+            scaled[key[:-len("weight")] + "scale_weight"] = scale.reshape(())
+        else:
+            scaled[key] = weight
+    path = os.path.join(folder, "tiny_flux_dev_fp8_scaled.safetensors")
+    save_file(scaled, path)
+    return load_with_weight_dtype(path, "default", partial(comfy.supported_models.Flux, flux_config(True)))
+
+
 def flux2_model(seed: int = SEED + 4) -> Any:
     """A tiny FLUX.2 as its klein variants are built (Qwen3 text, global modulation, 128-channel latents)."""
     import comfy.ldm.flux.model

@@ -137,7 +137,8 @@ def load_unet_file(path: str, new_model: Callable[[], Any], disable_dynamic: boo
 def load_with_weight_dtype(path: str, weight_dtype: str, model_config: Callable[[], Any]) -> Any:
     """`path` through ComfyUI's own Load Diffusion Model with `weight_dtype` (default, fp8_e4m3fn,
     fp8_e4m3fn_fast, fp8_e5m2): the node's code whole, its folder told where the file is and its model detection
-    told `model_config()` (small models are not in its tables; 0.3.64 takes every FLUX.1 to be 3,072 wide)."""
+    told `model_config()` (small models are not in its tables; 0.3.64 takes every FLUX.1 to be 3,072 wide). The
+    rest of its detection runs: an fp8 "scaled" file's scales are found as in a user's file."""
     from unittest import mock
 
     import comfy.model_detection
@@ -145,7 +146,7 @@ def load_with_weight_dtype(path: str, weight_dtype: str, model_config: Callable[
     import nodes
 
     folder_paths.add_model_folder_path("diffusion_models", os.path.dirname(os.path.abspath(path)))
-    with mock.patch.object(comfy.model_detection, "model_config_from_unet", lambda *_, **__: model_config()):
+    with mock.patch.object(comfy.model_detection, "model_config_from_unet_config", lambda *_, **__: model_config()):
         return nodes.UNETLoader().load_unet(os.path.basename(path), weight_dtype)[0]
 
 

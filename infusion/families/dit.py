@@ -234,6 +234,15 @@ class DiTAdapter(FamilyAdapter):
             yield
 
 
+def _storage(t: torch.Tensor) -> int | None:
+    """Where a tensor's memory is; None for a tensor subclass without a storage of its own (the fp8 weights of
+    ComfyUI's quantized ops, which saves for backward and which no block input can share)."""
+    try:
+        return t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
 @contextmanager
 def saved_copies(inputs: Sequence[torch.Tensor]) -> Iterator[None]:
     """Tensors that autograd saves for backward are copied when they share memory with `inputs`.
@@ -243,10 +252,11 @@ def saved_copies(inputs: Sequence[torch.Tensor]) -> Iterator[None]:
     read the changed values (a wrong gradient, measured here at 0.25% on a Flux double block). The copies
     keep what each operation saw; nothing else is copied.
     """
-    storages = {t.untyped_storage().data_ptr() for t in inputs}
+    storages = {_storage(t) for t in inputs}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
-        return t.clone() if t.untyped_storage().data_ptr() in storages else t
+        shared = _storage(t)
+        return t.clone() if shared is not None and shared in storages else t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         yield

@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 import torch
 
-from ..layers import LayerId
+from ..layers import LayerId, weight_of
 from .base import Layers
 from .dit import DiTAdapter
 
@@ -37,8 +37,8 @@ class FluxAdapter(DiTAdapter):
 
     def output_weights(self, diffusion_model: torch.nn.Module) -> dict[LayerId, torch.Tensor]:
         width = int(diffusion_model.hidden_size)  # a single block's linear2 reads [attention, MLP]
-        return {**{LayerId("double", i): b.img_attn.proj.weight for i, b in enumerate(diffusion_model.double_blocks)},
-                **{LayerId("single", i): b.linear2.weight[:, :width] for i, b in enumerate(diffusion_model.single_blocks)}}
+        return {**{LayerId("double", i): weight_of(b.img_attn.proj) for i, b in enumerate(diffusion_model.double_blocks)},
+                **{LayerId("single", i): weight_of(b.linear2)[:, :width] for i, b in enumerate(diffusion_model.single_blocks)}}
 
     def training_conditioning(self, diffusion_model: torch.nn.Module) -> Mapping[str, Any]:
         params = getattr(diffusion_model, "params", None)

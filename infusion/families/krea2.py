@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..layers import LayerId
+from ..layers import LayerId, weight_of
 from .base import Layers
 from .dit import DiTAdapter
 
@@ -27,4 +27,4 @@ class Krea2Adapter(DiTAdapter):
         return list(diffusion_model.blocks)
 
     def output_weights(self, diffusion_model: torch.nn.Module) -> dict[LayerId, torch.Tensor]:
-        return {LayerId("single", i): block.attn.wo.weight for i, block in enumerate(diffusion_model.blocks)}
+        return {LayerId("single", i): weight_of(block.attn.wo) for i, block in enumerate(diffusion_model.blocks)}

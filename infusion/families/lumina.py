@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from .. import compat
-from ..layers import LayerId
+from ..layers import LayerId, weight_of
 from .base import Layers
 from .dit import DiTAdapter
 
@@ -36,4 +36,4 @@ class LuminaAdapter(DiTAdapter):
         return list(diffusion_model.layers)
 
     def output_weights(self, diffusion_model: torch.nn.Module) -> dict[LayerId, torch.Tensor]:
-        return {LayerId("double", i): layer.attention.out.weight for i, layer in enumerate(diffusion_model.layers)}
+        return {LayerId("double", i): weight_of(layer.attention.out) for i, layer in enumerate(diffusion_model.layers)}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..layers import LayerId
+from ..layers import LayerId, weight_of
 from .base import Layers
 from .dit import DiTAdapter
 
@@ -23,7 +23,7 @@ class QwenImageAdapter(DiTAdapter):
         return list(diffusion_model.transformer_blocks)
 
     def output_weights(self, diffusion_model: torch.nn.Module) -> dict[LayerId, torch.Tensor]:
-        return {LayerId("double", i): block.attn.to_out[0].weight
+        return {LayerId("double", i): weight_of(block.attn.to_out[0])
                 for i, block in enumerate(diffusion_model.transformer_blocks)}
 
     def labelled_blocks(self, diffusion_model: torch.nn.Module) -> list[tuple[str, int, str]]:

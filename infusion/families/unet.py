@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import torch
 
 from ..concept import InfusionConcept
-from ..layers import LayerId, cross_attention_layers, cross_attention_modules
+from ..layers import LayerId, cross_attention_layers, cross_attention_modules, weight_of
 from ..residual import InfusionResidual
 from ..value_space import ValueSpace
 from .base import FamilyAdapter, Layers
@@ -67,7 +67,7 @@ class UNetAdapter(FamilyAdapter):
                 "target_height": size[0], "target_width": size[1]}
 
     def value_weights(self, diffusion_model: torch.nn.Module) -> dict[LayerId, torch.Tensor]:
-        return {layer: attn2.to_v.weight.detach().float().cpu()
+        return {layer: weight_of(attn2.to_v).cpu()
                 for layer, attn2 in cross_attention_modules(diffusion_model).items()}
 
     def training_space(self, diffusion_model: torch.nn.Module, variant: str) -> ValueSpace:
@@ -76,13 +76,13 @@ class UNetAdapter(FamilyAdapter):
         kinds = {"value": "to_v", "key": "to_k"} if variant == "key+value" else {"value": "to_v"}
         # keys are read through the queries (their logits), values through the output projection
         reading = {"value": self.output_weights(diffusion_model),
-                   "key": {layer: attn2.to_q.weight for layer, attn2 in modules.items()}}
+                   "key": {layer: weight_of(attn2.to_q) for layer, attn2 in modules.items()}}
         return ValueSpace({kind: reading[kind] for kind in kinds},
-                          {kind: {layer: getattr(attn2, name).weight for layer, attn2 in modules.items()}
+                          {kind: {layer: weight_of(getattr(attn2, name)) for layer, attn2 in modules.items()}
                            for kind, name in kinds.items()})
 
     def output_weights(self, diffusion_model: torch.nn.Module) -> dict[LayerId, torch.Tensor]:
-        return {layer: attn2.to_out[0].weight for layer, attn2 in cross_attention_modules(diffusion_model).items()}
+        return {layer: weight_of(attn2.to_out[0]) for layer, attn2 in cross_attention_modules(diffusion_model).items()}
 
     @contextmanager
     def training_blocks(self, diffusion_model: torch.nn.Module, checkpointing: bool,

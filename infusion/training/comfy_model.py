@@ -73,9 +73,11 @@ def autograd_weights(module: torch.nn.Module) -> Iterator[None]:
     """Frozen weights that backpropagation can pass through, for the duration of training.
 
     Weights loaded inside ComfyUI's executor are inference tensors, which autograd refuses to
-    save for backward: they are swapped for ordinary copies and swapped back afterwards as
-    inference tensors again (same values, dtype, device). Weights that ask for gradients are
-    frozen meanwhile, so only the residual vectors receive any.
+    save for backward: they are swapped for ordinary copies, and afterwards the weights themselves are
+    put back (training never changes them), or, where ComfyUI moved a copy to another device meanwhile,
+    that copy as an inference tensor. (An inference copy cannot be made of every weight: not of the fp8
+    weights of ComfyUI's quantized ops.) Weights that ask for gradients are frozen meanwhile, so only the
+    residual vectors receive any.
     """
     import comfy.utils
 
@@ -83,7 +85,7 @@ def autograd_weights(module: torch.nn.Module) -> Iterator[None]:
     for name, p in list(module.named_parameters()):
         if p.is_inference():
             comfy.utils.set_attr_param(module, name, p.detach().clone())
-            swapped.append(name)
+            swapped.append((name, p))
         elif p.requires_grad:
             p.requires_grad_(False)
             unfrozen.append(p)
@@ -91,8 +93,10 @@ def autograd_weights(module: torch.nn.Module) -> Iterator[None]:
         yield
     finally:
         with torch.inference_mode():
-            for name in swapped:
-                comfy.utils.set_attr_param(module, name, comfy.utils.get_attr(module, name).detach().clone())
+            for name, original in swapped:
+                current = comfy.utils.get_attr(module, name)
+                comfy.utils.set_attr_param(module, name, original if current.device == original.device
+                                           else current.detach().clone())
         for p in unfrozen:
             p.requires_grad_(True)
 

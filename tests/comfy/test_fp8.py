@@ -68,6 +68,34 @@ def test_training_on_fp8_weights_moves_every_vector_and_saves_the_same_kind_of_f
     assert cosine > 0.9, cosine
 
 
+def test_an_fp8_scaled_file_applies_exactly_and_trains(pack, flux, tmp_models_dir):
+    """An fp8 "scaled" FLUX.1 file (each weight in fp8 with its own scale beside it, as the fp8 files people
+    download are made) through Load Diffusion Model: ComfyUI finds the scales and multiplies them back in as each
+    weight is used. The exact promises hold against that same model, and training moves every vector and learns
+    what the full-precision model learns."""
+    import os
+
+    from infusion_dev.tiny_dits import scaled_fp8_flux
+    model, clip = flux
+    with h.executor_mode():
+        scaled = scaled_fp8_flux(os.path.join(h.models_dir(), "diffusion_models"))
+    # ComfyUI applied the scales: the fp8 model draws what the full-precision one draws, to fp8's rounding
+    full_sample, scaled_sample = sample(model, clip, NO_WORD), sample(scaled, clip, NO_WORD)
+    assert not torch.equal(full_sample, scaled_sample)
+    assert torch.nn.functional.cosine_similarity(full_sample.flatten(), scaled_sample.flatten(), dim=0) > 0.99
+    concept = random_concept(pack, scaled)
+    applied, word_clip = apply(scaled, clip, concept)
+    assert torch.equal(sample(applied, word_clip, NO_WORD), scaled_sample)
+    assert not torch.equal(sample(applied, word_clip, WORD_PROMPT), sample(scaled, clip, WORD_PROMPT))
+    trained = train(pack, scaled, clip, "fp8_scaled")[0]
+    full = train(pack, model, clip, "fp8_scaled_reference")[0]
+    assert all(v.abs().sum() > 0 for v in trained.values.values())
+    cosine = torch.nn.functional.cosine_similarity(torch.cat([trained.values[k].flatten() for k in sorted(full.values)]),
+                                                   torch.cat([full.values[k].flatten() for k in sorted(full.values)]),
+                                                   dim=0)
+    assert cosine > 0.9, cosine
+
+
 def test_an_sd15_checkpoint_loaded_in_fp8_trains_and_applies_exactly(pack, vae, tmp_models_dir):
     """ComfyUI's checkpoint loading with an fp8 weight dtype (the model_options Load Diffusion Model passes)."""
     import comfy.sd

@@ -182,6 +182,12 @@ def test_clear_errors_for_bad_inputs(pack, sd15, vae, photos):
         train(pack, model, clip, vae, photos, masks=torch.zeros(3, 72, 64))
     with pytest.raises(ValueError, match="no resume state"):
         train(pack, model, clip, vae, photos, output_name="never", resume=True)
+    with pytest.raises(ValueError, match="mask 2 is 64x72 but its photo is 50x60"):
+        train(pack, model, clip, vae, [photos[:1], photos[1:2, :60, :50]], masks=[torch.ones(72, 64)] * 2)
+    with pytest.raises(ValueError, match="3 texts for 2 photos"):
+        train(pack, model, clip, vae, photos[:2], texts=["a {}", "", "a {} again"])
+    with pytest.raises(ValueError, match="model came as a list of 2: .*connect one model"):
+        train(pack, [model, model], clip, vae, photos)  # a list output (the executor's lists) into one model
 
 
 def test_latents_train_like_the_photos_they_encode(pack, sd15, vae, photos):
