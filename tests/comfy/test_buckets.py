@@ -171,9 +171,18 @@ def test_small_and_extreme_photos_are_named_in_the_log_and_the_concepts_report(p
     assert all(f"note: {note}" in report for note in notes)
 
 
-def test_latents_of_another_models_vae_are_refused_naming_the_item(pack, comfy_path):
-    model, clip = h.tiny_sd15()
-    latents = [{"samples": torch.zeros(1, 4, 8, 8)}, {"samples": torch.zeros(1, 16, 8, 8)}]
-    with pytest.raises(ValueError, match="latent 2 has 16 channels, but this model's latents have 4"):
-        h.run_node(h.train_node(pack), model.clone(), clip.clone(), latents=latents, output_name="bucket_channels",
+def test_latents_of_any_size_train_each_at_its_own_and_another_vaes_are_refused(pack, family, tmp_models_dir):
+    """No latent size needs refusing: ComfyUI pads a DiT's latent to its patch size, and a UNet's upsampling
+    follows its skip connections' sizes. What a model cannot take is another VAE's latents (their channels)."""
+    name, model, clip, _ = family
+    channels = model.model.latent_format.latent_channels
+    odd = [{"samples": torch.randn(1, channels, 9, 7)}, {"samples": torch.randn(2, channels, 8, 8)}]
+    concept = h.run_node(h.train_node(pack), model, clip, latents=odd, output_name=f"odd_{name}",
+                         **{**TRAIN, "steps": 2}).result[0]
+    assert concept.metadata["training"]["sizes"] == [[9, 7], [8, 8], [8, 8]]
+    assert all(torch.isfinite(v).all() and v.abs().sum() > 0 for v in concept.values.values())
+    other = [odd[1], {"samples": torch.zeros(1, channels + 1, 8, 8)}]
+    with pytest.raises(ValueError, match=f"latent 3 has {channels + 1} channels, but this model's latents have "
+                                         f"{channels}"):
+        h.run_node(h.train_node(pack), model, clip, latents=other, output_name=f"odd_{name}",
                    **{**TRAIN, "steps": 1})
