@@ -15,16 +15,22 @@ PHOTOS = [((400, 240), (slice(0, 160), slice(60, 180))),     # portrait 3:5, sub
           ((240, 400), (slice(60, 180), slice(0, 160))),     # landscape 5:3, subject at the left
           ((300, 300), (slice(100, 300), slice(100, 200)))]  # square, subject at the bottom
 BUCKETS = [[320, 192], [192, 320], [256, 256]]  # (height, width) each trains at, at 256
-TRAIN = dict(word="dog", learning_rate=0.05, batch_size=2, gradient_accumulation=1, resolution=RESOLUTION, seed=4,
+# Training runs at 128 px on photos of 1:4, 4:1 and 1:1, each its own bucket there (a quarter of the pixels).
+TRAIN_RESOLUTION, TRAIN_SHAPES = 128, [(400, 100), (100, 400), (200, 200)]
+TRAIN_BUCKETS = [[256, 64], [64, 256], [128, 128]]
+TRAIN = dict(word="dog", learning_rate=0.05, batch_size=2, gradient_accumulation=1, resolution=TRAIN_RESOLUTION,
+             seed=4,
              templates="a photo of a {}", flip=True, save_every=0, resume=False, variant="value", precision="fp32",
              gradient_checkpointing=False, sample_every=0)
 
 
-def edge_photos():
-    """IMAGE and MASK lists as Load Concept Photos gives them: a textured photo with a bright subject."""
+def edge_photos(shapes=None):
+    """IMAGE and MASK lists as Load Concept Photos gives them: a textured photo with a bright subject (at an
+    edge, or for `shapes` (height, width), in the middle)."""
     g = torch.Generator().manual_seed(0)
     photos, masks = [], []
-    for (height, width), (rows, cols) in PHOTOS:
+    middle = lambda h, w: (slice(h // 4, 3 * h // 4), slice(w // 4, 3 * w // 4))  # noqa: E731
+    for (height, width), (rows, cols) in PHOTOS if shapes is None else [(s, middle(*s)) for s in shapes]:
         photo = torch.rand(1, height, width, 3, generator=g) * 0.3
         mask = torch.zeros(1, height, width)
         mask[0, rows, cols] = 1.0
@@ -74,8 +80,8 @@ def test_buckets_keep_a_subject_at_the_edge_where_centre_crop_cuts_it(pack, fami
 
 
 def train(pack, model, clip, vae, name, photos=None, **overrides):
-    """Train Infusion Concept on `photos` (default: the edge photos with their masks)."""
-    photos, masks = (photos, None) if photos is not None else edge_photos()
+    """Train Infusion Concept on `photos` (default: photos of TRAIN_SHAPES with their masks)."""
+    photos, masks = (photos, None) if photos is not None else edge_photos(TRAIN_SHAPES)
     return h.run_node(h.train_node(pack), model, clip, vae=vae, photos=photos, masks=masks, output_name=name,
                       **{**TRAIN, "steps": 2, **overrides}).result
 
@@ -86,12 +92,12 @@ def test_bucketed_photos_train_at_their_sizes_and_the_same_seed_gives_the_same_c
     before = {k: v.clone() for k, v in model.model.state_dict().items()}
     concept, loss, _, path, _ = train(pack, model, clip, vae, f"buckets_{name}")
     training = concept.metadata["training"]
-    assert training["sizes"] == BUCKETS and training["crop"] == "buckets"
+    assert training["sizes"] == TRAIN_BUCKETS and training["crop"] == "buckets"
     assert all(torch.isfinite(v).all() and v.abs().sum() > 0 for v in concept.values.values())
     again = train(pack, model, clip, vae, f"buckets_{name}_again")[0]
     assert all(torch.equal(concept.values[k], again.values[k]) for k in concept.values)
     cropped = train(pack, model, clip, vae, f"cropped_{name}", crop="centre crop")[0]
-    assert cropped.metadata["training"]["sizes"] == [[RESOLUTION, RESOLUTION]] * 3
+    assert cropped.metadata["training"]["sizes"] == [[TRAIN_RESOLUTION, TRAIN_RESOLUTION]] * 3
     assert any(not torch.equal(concept.values[k], cropped.values[k]) for k in concept.values)
     after = model.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -144,7 +150,7 @@ def test_sdxl_is_conditioned_on_each_photos_own_size_and_crop(pack, sdxl, vae):
     photos, masks = edge_photos()
     photos[0] = torch.cat([photos[0], photos[0][:, :10]], dim=1)  # 410 x 240: its bucket crops 4 rows at the top
     h.run_node(h.train_node(pack), model, clip, vae=vae, photos=photos, output_name="sdxl_sizes",
-               **{**TRAIN, "steps": 6, "batch_size": 1, "flip": False})
+               **{**TRAIN, "resolution": RESOLUTION, "steps": 6, "batch_size": 1, "flip": False})
 
     def embedded(*values):
         return torch.cat([model.model.embedder(torch.Tensor([v])) for v in values]).flatten()
@@ -161,7 +167,8 @@ def test_small_and_extreme_photos_are_named_in_the_log_and_the_concepts_report(p
     photos, _ = edge_photos()
     photos[1] = photos[1][:, :40]  # 40 x 400: 10:1, beyond 4:1
     photos[2] = photos[2][:, :100, :100]  # 100 x 100: smaller than its 256 x 256
-    concept = train(pack, model.clone(), clip.clone(), h.tiny_vae(), "bucket_notes", photos, steps=1)[0]
+    concept = train(pack, model.clone(), clip.clone(), h.tiny_vae(), "bucket_notes", photos, steps=1,
+                    resolution=RESOLUTION)[0]
     notes = concept.metadata["training"]["photo_notes"]
     assert len(notes) == 2
     assert notes[0].startswith("photo 2 (400 x 40) trains at 512 x 128: its aspect 10.0:1 is beyond 4:1")

@@ -140,6 +140,7 @@ def _dataset_prompt(smoke, folder, route, texts=True):
     checkpoint, load, train = nodes.values()
     set_input(prompt, definitions, load, "folder", folder)
     set_input(prompt, definitions, train, "resolution", 256)
+    set_input(prompt, definitions, train, "steps", 1)
     set_input(prompt, definitions, train, "output_name", f"dataset_{route}")
     prompt["90"] = {"class_type": "MakeTrainingDataset", "inputs": {"images": [load, 0], "vae": [checkpoint, 2],
                                                                     "clip": [checkpoint, 1], "texts": [load, 1]}}
