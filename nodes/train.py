@@ -263,8 +263,8 @@ class TrainInfusion(io.ComfyNode):
     def _train(cls, model, clip, word, output_name, steps, learning_rate, batch_size, gradient_accumulation,
                resolution, seed, templates, flip, save_every, resume, variant, precision, gradient_checkpointing,
                sample_prompts, sample_every, sample_steps, sample_cfg, sample_sampler, sample_scheduler, sample_seed,
-               sample_size, crop=BUCKETS, sample_height=0, vae=None, photos=None, latents=None, captions=None, masks=None,
-               texts=None) -> io.NodeOutput:
+               sample_size, crop=BUCKETS, sample_height=0, vae=None, photos=None, latents=None, captions=None,
+               masks=None, texts=None) -> io.NodeOutput:
         import comfy.model_management
         import comfy.utils
 

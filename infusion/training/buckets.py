@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-STEP = 64
+STEP = 64  # 8x VAE downscale, then the UNet halves the latent three times (and a DiT patch divides it)
 MAX_ASPECT = 4.0
 AREA_TOLERANCE = 0.1
 CENTRE_CROP, BUCKETS = "centre crop", "buckets"

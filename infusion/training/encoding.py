@@ -15,9 +15,6 @@ from .captions import PhotoCaptions, text_captions
 from .data import fit_masks, fit_photos, flip, loss_weights, photo_hash, photo_list
 from .loop import PhotoBuckets, PhotoLatents
 
-LATENT_MULTIPLE = STEP  # a bucket's step: 8x VAE downscale, then the UNet halves the latent three times
-
-
 def _matching(weights: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
     """Loss weights [N, 1, h, w] shaped to broadcast over latents [N, C, h, w] or, from a video VAE (Qwen-Image's),
     [N, C, frames, h, w]."""
@@ -25,8 +22,8 @@ def _matching(weights: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
 
 
 def check_resolution(resolution: int) -> None:
-    if resolution < LATENT_MULTIPLE or resolution % LATENT_MULTIPLE:
-        raise ValueError(f"resolution must be a multiple of {LATENT_MULTIPLE} (e.g. 512, 768, 1024), not {resolution}")
+    if resolution < STEP or resolution % STEP:
+        raise ValueError(f"resolution must be a multiple of {STEP} (e.g. 512, 768, 1024), not {resolution}")
 
 
 def group_by_size(sizes: Sequence[tuple[int, ...]]) -> list[list[int]]:
@@ -91,13 +88,18 @@ def prepare_latents(model: Any, latents: Sequence[torch.Tensor], masks: Sequence
     return PhotoBuckets(buckets, groups)
 
 
+def _samples(item: Any) -> Any:
+    """A LATENT's samples, or the samples given as they are."""
+    return item["samples"] if isinstance(item, dict) else item
+
+
 def latent_list(latents: Any) -> list[torch.Tensor]:
     """One tensor per item from a LATENT ({"samples": [N, C, h, w]}), its samples, or a list of LATENTs as
     ComfyUI's dataset nodes give them (Make Training Dataset, Resolution Bucket)."""
     items = [latents] if isinstance(latents, (dict, torch.Tensor)) else list(latents)
     out = []
     for item in items:
-        samples = item["samples"] if isinstance(item, dict) else item
+        samples = _samples(item)
         if not isinstance(samples, torch.Tensor) or samples.ndim not in (4, 5):
             shape = tuple(samples.shape) if isinstance(samples, torch.Tensor) else type(samples).__name__
             raise ValueError(f"latents must be LATENT batches [N, C, h, w] (or [N, C, frames, h, w] from a video "
@@ -109,7 +111,7 @@ def latent_list(latents: Any) -> list[torch.Tensor]:
 def _grouped(latents: Any) -> bool:
     """Whether LATENTs came as a list of groups of several items (Resolution Bucket's output)."""
     return (isinstance(latents, (list, tuple)) and len(latents) > 1
-            and any((item["samples"] if isinstance(item, dict) else item).shape[0] > 1 for item in latents))
+            and any(_samples(item).shape[0] > 1 for item in latents))
 
 
 @dataclass

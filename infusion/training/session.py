@@ -30,9 +30,9 @@ from ..format import SaveError, remove_temporaries, save_concept
 from ..patching import model_layers, training_space
 from ..value_space import TRAINED_IN, ValueSpace
 from ..word_positions import context_key, word_token_ids
+from .buckets import Placement
 from .comfy_model import train_on_model
 from .encoding import ConceptData, encode_captions, photo_caption_indices
-from .buckets import Placement
 from .loop import NonFiniteLossError, PhotoBuckets, TrainingHooks, TrainingSettings, is_out_of_memory
 from .previews import Previewer, PreviewSettings
 from .state import RESUME_SUFFIX, TrainingState, load_state, save_state
