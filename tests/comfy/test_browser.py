@@ -73,7 +73,7 @@ const visibleTexts = (sel) => Array.from(document.querySelectorAll(sel))
     for (let k = 0; k < document.querySelectorAll(sel).length; k++) {
       const image = document.querySelectorAll(sel)[k];
       image.parentElement.scrollIntoView({ block: 'center' });
-      for (let waited = 0; !(image.src && image.complete) && waited < 10000; waited += 100)
+      for (let waited = 0; !(image.src && image.complete) && waited < 600000; waited += 100)  // a hang only, as above
         await new Promise(done => setTimeout(done, 100));
       if (image.naturalWidth > 0) shown.push(image.alt);
     }
