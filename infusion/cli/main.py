@@ -20,6 +20,14 @@ def _train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--photos", help="folder of the concept's photos")
     parser.add_argument("--batch", metavar="CSV", help="train many concepts: a CSV file with a 'photos' column and "
                                                        "any node setting as a column (word, output_name, steps, ...)")
+    parser.add_argument("--output-folder", metavar="DIR", help="where the concepts (with their snapshots and resume "
+                        "states), loss graphs and previews go (default: ComfyUI's models/infusion and output folders)")
+    parser.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                        help="train the batch on a Ray cluster: without ADDRESS a local one (every GPU of this "
+                             "machine), with one the cluster there (host:port, or 'auto' for the one running here); "
+                             "needs `pip install ray`")
+    parser.add_argument("--workers", type=int, metavar="N", help="with --ray: how many workers (default: one per GPU "
+                        "of the cluster; without GPUs one, which shares the CPUs)")
     parser.add_argument("--verbose", action="store_true", help="show ComfyUI's log")
 
 
@@ -43,10 +51,10 @@ def cmd_train(args: argparse.Namespace, argv: list[str], comfy_args: Sequence[st
     from .executor import Runner, cancel_on_ctrl_c
     from .node_inputs import node_definitions
 
-    runtime.start(comfy_args, verbose=args.verbose)
-    kinds = (train.CHECKPOINT_NODE, train.PHOTOS_NODE, train.TRAIN_NODE, train.SAVE_NODE)
-    definitions = node_definitions(kinds)
-    missing = [k for k in kinds if k not in definitions]
+    # A driver of Ray workers trains nothing itself: its ComfyUI stays off the GPUs.
+    comfy_root = runtime.start([*comfy_args, "--cpu"] if args.ray is not None else comfy_args, verbose=args.verbose)
+    definitions = node_definitions(train.NODES)
+    missing = [k for k in train.NODES if k not in definitions]
     if missing:
         raise ValueError(f"this ComfyUI has no node {', '.join(missing)}: is this pack up to date?")
     parser = argparse.ArgumentParser(prog="python -m infusion train", epilog=EPILOG,
@@ -56,6 +64,8 @@ def cmd_train(args: argparse.Namespace, argv: list[str], comfy_args: Sequence[st
     options = parser.parse_args(argv)
     if not options.checkpoint:
         parser.error("--checkpoint is required (a name in models/checkpoints, or a path)")
+    if options.workers is not None and (options.ray is None or options.workers < 1):
+        parser.error("--workers N (at least 1) goes with --ray")
     settings = train.node_settings(options, specs)
     if options.batch:
         jobs = train.batch_jobs(options.batch, specs, settings)
@@ -63,11 +73,25 @@ def cmd_train(args: argparse.Namespace, argv: list[str], comfy_args: Sequence[st
         jobs = [train.job_for(options.photos, settings)]
     else:
         parser.error("give --photos FOLDER (one concept) or --batch FILE.csv (many)")
-    runner = Runner()
-    with cancel_on_ctrl_c():
-        failed = train.train_all(runner, definitions, train.model_file("checkpoints", options.checkpoint), jobs)
+    if options.output_folder:
+        train.use_output_folder(options.output_folder)
+    checkpoint = train.model_file("checkpoints", options.checkpoint)
+    if options.ray is not None:
+        from .cluster import Cluster, train_on_ray
+        prompts = [train.train_prompt(definitions, checkpoint, job) for job in jobs]
+        cluster = Cluster(options.ray, comfy_root, options.workers, list(comfy_args), options.checkpoint, options.output_folder,
+                          options.verbose)
+        rows = train_on_ray(cluster, prompts)
+    else:
+        with cancel_on_ctrl_c():
+            rows = train.train_all(Runner(), definitions, checkpoint, jobs)
+    if len(rows) > 1:
+        print("\n" + train.table(rows), flush=True)
+    failed = sum(row.status == "failed" for row in rows)
     if failed:
-        print(f"{failed} of {len(jobs)} concepts failed", file=sys.stderr)
+        print(f"{failed} of {len(rows)} concepts failed", file=sys.stderr)
+    if any(row.status == "cancelled" for row in rows):
+        return 130
     return 1 if failed else 0
 
 
@@ -95,14 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if rest and args.command != "train":
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
 
-    from .executor import PromptInvalid, RunFailed
     try:
         if args.command == "train":
             return cmd_train(args, argv[argv.index("train") + 1:], comfy_args)
         return cmd_info(args, comfy_args)
-    except RunFailed as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 130 if str(e) == "cancelled" else 1
-    except (ComfyUINotFound, PromptInvalid, FileNotFoundError, ValueError) as e:
+    except (ComfyUINotFound, FileNotFoundError, ValueError) as e:  # PromptInvalid included
         print(f"error: {e}", file=sys.stderr)
         return 1

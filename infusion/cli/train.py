@@ -11,13 +11,16 @@ import argparse
 import csv
 import math
 import os
+import time
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from .executor import PromptInvalid, RunFailed, Runner
+from .executor import PromptInvalid, Runner
 from .node_inputs import combo_options, has_widget, input_options, input_type, ordered_inputs, parse_value
 
 CHECKPOINT_NODE, PHOTOS_NODE, TRAIN_NODE, SAVE_NODE = "CheckpointLoaderSimple", "LoadConceptPhotos", "TrainInfusion", "SaveImage"
+NODES = (CHECKPOINT_NODE, PHOTOS_NODE, TRAIN_NODE, SAVE_NODE)
+TRAIN_ID = "3"  # the trainer's node id in train_prompt
 # Settings the command fills itself; every other widget input of the node is an option.
 FOLDER_INPUT, SIZE_INPUT, CKPT_INPUT = "folder", "size", "ckpt_name"
 
@@ -124,8 +127,8 @@ def train_prompt(definitions: Mapping[str, Mapping[str, Any]], checkpoint: str, 
         "1": {"class_type": CHECKPOINT_NODE, "inputs": {CKPT_INPUT: checkpoint}, "_meta": {"title": "Load Checkpoint"}},
         "2": {"class_type": PHOTOS_NODE, "inputs": {FOLDER_INPUT: job.photos, SIZE_INPUT: size},
               "_meta": {"title": "Load Concept Photos"}},
-        "3": {"class_type": TRAIN_NODE, "inputs": inputs, "_meta": {"title": f"Train {job.name}"}},
-        "4": {"class_type": SAVE_NODE, "inputs": {"images": ["3", loss_graph],
+        TRAIN_ID: {"class_type": TRAIN_NODE, "inputs": inputs, "_meta": {"title": f"Train {job.name}"}},
+        "4": {"class_type": SAVE_NODE, "inputs": {"images": [TRAIN_ID, loss_graph],
                                                   "filename_prefix": f"infusion/{job.name}_loss"},
               "_meta": {"title": "Save loss graph"}},
     }
@@ -193,43 +196,118 @@ def summary(result: Any, definitions: Mapping[str, Mapping[str, Any]], output_di
     outputs = list(definitions[TRAIN_NODE]["output"])
     lines = []
     if "STRING" in outputs:
-        lines.append(f"  concept:    {result.output('3', outputs.index('STRING'))}")
+        lines.append(f"  concept:    {result.output(TRAIN_ID, outputs.index('STRING'))}")
     if "LOSS_MAP" in outputs:
-        losses = result.output("3", outputs.index("LOSS_MAP")).get("loss") or []
+        losses = _losses(result, outputs)
         if losses:
             lines.append(f"  loss:       {losses[0]:.4g} (step 1) -> {losses[-1]:.4g} (step {len(losses)})")
     lines += [f"  loss graph: {p}" for p in result.saved_files(output_directory)]
-    trained = prompt["3"]["inputs"]
+    trained = prompt[TRAIN_ID]["inputs"]
     if trained.get("sample_every"):
         lines.append(f"  previews:   {os.path.join(output_directory, 'infusion', trained['output_name'], 'samples')}")
     return "\n".join(lines)
 
 
-def train_all(runner: Runner, definitions: Mapping[str, Mapping[str, Any]], checkpoint: str,
-              jobs: Sequence[Job]) -> int:
-    """Train every job in turn; returns the number that failed. A cancel stops the batch."""
+def _losses(result: Any, outputs: list) -> list[float]:
+    return list(result.output(TRAIN_ID, outputs.index("LOSS_MAP")).get("loss") or []) if "LOSS_MAP" in outputs else []
+
+
+@dataclass
+class RowResult:
+    """How one concept of a batch ended: a line of the summary table."""
+    name: str
+    status: str  # done, failed, cancelled, not run
+    message: str = ""  # done: what it made (summary); failed: the error
+    steps: int = 0  # the steps the concept has (a cancelled one: its last saved step)
+    loss: float | None = None  # the last step's loss
+    seconds: float = 0.0
+    file: str = ""
+    resumed_from: int = 0  # a retried row: the saved step it continued from (0: from the start)
+
+
+def use_output_folder(path: str) -> None:
+    """The concepts (their snapshots and resume states), loss graphs and previews go to `path` instead of
+    ComfyUI's models/infusion and output folders."""
     import folder_paths
 
-    failed = 0
+    path = os.path.abspath(path)
+    os.makedirs(path, exist_ok=True)
+    folder_paths.add_model_folder_path("infusion", path, is_default=True)
+    folder_paths.set_output_directory(path)
+
+
+def _saved_step(name: str) -> int:
+    """The step of <name>'s resume state in the concept folder, 0 when it has none."""
+    import folder_paths
+
+    from ..training.session import resume_path
+    from ..training.state import load_state
+
+    path = resume_path(folder_paths.get_folder_paths("infusion")[0], name)
+    return load_state(path).step if os.path.isfile(path) else 0
+
+
+def run_row(runner: Runner, definitions: Mapping[str, Mapping[str, Any]], prompt: dict[str, Any],
+            resume_saved: bool = False) -> RowResult:
+    """Train one concept's prompt (train_prompt). resume_saved: continue from the row's resume state when one
+    is saved (a retry after its worker died), else start as the prompt says."""
+    import folder_paths
+
+    name = str(prompt[TRAIN_ID]["inputs"]["output_name"])
+    resumed = _saved_step(name) if resume_saved else 0
+    if resumed:
+        prompt = {**prompt, TRAIN_ID: {**prompt[TRAIN_ID], "inputs": {**prompt[TRAIN_ID]["inputs"], "resume": True}}}
+    started = time.monotonic()
+    try:
+        result = runner.run(prompt)
+    except PromptInvalid as e:
+        return RowResult(name, "failed", str(e))
+    seconds = time.monotonic() - started
+    if result.interrupted:
+        return RowResult(name, "cancelled", steps=_saved_step(name), seconds=seconds, resumed_from=resumed)
+    if not result.success:
+        error = result.error or {}
+        return RowResult(name, "failed", f"{error.get('exception_type', 'error')}: "
+                         f"{error.get('exception_message', '').strip()} (--verbose shows ComfyUI's traceback)",
+                         seconds=seconds, resumed_from=resumed)
+    outputs = list(definitions[TRAIN_NODE]["output"])
+    losses = _losses(result, outputs)
+    return RowResult(name, "done", summary(result, definitions, folder_paths.get_output_directory(), prompt),
+                     steps=len(losses), loss=losses[-1] if losses else None, seconds=seconds,
+                     file=str(result.output(TRAIN_ID, outputs.index("STRING"))) if "STRING" in outputs else "",
+                     resumed_from=resumed)
+
+
+def row_lines(row: RowResult) -> str:
+    """What the batch prints when a row ends."""
+    if row.status == "done":
+        return row.message
+    if row.status == "cancelled":
+        return (f"  cancelled: step {row.steps} is saved with a resume state; train it again with --resume to "
+                "continue")
+    return f"  {row.status}: {row.message}"
+
+
+def table(rows: Sequence[RowResult]) -> str:
+    """The batch's summary: a line per row (row, status, steps, final loss, seconds, file)."""
+    head = ("row", "name", "status", "steps", "final loss", "seconds", "file")
+    cells = [head] + [(str(i), r.name, r.status, str(r.steps) if r.steps else "-",
+                       f"{r.loss:.4g}" if r.loss is not None else "-", f"{r.seconds:.0f}" if r.seconds else "-",
+                       r.file or "-") for i, r in enumerate(rows, start=1)]
+    widths = [max(len(c[k]) for c in cells) for k in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in cells)
+
+
+def train_all(runner: Runner, definitions: Mapping[str, Mapping[str, Any]], checkpoint: str,
+              jobs: Sequence[Job]) -> list[RowResult]:
+    """Train every job in turn, in this process; a cancel stops the batch (the rows after it: not run)."""
+    rows: list[RowResult] = []
     for i, job in enumerate(jobs, start=1):
         print(f"[{i}/{len(jobs)}] {job.name}: '{job.settings['word']}' from {job.photos}", flush=True)
-        prompt = train_prompt(definitions, checkpoint, job)
-        try:
-            result = runner.run(prompt)
-        except PromptInvalid as e:
-            print(f"  failed: {e}", flush=True)
-            failed += 1
-            continue
-        if result.interrupted:
-            print(f"  cancelled: the last finished step is saved with a resume state; run the same command "
-                  f"with --resume to continue{' (this concept only: the batch stopped here)' if len(jobs) > 1 else ''}.",
-                  flush=True)
-            raise RunFailed("cancelled")
-        if not result.success:
-            error = result.error or {}
-            print(f"  failed: {error.get('exception_type', 'error')}: {error.get('exception_message', '').strip()} "
-                  "(--verbose shows ComfyUI's traceback)", flush=True)
-            failed += 1
-            continue
-        print(summary(result, definitions, folder_paths.get_output_directory(), prompt), flush=True)
-    return failed
+        row = run_row(runner, definitions, train_prompt(definitions, checkpoint, job))
+        rows.append(row)
+        print(row_lines(row), flush=True)
+        if row.status == "cancelled":
+            rows += [RowResult(later.name, "not run") for later in jobs[i:]]
+            break
+    return rows

@@ -173,6 +173,30 @@ def test_batch_file_rows_become_jobs(tmp_path):
         train.batch_jobs(str(csv_file), specs, {})
 
 
+def test_a_batch_ends_with_a_table_of_its_rows():
+    rows = [train.RowResult("rex", "done", steps=500, loss=0.123456, seconds=61.2, file="/out/rex.safetensors"),
+            train.RowResult("ghost", "failed", "ValueError: photo folder not found: /x"),
+            train.RowResult("pot", "cancelled", steps=120, seconds=9.0),
+            train.RowResult("cat", "not run")]
+    assert train.table(rows).splitlines() == [
+        "row  name   status     steps  final loss  seconds  file",
+        "1    rex    done       500    0.1235      61       /out/rex.safetensors",
+        "2    ghost  failed     -      -           -        -",
+        "3    pot    cancelled  120    -           9        -",
+        "4    cat    not run    -      -           -        -"]
+    assert train.row_lines(rows[1]) == "  failed: ValueError: photo folder not found: /x"
+    assert "step 120 is saved with a resume state" in train.row_lines(rows[2])
+
+
+def test_ray_is_optional_and_its_absence_says_how_to_install_it(monkeypatch):
+    from infusion.cli import cluster
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
+    with pytest.raises(ValueError, match=r"--ray needs Ray.* -m pip install ray"):
+        cluster.import_ray()
+    with open(os.path.join(locate.PACK_ROOT, "requirements.txt")) as f:
+        assert not [line for line in f if line.strip().lower().startswith("ray")]
+
+
 # ------------------------------------------------------------------ finding ComfyUI
 
 def fake_comfyui(root):

@@ -1,0 +1,265 @@
+"""The train command's batch on a Ray cluster: a worker (a Ray actor) per GPU, each with ComfyUI and the
+checkpoint loaded once, trains the rows it is handed through ComfyUI's executor, exactly as the local batch
+does (train.run_row); the driver hands out rows, shows one progress bar and prints the summary.
+
+Files: every worker writes straight into the concept folder (--output-folder, else its ComfyUI's
+models/infusion), which on a cluster of several machines must be one shared path (NFS and the like). Sending
+files back to the driver would lose a row's resume state with the machine that held it: on the shared folder,
+the worker that retries a row finds the state its dead worker saved and continues from there. Every file is
+written atomically by the trainer itself, so a worker killed mid-save leaves no damaged file.
+
+Faults: a worker that dies (its process killed, its machine gone) is restarted by Ray; its row is handed out
+again, to whichever worker is free first, and resumes from the row's last saved state (the same file as an
+uninterrupted run). A row that fails on its own input fails alone. Ctrl-C cancels every running row, each
+keeping its last step with a resume state, as the local batch does.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import sys
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+from .locate import PACK_ROOT
+from .train import TRAIN_ID, RowResult, row_lines
+
+# A row is handed out at most this many times (a row that kills every worker it runs on fails, the others go on),
+# and a worker restarted at most this many times.
+ATTEMPTS = 3
+RESTARTS = 3
+POLL_SECONDS = 1.0  # how often the driver asks the busy workers for their step (the progress bar)
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise ValueError(f"--ray needs Ray, which this Python lacks: install it with `{sys.executable} -m pip "
+                         "install ray` (on every machine of the cluster)") from None
+    return ray
+
+
+class Worker:
+    """One Ray actor: a ComfyUI of its own (its options, this pack), trains one row at a time. `progress` and
+    `cancel` answer while a row trains (the actor runs two calls at once)."""
+
+    def __init__(self, comfy_args: Sequence[str], checkpoint: str, output_folder: str | None, verbose: bool):
+        from . import runtime, train
+        from .executor import Runner
+        from .node_inputs import node_definitions
+
+        runtime.start(comfy_args, verbose=verbose)
+        if output_folder:
+            train.use_output_folder(output_folder)
+        train.model_file("checkpoints", checkpoint)  # a path: its folder, as in the driver
+        self.definitions = node_definitions(train.NODES)
+        self.runner = Runner(report=self._report)
+        self.step = 0
+
+    def _report(self, event: str, data: Any) -> None:
+        if event == "progress" and str(data.get("node")) == TRAIN_ID:
+            self.step = int(data["value"])
+
+    def where(self) -> tuple[int, str]:
+        """Its process id and machine."""
+        return os.getpid(), socket.gethostname()
+
+    def train(self, prompt: dict[str, Any], resume_saved: bool) -> RowResult:
+        from .train import run_row
+
+        self.step = 0
+        return run_row(self.runner, self.definitions, prompt, resume_saved)
+
+    def progress(self) -> int:
+        return self.step
+
+    def cancel(self) -> None:
+        import nodes
+        nodes.interrupt_processing(True)  # as the UI's Cancel: the row saves its last step and stops
+
+
+@dataclass
+class Cluster:
+    """Where and how the workers run."""
+    address: str  # "": a local Ray of this machine; else the cluster's address (host:port, "auto")
+    comfy_root: str  # the driver's ComfyUI: every machine has it at this path
+    workers: int | None  # None: one per GPU, or one sharing the CPUs without GPUs
+    comfy_args: list[str]
+    checkpoint: str  # as given: a name in models/checkpoints, or a path every machine has
+    output_folder: str | None
+    verbose: bool
+
+
+@dataclass
+class _Row:
+    number: int  # 1-based, the batch file's order
+    prompt: dict[str, Any]
+    attempts: int = 0
+
+    @property
+    def name(self) -> str:
+        return str(self.prompt[TRAIN_ID]["inputs"]["output_name"])
+
+    @property
+    def steps(self) -> int:
+        return int(self.prompt[TRAIN_ID]["inputs"]["steps"])
+
+
+def _start_workers(ray: Any, cluster: Cluster) -> list[Any]:
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    count = cluster.workers or max(gpus, 1)
+    cpus = 1 if gpus else max(1, int(resources.get("CPU", 1)) // count)
+    actor = ray.remote(Worker).options(num_gpus=1 if gpus else 0, num_cpus=cpus, max_restarts=RESTARTS,
+                                       max_task_retries=0, max_concurrency=2)
+    print(f"[ray] {count} worker(s), each with {'a GPU' if gpus else f'{cpus} CPU(s)'}; "
+          f"the cluster has {gpus} GPU(s), {int(resources.get('CPU', 0))} CPU(s)", flush=True)
+    return [actor.remote(cluster.comfy_args, cluster.checkpoint, cluster.output_folder, cluster.verbose)
+            for _ in range(count)]
+
+
+class _Batch:
+    """The driver's loop: a row to each free worker, results as they come, dead workers' rows again."""
+
+    def __init__(self, ray: Any, workers: list[Any], rows: list[_Row]):
+        from tqdm import tqdm
+
+        self.ray, self.rows = ray, rows
+        self.pending = deque(rows)
+        self.calls: dict[Any, tuple[Any, _Row | None]] = {}  # a call -> its worker and row (None: ready check)
+        self.idle: list[Any] = []
+        self.where: dict[Any, tuple[int, str]] = {}
+        self.results: dict[int, RowResult] = {}
+        self.done_steps = 0
+        self.bar = tqdm(total=sum(r.steps for r in rows), unit="step", desc="batch", dynamic_ncols=True,
+                        disable=None)  # no bar where stderr is no terminal (a log file)
+        for worker in workers:
+            self.calls[worker.where.remote()] = (worker, None)
+
+    def say(self, line: str) -> None:
+        self.bar.write(line, file=sys.stdout)
+        sys.stdout.flush()
+
+    def _label(self, worker: Any) -> str:
+        pid, host = self.where[worker]
+        return f"worker pid {pid} on {host}"
+
+    def _hand_out(self) -> None:
+        while self.pending and self.idle:
+            worker, row = self.idle.pop(0), self.pending.popleft()
+            row.attempts += 1
+            self.calls[worker.train.remote(row.prompt, row.attempts > 1)] = (worker, row)
+            again = f" (attempt {row.attempts} of {ATTEMPTS})" if row.attempts > 1 else ""
+            self.say(f"[{row.number}/{len(self.rows)}] {row.name}: started on {self._label(worker)}{again}")
+
+    def _finish(self, row: _Row, result: RowResult) -> None:
+        self.results[row.number] = result
+        self.done_steps += row.steps
+        resumed = f" (resumed from step {result.resumed_from})" if result.resumed_from else ""
+        self.say(f"[{row.number}/{len(self.rows)}] {row.name}{resumed}:\n{row_lines(result)}")
+
+    def _ended(self, call: Any) -> None:
+        worker, row = self.calls.pop(call)
+        try:
+            value = self.ray.get(call)
+        except self.ray.exceptions.RayActorError as e:
+            if row is None:  # it could not start, or not again: the others go on
+                self.say(f"[ray] a worker is gone for good: {_cause(e)}")
+                return
+            self.say(f"[{row.number}/{len(self.rows)}] {row.name}: its worker ({self._label(worker)}) died")
+            if row.attempts >= ATTEMPTS:
+                self._finish(row, RowResult(row.name, "failed", f"its worker died on each of {ATTEMPTS} attempts"))
+            else:
+                self.pending.appendleft(row)
+            self.calls[worker.where.remote()] = (worker, None)  # ready once Ray has restarted it
+            return
+        except self.ray.exceptions.RayTaskError as e:  # not the row's input: an error in the worker itself
+            if row is None:
+                self.say(f"[ray] a worker could not start: {_cause(e)}")
+                return
+            self._finish(row, RowResult(row.name, "failed", _cause(e)))
+        else:
+            if row is None:
+                self.where[worker] = value
+            else:
+                self._finish(row, value)
+        self.idle.append(worker)
+
+    def _show_progress(self) -> None:
+        calls = [worker.progress.remote() for worker, row in self.calls.values() if row is not None]
+        answered, _ = self.ray.wait(calls, num_returns=len(calls), timeout=POLL_SECONDS) if calls else ([], [])
+        steps = self.done_steps
+        for call in answered:
+            try:
+                steps += self.ray.get(call)
+            except self.ray.exceptions.RayError:
+                pass  # a dying worker: its row's result says what happened
+        self.bar.update(max(0, steps - self.bar.n))
+
+    def run(self) -> None:
+        """Until every row has ended, or no worker is left for the rows still to do."""
+        while True:
+            self._hand_out()
+            if not self.calls:
+                break
+            ended, _ = self.ray.wait(list(self.calls), num_returns=1, timeout=POLL_SECONDS)
+            for call in ended:
+                self._ended(call)
+            self._show_progress()
+
+    def cancel(self) -> None:
+        """Ctrl-C: no more rows handed out; every running row saves its last step and stops."""
+        self.say("Cancelling every row after its current step (Ctrl-C again to abort now)...")
+        self.pending.clear()
+        for worker, row in list(self.calls.values()):
+            if row is not None:
+                worker.cancel.remote()
+        self.run()
+
+    def outcome(self) -> list[RowResult]:
+        """Every row's result; rows still pending had no worker left, rows cancelled before they started none."""
+        self.bar.close()
+        why = "no worker was left for it" if self.pending else "cancelled before it started"
+        return [self.results.get(row.number) or RowResult(row.name, "not run", why) for row in self.rows]
+
+
+def _cause(error: Exception) -> str:
+    """The first line of what a worker raised, without Ray's wrapping."""
+    cause = getattr(error, "cause", None)
+    text = f"{type(cause).__name__}: {cause}" if isinstance(cause, Exception) else str(error)
+    return text.strip().splitlines()[-1] if text.strip() else type(error).__name__
+
+
+@contextlib.contextmanager
+def workers_of(cluster: Cluster) -> Iterator[tuple[Any, list[Any]]]:
+    """(ray, its workers) for as long as the block runs: Ray started or joined, a worker per GPU (or the count
+    asked), each loading its ComfyUI; Ray shut down (or left) afterwards."""
+    ray = import_ray()
+    # Workers import this pack and find ComfyUI as the driver does: the same paths on every machine.
+    paths = [PACK_ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    ray.init(address=cluster.address or None, include_dashboard=False, log_to_driver=cluster.verbose,
+             logging_level=logging.INFO if cluster.verbose else logging.WARNING,
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(paths), "COMFYUI_PATH": cluster.comfy_root}})
+    try:
+        yield ray, _start_workers(ray, cluster)
+    finally:
+        ray.shutdown()
+
+
+def run_batch(ray: Any, workers: list[Any], prompts: Sequence[dict[str, Any]]) -> list[RowResult]:
+    """Train each prompt (train.train_prompt) on a free worker; the rows' results in their order."""
+    batch = _Batch(ray, workers, [_Row(i, p) for i, p in enumerate(prompts, start=1)])
+    try:
+        batch.run()
+    except KeyboardInterrupt:
+        batch.cancel()
+    return batch.outcome()
+
+
+def train_on_ray(cluster: Cluster, prompts: Sequence[dict[str, Any]]) -> list[RowResult]:
+    with workers_of(cluster) as (ray, workers):
+        return run_batch(ray, workers, prompts)
