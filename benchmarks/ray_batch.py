@@ -4,14 +4,17 @@ row through Ray over the local batch's (goal: at most 1.05 for a row of 500 step
 The rows are the train command's own prompts (Load Checkpoint -> Load Concept Photos -> Train Infusion Concept ->
 Save Image) on a tiny SD1.5-layout checkpoint, 64 px, batch 2, no previews, no snapshots, a seed per row: the
 toy world is no checkpoint file, and the runner loads checkpoints. Each way first trains a one-step row on every
-worker (the checkpoint loaded, as a batch's first row does), then the timed batch; startup (Ray, the workers'
-ComfyUI) is printed apart. One worker has every CPU of this machine (as the local batch), two share them. Usage:
-    COMFYUI_PATH=/path/to/ComfyUI python benchmarks/ray_batch.py [--steps 500] [--rows 4]
+worker (the checkpoint loaded, as a batch's first row does); startup (Ray, the workers' ComfyUI) is printed
+apart. Then timed batches, each Ray batch beside a local batch in this process run just before it (this
+machine's speed drifts), medians of the rounds. One worker has every CPU of this machine (as the local batch),
+two share them. Usage:
+    COMFYUI_PATH=/path/to/ComfyUI python benchmarks/ray_batch.py [--steps 500] [--rows 2] [--rounds 3]
 """
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -41,7 +44,8 @@ def timed(run, prompts) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=500, help="steps of each row")
-    parser.add_argument("--rows", type=int, default=4, help="rows of the timed batch (even: two workers share it)")
+    parser.add_argument("--rows", type=int, default=2, help="rows of each timed batch (even: two workers share it)")
+    parser.add_argument("--rounds", type=int, default=3, help="timed batches each way, alternating with the local one")
     args = parser.parse_args()
 
     from infusion.cli import runtime, train
@@ -60,29 +64,38 @@ def main() -> None:
         definitions = node_definitions(train.NODES)
         quiet = Runner(report=lambda event, data: None)
 
+        def batch(count: int, steps: int, tag: str) -> list[dict]:
+            return rows(definitions, checkpoint, photos, count, steps, tag)
+
         def local(prompts):
             return [train.run_row(quiet, definitions, p) for p in prompts]
 
-        timed(local, rows(definitions, checkpoint, photos, 1, 1, "warm"))
-        seconds = {"local": timed(local, rows(definitions, checkpoint, photos, args.rows, args.steps, "local"))}
-        print(f"local batch: {args.rows} rows of {args.steps} steps in {seconds['local']:.1f} s", flush=True)
+        timed(local, batch(1, 1, "warm"))
+        # This machine's speed drifts: each Ray batch is timed beside a local batch run just before it.
+        seconds: dict[str, list[float]] = {}
         for count in (1, 2):
             started = time.monotonic()
             with workers_of(Cluster("", comfy_root, count, comfy_args, path, None, False)) as (ray, workers):
                 def on_ray(prompts):
                     return run_batch(ray, workers, prompts)
 
-                timed(on_ray, rows(definitions, checkpoint, photos, count, 1, f"warm{count}"))
-                startup = time.monotonic() - started
-                seconds[count] = timed(on_ray, rows(definitions, checkpoint, photos, args.rows, args.steps,
-                                                    f"ray{count}"))
-            print(f"Ray, {count} worker(s): {args.rows} rows in {seconds[count]:.1f} s (startup {startup:.1f} s: Ray, "
-                  "the workers' ComfyUI and checkpoint)", flush=True)
+                timed(on_ray, batch(count, 1, f"warm{count}"))
+                print(f"Ray, {count} worker(s): startup {time.monotonic() - started:.1f} s (Ray, the workers' ComfyUI "
+                      "and checkpoint)", flush=True)
+                for n in range(args.rounds):
+                    for way, run in ((f"local{count}", local), (f"ray{count}", on_ray)):
+                        seconds.setdefault(way, []).append(timed(run, batch(args.rows, args.steps, f"{way}_{n}")))
+                        print(f"  {way}: {args.rows} rows of {args.steps} steps in {seconds[way][-1]:.1f} s",
+                              flush=True)
 
-    print(f"\nrows per hour: local {3600 * args.rows / seconds['local']:.0f}, "
-          f"Ray 1 worker {3600 * args.rows / seconds[1]:.0f}, Ray 2 workers {3600 * args.rows / seconds[2]:.0f}")
-    print(f"ratio, a row through Ray (1 worker) / the local batch: {seconds[1] / seconds['local']:.3f} (goal <= 1.05)")
-    print(f"ratio, rows per hour with 2 workers / 1 worker: {seconds[1] / seconds[2]:.3f}")
+    median = {way: statistics.median(times) for way, times in seconds.items()}
+    per_hour = {way: 3600 * args.rows / m for way, m in median.items()}
+    print(f"\nrows per hour (medians of {args.rounds}): Ray 1 worker {per_hour['ray1']:.0f} (local beside it "
+          f"{per_hour['local1']:.0f}), Ray 2 workers {per_hour['ray2']:.0f} (local beside it {per_hour['local2']:.0f})")
+    print(f"ratio, a row through Ray (1 worker) / the local batch: {median['ray1'] / median['local1']:.3f} "
+          "(goal <= 1.05)")
+    print(f"ratio, 2 workers / 1 worker in rows per hour (each against its local batch): "
+          f"{(median['local2'] / median['ray2']) / (median['local1'] / median['ray1']):.3f}")
 
 
 if __name__ == "__main__":

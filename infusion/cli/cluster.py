@@ -190,6 +190,8 @@ class _Batch:
         self.idle.append(worker)
 
     def _show_progress(self) -> None:
+        if self.bar.disable:  # no terminal to show it on: no calls to the workers for it
+            return
         calls = [worker.progress.remote() for worker, row in self.calls.values() if row is not None]
         answered, _ = self.ray.wait(calls, num_returns=len(calls), timeout=POLL_SECONDS) if calls else ([], [])
         steps = self.done_steps
