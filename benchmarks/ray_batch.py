@@ -46,6 +46,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=500, help="steps of each row")
     parser.add_argument("--rows", type=int, default=2, help="rows of each timed batch (even: two workers share it)")
     parser.add_argument("--rounds", type=int, default=3, help="timed batches each way, alternating with the local one")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], choices=[1, 2], help="the Ray worker counts")
     args = parser.parse_args()
 
     from infusion.cli import runtime, train
@@ -73,7 +74,7 @@ def main() -> None:
         timed(local, batch(1, 1, "warm"))
         # This machine's speed drifts: each Ray batch is timed beside a local batch run just before it.
         seconds: dict[str, list[float]] = {}
-        for count in (1, 2):
+        for count in args.workers:
             started = time.monotonic()
             with workers_of(Cluster("", comfy_root, count, comfy_args, path, None, False)) as (ray, workers):
                 def on_ray(prompts):
@@ -89,13 +90,14 @@ def main() -> None:
                               flush=True)
 
     median = {way: statistics.median(times) for way, times in seconds.items()}
-    per_hour = {way: 3600 * args.rows / m for way, m in median.items()}
-    print(f"\nrows per hour (medians of {args.rounds}): Ray 1 worker {per_hour['ray1']:.0f} (local beside it "
-          f"{per_hour['local1']:.0f}), Ray 2 workers {per_hour['ray2']:.0f} (local beside it {per_hour['local2']:.0f})")
-    print(f"ratio, a row through Ray (1 worker) / the local batch: {median['ray1'] / median['local1']:.3f} "
-          "(goal <= 1.05)")
-    print(f"ratio, 2 workers / 1 worker in rows per hour (each against its local batch): "
-          f"{(median['local2'] / median['ray2']) / (median['local1'] / median['ray1']):.3f}")
+    for count in args.workers:
+        ray_way, local_way = f"ray{count}", f"local{count}"
+        print(f"\nRay, {count} worker(s): {3600 * args.rows / median[ray_way]:.0f} rows per hour (the local batch beside "
+              f"it {3600 * args.rows / median[local_way]:.0f}); ratio, a row's time through Ray / in the local batch: "
+              f"{median[ray_way] / median[local_way]:.3f} (medians of {args.rounds}; goal for 1 worker <= 1.05)")
+    if len(args.workers) == 2:
+        print(f"ratio, rows per hour with 2 workers / 1 worker (each against its local batch): "
+              f"{(median['local2'] / median['ray2']) / (median['local1'] / median['ray1']):.3f}")
 
 
 if __name__ == "__main__":

@@ -18,10 +18,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
 import sys
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterator, Sequence
 
 from .locate import PACK_ROOT
@@ -32,6 +33,7 @@ from .train import TRAIN_ID, RowResult, row_lines
 ATTEMPTS = 3
 RESTARTS = 3
 POLL_SECONDS = 1.0  # how often the driver asks the busy workers for their step (the progress bar)
+CONTROL = "control"  # the workers' concurrency group for progress and cancel
 
 
 def import_ray() -> Any:
@@ -44,8 +46,8 @@ def import_ray() -> Any:
 
 
 class Worker:
-    """One Ray actor: a ComfyUI of its own (its options, this pack), trains one row at a time. `progress` and
-    `cancel` answer while a row trains (the actor runs two calls at once)."""
+    """One Ray actor: a ComfyUI of its own (its options, this pack), trains one row at a time, always on the same
+    thread; `progress` and `cancel` are called in the CONTROL group, whose own thread answers while a row trains."""
 
     def __init__(self, comfy_args: Sequence[str], checkpoint: str, output_folder: str | None, verbose: bool):
         from . import runtime, train
@@ -111,13 +113,16 @@ class _Row:
 
 def _start_workers(ray: Any, cluster: Cluster) -> list[Any]:
     resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0))
+    gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
     count = cluster.workers or max(gpus, 1)
-    cpus = 1 if gpus else max(1, int(resources.get("CPU", 1)) // count)
-    actor = ray.remote(Worker).options(num_gpus=1 if gpus else 0, num_cpus=cpus, max_restarts=RESTARTS,
-                                       max_task_retries=0, max_concurrency=2)
-    print(f"[ray] {count} worker(s), each with {'a GPU' if gpus else f'{cpus} CPU(s)'}; "
-          f"the cluster has {gpus} GPU(s), {int(resources.get('CPU', 0))} CPU(s)", flush=True)
+    # Shares, so that every worker can start: more workers than GPUs share them (a large GPU trains several
+    # concepts at once); without GPUs the CPUs are split (Ray gives each worker that many threads).
+    gpu_share = min(1.0, gpus / count) if gpus else 0
+    cpu_share = min(1.0, cpus / count) if gpus else max(1, cpus // count) if count <= cpus else cpus / count
+    actor = ray.remote(concurrency_groups={CONTROL: 1})(Worker).options(
+        num_gpus=gpu_share, num_cpus=cpu_share, max_restarts=RESTARTS, max_task_retries=0)
+    print(f"[ray] {count} worker(s), each with {f'{gpu_share:g} GPU' if gpus else f'{cpu_share:g} CPU'}; "
+          f"the cluster has {gpus} GPU(s), {cpus} CPU(s)", flush=True)
     return [actor.remote(cluster.comfy_args, cluster.checkpoint, cluster.output_folder, cluster.verbose)
             for _ in range(count)]
 
@@ -135,6 +140,7 @@ class _Batch:
         self.where: dict[Any, tuple[int, str]] = {}
         self.results: dict[int, RowResult] = {}
         self.done_steps = 0
+        self.cancelled = self.cancel_sent = False
         self.bar = tqdm(total=sum(r.steps for r in rows), unit="step", desc="batch", dynamic_ncols=True,
                         disable=None)  # no bar where stderr is no terminal (a log file)
         for worker in workers:
@@ -166,33 +172,31 @@ class _Batch:
         worker, row = self.calls.pop(call)
         try:
             value = self.ray.get(call)
-        except self.ray.exceptions.RayActorError as e:
+        except self.ray.exceptions.RayError as e:
             if row is None:  # it could not start, or not again: the others go on
-                self.say(f"[ray] a worker is gone for good: {_cause(e)}")
-                return
-            self.say(f"[{row.number}/{len(self.rows)}] {row.name}: its worker ({self._label(worker)}) died")
-            if row.attempts >= ATTEMPTS:
-                self._finish(row, RowResult(row.name, "failed", f"its worker died on each of {ATTEMPTS} attempts"))
-            else:
-                self.pending.appendleft(row)
-            self.calls[worker.where.remote()] = (worker, None)  # ready once Ray has restarted it
+                self.say(f"[ray] a worker could not start, or not again: {_cause(e)}")
+            elif isinstance(e, self.ray.exceptions.RayActorError):
+                self.say(f"[{row.number}/{len(self.rows)}] {row.name}: its worker ({self._label(worker)}) died")
+                if row.attempts >= ATTEMPTS:
+                    self._finish(row, RowResult(row.name, "failed", f"its worker died on each of {ATTEMPTS} attempts"))
+                else:
+                    self.pending.appendleft(row)
+                self.calls[worker.where.remote()] = (worker, None)  # ready once Ray has restarted it
+            else:  # not the row's input (that fails in run_row): the worker's own code raised
+                self._finish(row, RowResult(row.name, "failed", _cause(e)))
+                self.idle.append(worker)
             return
-        except self.ray.exceptions.RayTaskError as e:  # not the row's input: an error in the worker itself
-            if row is None:
-                self.say(f"[ray] a worker could not start: {_cause(e)}")
-                return
-            self._finish(row, RowResult(row.name, "failed", _cause(e)))
+        if row is None:
+            self.where[worker] = value
         else:
-            if row is None:
-                self.where[worker] = value
-            else:
-                self._finish(row, value)
+            self._finish(row, value)
         self.idle.append(worker)
 
     def _show_progress(self) -> None:
         if self.bar.disable:  # no terminal to show it on: no calls to the workers for it
             return
-        calls = [worker.progress.remote() for worker, row in self.calls.values() if row is not None]
+        calls = [worker.progress.options(concurrency_group=CONTROL).remote()
+                 for worker, row in self.calls.values() if row is not None]
         answered, _ = self.ray.wait(calls, num_returns=len(calls), timeout=POLL_SECONDS) if calls else ([], [])
         steps = self.done_steps
         for call in answered:
@@ -203,30 +207,34 @@ class _Batch:
         self.bar.update(max(0, steps - self.bar.n))
 
     def run(self) -> None:
-        """Until every row has ended, or no worker is left for the rows still to do."""
+        """Until every row has ended, or no worker is left for the rows still to do. Ctrl-C: every running row
+        saves its last step and stops, no row is handed out any more; a second Ctrl-C aborts at once."""
         while True:
+            if self.cancelled and not self.cancel_sent:
+                self.cancel_sent = True
+                self.pending.clear()
+                for worker, row in self.calls.values():
+                    if row is not None:
+                        worker.cancel.options(concurrency_group=CONTROL).remote()
             self._hand_out()
-            if not self.calls:
-                break
+            training = any(row is not None for _, row in self.calls.values())
+            if not training and (not self.pending or not self.calls):
+                break  # done; or rows left and no worker, not even one starting
             ended, _ = self.ray.wait(list(self.calls), num_returns=1, timeout=POLL_SECONDS)
             for call in ended:
                 self._ended(call)
             self._show_progress()
 
-    def cancel(self) -> None:
-        """Ctrl-C: no more rows handed out; every running row saves its last step and stops."""
+    def on_ctrl_c(self, signum: int, frame: Any) -> None:
         self.say("Cancelling every row after its current step (Ctrl-C again to abort now)...")
-        self.pending.clear()
-        for worker, row in list(self.calls.values()):
-            if row is not None:
-                worker.cancel.remote()
-        self.run()
+        self.cancelled = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def outcome(self) -> list[RowResult]:
-        """Every row's result; rows still pending had no worker left, rows cancelled before they started none."""
+        """Every row's result; a row that never ended was cancelled before it started, or had no worker left."""
         self.bar.close()
-        why = "no worker was left for it" if self.pending else "cancelled before it started"
-        return [self.results.get(row.number) or RowResult(row.name, "not run", why) for row in self.rows]
+        never = RowResult("", "not run") if self.cancelled else RowResult("", "failed", "no worker was left for it")
+        return [self.results.get(row.number) or replace(never, name=row.name) for row in self.rows]
 
 
 def _cause(error: Exception) -> str:
@@ -255,10 +263,11 @@ def workers_of(cluster: Cluster) -> Iterator[tuple[Any, list[Any]]]:
 def run_batch(ray: Any, workers: list[Any], prompts: Sequence[dict[str, Any]]) -> list[RowResult]:
     """Train each prompt (train.train_prompt) on a free worker; the rows' results in their order."""
     batch = _Batch(ray, workers, [_Row(i, p) for i, p in enumerate(prompts, start=1)])
+    previous = signal.signal(signal.SIGINT, batch.on_ctrl_c)
     try:
         batch.run()
-    except KeyboardInterrupt:
-        batch.cancel()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     return batch.outcome()
 
 
