@@ -92,9 +92,9 @@ def main() -> None:
     median = {way: statistics.median(times) for way, times in seconds.items()}
     for count in args.workers:
         ray_way, local_way = f"ray{count}", f"local{count}"
-        print(f"\nRay, {count} worker(s): {3600 * args.rows / median[ray_way]:.0f} rows per hour (the local batch beside "
-              f"it {3600 * args.rows / median[local_way]:.0f}); ratio, a row's time through Ray / in the local batch: "
-              f"{median[ray_way] / median[local_way]:.3f} (medians of {args.rounds}; goal for 1 worker <= 1.05)")
+        print(f"\nRay, {count} worker(s): {3600 * args.rows / median[ray_way]:.0f} rows per hour (the local batch "
+              f"beside it {3600 * args.rows / median[local_way]:.0f}); ratio, a row's time through Ray / in the local "
+              f"batch: {median[ray_way] / median[local_way]:.3f} (medians of {args.rounds}; goal for 1 worker <= 1.05)")
     if len(args.workers) == 2:
         print(f"ratio, rows per hour with 2 workers / 1 worker (each against its local batch): "
               f"{(median['local2'] / median['ray2']) / (median['local1'] / median['ray1']):.3f}")

@@ -238,7 +238,7 @@ class _Batch:
 
 
 def _cause(error: Exception) -> str:
-    """The first line of what a worker raised, without Ray's wrapping."""
+    """What a worker raised, without Ray's wrapping and traceback (its last line: the exception)."""
     cause = getattr(error, "cause", None)
     text = f"{type(cause).__name__}: {cause}" if isinstance(cause, Exception) else str(error)
     return text.strip().splitlines()[-1] if text.strip() else type(error).__name__

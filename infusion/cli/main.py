@@ -79,8 +79,8 @@ def cmd_train(args: argparse.Namespace, argv: list[str], comfy_args: Sequence[st
     if options.ray is not None:
         from .cluster import Cluster, train_on_ray
         prompts = [train.train_prompt(definitions, checkpoint, job) for job in jobs]
-        cluster = Cluster(options.ray, comfy_root, options.workers, list(comfy_args), options.checkpoint, options.output_folder,
-                          options.verbose)
+        cluster = Cluster(options.ray, comfy_root, options.workers, list(comfy_args), options.checkpoint,
+                          options.output_folder, options.verbose)
         rows = train_on_ray(cluster, prompts)
     else:
         with cancel_on_ctrl_c():

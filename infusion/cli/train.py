@@ -197,10 +197,9 @@ def summary(result: Any, definitions: Mapping[str, Mapping[str, Any]], output_di
     lines = []
     if "STRING" in outputs:
         lines.append(f"  concept:    {result.output(TRAIN_ID, outputs.index('STRING'))}")
-    if "LOSS_MAP" in outputs:
-        losses = _losses(result, outputs)
-        if losses:
-            lines.append(f"  loss:       {losses[0]:.4g} (step 1) -> {losses[-1]:.4g} (step {len(losses)})")
+    losses = _losses(result, outputs)
+    if losses:
+        lines.append(f"  loss:       {losses[0]:.4g} (step 1) -> {losses[-1]:.4g} (step {len(losses)})")
     lines += [f"  loss graph: {p}" for p in result.saved_files(output_directory)]
     trained = prompt[TRAIN_ID]["inputs"]
     if trained.get("sample_every"):
