@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Iterator, Sequence
 
 from .locate import PACK_ROOT
-from .train import TRAIN_ID, RowResult, row_lines
+from .train import TRAIN_ID, RowResult, row_lines, saved_state
 
 # A row is handed out at most this many times (a row that kills every worker it runs on fails, the others go on),
 # and a worker restarted at most this many times.
@@ -71,6 +71,7 @@ class Worker:
         return os.getpid(), socket.gethostname()
 
     def train(self, prompt: dict[str, Any], resume_saved: bool) -> RowResult:
+        """resume_saved: continue from the row's resume state (its dead worker saved one)."""
         from .train import run_row
 
         self.step = 0
@@ -101,6 +102,7 @@ class _Row:
     number: int  # 1-based, the batch file's order
     prompt: dict[str, Any]
     attempts: int = 0
+    state_before: tuple[int, int] | None = None  # its resume state when first handed out (train.saved_state)
 
     @property
     def name(self) -> str:
@@ -158,7 +160,10 @@ class _Batch:
         while self.pending and self.idle:
             worker, row = self.idle.pop(0), self.pending.popleft()
             row.attempts += 1
-            self.calls[worker.train.remote(row.prompt, row.attempts > 1)] = (worker, row)
+            if row.attempts == 1:
+                row.state_before = saved_state(row.name)
+            resume = row.attempts > 1 and saved_state(row.name) != row.state_before  # saved by a dead worker
+            self.calls[worker.train.remote(row.prompt, resume)] = (worker, row)
             again = f" (attempt {row.attempts} of {ATTEMPTS})" if row.attempts > 1 else ""
             self.say(f"[{row.number}/{len(self.rows)}] {row.name}: started on {self._label(worker)}{again}")
 

@@ -235,15 +235,29 @@ def use_output_folder(path: str) -> None:
     folder_paths.set_output_directory(path)
 
 
-def _saved_step(name: str) -> int:
-    """The step of <name>'s resume state in the concept folder, 0 when it has none."""
+def _resume_file(name: str) -> str:
     import folder_paths
 
     from ..training.session import resume_path
+    return resume_path(folder_paths.get_folder_paths("infusion")[0], name)
+
+
+def _saved_step(name: str) -> int:
+    """The step of <name>'s resume state in the concept folder, 0 when it has none."""
     from ..training.state import load_state
 
-    path = resume_path(folder_paths.get_folder_paths("infusion")[0], name)
+    path = _resume_file(name)
     return load_state(path).step if os.path.isfile(path) else 0
+
+
+def saved_state(name: str) -> tuple[int, int] | None:
+    """What tells <name>'s resume state from another (modification time, size), None when it has none: a retry
+    resumes only from a state saved since the row was first handed out, never from an older run's."""
+    try:
+        found = os.stat(_resume_file(name))
+    except FileNotFoundError:
+        return None
+    return found.st_mtime_ns, found.st_size
 
 
 def run_row(runner: Runner, definitions: Mapping[str, Mapping[str, Any]], prompt: dict[str, Any],

@@ -188,6 +188,8 @@ def test_ctrl_c_cancels_every_running_row_keeping_its_last_step(work, comfy_path
 
 
 def test_the_ray_benchmark_runs_to_its_report(comfy_path, tmp_path):
-    """benchmarks/ray_batch.py at toy size (this checks that it works, never what it measures)."""
+    """benchmarks/ray_batch.py at toy size, one worker (this checks that it works, never what it measures; the
+    two-worker batches run the same code with another count)."""
     from test_benchmarks import run_to_report
-    run_to_report(comfy_path, "ray_batch.py", ["--steps", "1", "--rows", "2", "--rounds", "1"], "ratio", tmp_path)
+    run_to_report(comfy_path, "ray_batch.py", ["--steps", "1", "--rows", "2", "--rounds", "1", "--workers", "1"],
+                  "ratio", tmp_path)
