@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Iterator, Sequence
 
 from .locate import PACK_ROOT
-from .train import TRAIN_ID, RowResult, row_lines, saved_state
+from .train import TRAIN_ID, RowResult, row_lines, run_row, saved_state
 
 # A row is handed out at most this many times (a row that kills every worker it runs on fails, the others go on),
 # and a worker restarted at most this many times.
@@ -72,8 +72,6 @@ class Worker:
 
     def train(self, prompt: dict[str, Any], resume_saved: bool) -> RowResult:
         """resume_saved: continue from the row's resume state (its dead worker saved one)."""
-        from .train import run_row
-
         self.step = 0
         return run_row(self.runner, self.definitions, prompt, resume_saved)
 
