@@ -25,19 +25,25 @@ find_trees() {  # sets the array `trees`
 }
 version_of() { sed -n 's/^__version__ = "\(.*\)"/\1/p' "$1/comfyui_version.py" 2>/dev/null || true; }
 
+# --- Bytecode, compiled once into .pycache: ComfyUI's trees may be read-only, and where Python is told to write
+# none (PYTHONDONTWRITEBYTECODE, as on this machine) every process compiled every module it imported, seconds
+# a start. Nothing is compiled at install: a module is compiled the first time a process imports it.
+unset PYTHONDONTWRITEBYTECODE
+export PYTHONPYCACHEPREFIX="$PWD/.pycache"
+
 # --- Python. torch 2.14.1 with torchvision runs on the CPU here (the CPU-only torch wheel on this machine
 # has no matching torchvision, which ComfyUI imports). ComfyUI lists torchaudio (0.33's comfy.sd imports
 # it), whose newest release (2.11.1) pins an older torch: it is installed without its dependencies, and
 # what ComfyUI uses of it (resample, MelSpectrogram) runs on torch 2.14.1. torch is installed once, in
-# .venv-torch (5.5 GB: most of an environment's size and build time), which every version's environment
-# reads through a .pth file; each has its own copy of everything else, so its own versions come first.
+# .venv-torch, which every version's environment reads through a .pth file; each has its own copy of everything
+# else, so its own versions come first. That wheel is a CUDA build: its CUDA libraries (4 GB, most of the
+# install's time) are left out, as CI runs it on the CPU, where it never loads them.
 TORCH=(torch==2.14.1 torchvision==0.29.1)
 TORCHAUDIO=torchaudio==2.11.1
 torch_ready() { [ -f .venv-torch/ready ] && [ "$(cat .venv-torch/ready)" = "${TORCH[*]} $TORCHAUDIO" ]; }
-torch_environment() {  # builds .venv-torch
+torch_environment() {  # builds .venv-torch: torch alone; what it needs on the CPU is in each version's list
   rm -rf .venv-torch
-  python3 -m pip install -q --target .venv-torch "${TORCH[@]}"
-  python3 -m pip install -q --no-deps --target .venv-torch "$TORCHAUDIO"
+  python3 -m pip install -q --no-deps --no-compile --target .venv-torch "${TORCH[@]}" "$TORCHAUDIO"
   echo "${TORCH[*]} $TORCHAUDIO" > .venv-torch/ready
 }
 requirements_of() {  # requirements_of TREE VERSION: the requirements file the environment is built from
@@ -53,8 +59,11 @@ environment() {  # environment TREE VERSION: builds .venv-VERSION on .venv-torch
   local site
   site=$("$venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
   echo "$PWD/.venv-torch" > "$site/shared-torch.pth"
-  if [ -f ".ci/requirements-$version.txt" ]; then
-    "$venv/bin/pip" install -q -r ".ci/requirements-$version.txt"
+  if [ -f ".ci/requirements-$version.txt" ]; then  # the whole list, pinned: installed as it is, unresolved
+    local list=".ci/requirements-$version.txt"
+    { "$venv/bin/pip" install -q --no-deps "$(grep '^uv==' "$list")" \
+        && "$venv/bin/uv" pip install -q --python "$venv/bin/python" --no-deps -r "$list"; } \
+      || "$venv/bin/pip" install -q --no-deps --no-compile -r "$list"  # uv fetches from PyPI alone
   else  # a version CI was not proven with: its own list, torch left as installed
     grep -v -E '^(torch|torchvision|torchaudio)([^a-z_-]|$)' "$tree/requirements.txt" > "$venv/comfyui-requirements.txt"
     "$venv/bin/pip" install -q -r "$venv/comfyui-requirements.txt" pytest pytest-xdist requests comfy-cli

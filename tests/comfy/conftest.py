@@ -51,11 +51,13 @@ def pytest_pycollect_makemodule(module_path, parent):
     return None
 
 
-# The longest test files, longest first: with pytest-xdist (CI's two workers, whole files each) they start
-# first, so that neither worker is left running one of them alone at the end.
-LONGEST_FIRST = ("test_crash.py", "test_toyworld.py", "test_ray.py", "test_dit.py", "test_train_planted.py", "test_benchmarks_train.py",
-                 "test_benchmarks_toyworld.py", "test_train_node.py", "test_benchmarks_dit.py", "test_toyworld_dit.py",
-                 "test_benchmarks.py", "test_value_scale.py")
+# The longest test files, longest first (as CI measured them on either version): with pytest-xdist (CI's two
+# workers, whole files each, in this order) they start first, so that neither worker is left running one of them
+# alone at the end.
+LONGEST_FIRST = ("test_crash.py", "test_ray.py", "test_toyworld.py", "test_benchmarks_train.py", "test_workflows.py",
+                 "test_dit.py", "test_toyworld_dit.py", "test_train_node.py", "test_browser.py", "test_benchmarks.py",
+                 "test_benchmarks_dit.py", "test_train_planted.py", "test_benchmarks_toyworld.py", "test_archive.py",
+                 "test_value_scale.py", "test_server.py", "test_apply.py")
 
 
 def pytest_collection_modifyitems(items):
