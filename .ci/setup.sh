@@ -35,15 +35,26 @@ export PYTHONPYCACHEPREFIX="$PWD/.pycache"
 # has no matching torchvision, which ComfyUI imports). ComfyUI lists torchaudio (0.33's comfy.sd imports
 # it), whose newest release (2.11.1) pins an older torch: it is installed without its dependencies, and
 # what ComfyUI uses of it (resample, MelSpectrogram) runs on torch 2.14.1. torch is installed once, in
-# .venv-torch, which every version's environment reads through a .pth file; each has its own copy of everything
-# else, so its own versions come first. That wheel is a CUDA build: its CUDA libraries (4 GB, most of the
-# install's time) are left out, as CI runs it on the CPU, where it never loads them.
+# .venv-torch (5.3 GB with its CUDA libraries, which its import loads even on the CPU), which every version's
+# environment reads through a .pth file; each has its own copy of everything else, so its own versions come
+# first. uv installs (pinned, into .venv-torch/.uv) in seconds what pip takes minutes over (unpacking and
+# resolving): it builds both; pip, with this machine's index settings, is the fallback.
 TORCH=(torch==2.14.1 torchvision==0.29.1)
 TORCHAUDIO=torchaudio==2.11.1
+UV_PIN=uv==0.13.9
+UV=.venv-torch/.uv/bin/uv
 torch_ready() { [ -f .venv-torch/ready ] && [ "$(cat .venv-torch/ready)" = "${TORCH[*]} $TORCHAUDIO" ]; }
-torch_environment() {  # builds .venv-torch: torch alone; what it needs on the CPU is in each version's list
+torch_environment() {  # builds .venv-torch
   rm -rf .venv-torch
-  python3 -m pip install -q --no-deps --no-compile --target .venv-torch "${TORCH[@]}" "$TORCHAUDIO"
+  if python3 -m pip install -q --no-deps --target .venv-torch/.uv "$UV_PIN" \
+      && "$UV" pip install -q --python python3 --target .venv-torch "${TORCH[@]}" \
+      && "$UV" pip install -q --python python3 --target .venv-torch --no-deps "$TORCHAUDIO"; then
+    :
+  else
+    rm -rf .venv-torch
+    python3 -m pip install -q --no-compile --target .venv-torch "${TORCH[@]}"
+    python3 -m pip install -q --no-compile --no-deps --target .venv-torch "$TORCHAUDIO"
+  fi
   echo "${TORCH[*]} $TORCHAUDIO" > .venv-torch/ready
 }
 requirements_of() {  # requirements_of TREE VERSION: the requirements file the environment is built from
@@ -61,9 +72,8 @@ environment() {  # environment TREE VERSION: builds .venv-VERSION on .venv-torch
   echo "$PWD/.venv-torch" > "$site/shared-torch.pth"
   if [ -f ".ci/requirements-$version.txt" ]; then  # the whole list, pinned: installed as it is, unresolved
     local list=".ci/requirements-$version.txt"
-    { "$venv/bin/pip" install -q --no-deps "$(grep '^uv==' "$list")" \
-        && "$venv/bin/uv" pip install -q --python "$venv/bin/python" --no-deps -r "$list"; } \
-      || "$venv/bin/pip" install -q --no-deps --no-compile -r "$list"  # uv fetches from PyPI alone
+    [ -x "$UV" ] && "$UV" pip install -q --python "$venv/bin/python" --no-deps -r "$list" \
+      || "$venv/bin/pip" install -q --no-deps --no-compile -r "$list"
   else  # a version CI was not proven with: its own list, torch left as installed
     grep -v -E '^(torch|torchvision|torchaudio)([^a-z_-]|$)' "$tree/requirements.txt" > "$venv/comfyui-requirements.txt"
     "$venv/bin/pip" install -q -r "$venv/comfyui-requirements.txt" pytest pytest-xdist requests comfy-cli
