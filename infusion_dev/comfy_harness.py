@@ -692,7 +692,7 @@ class Server:
                     if response.status == 200:
                         return
             except OSError:
-                time.sleep(1)
+                time.sleep(0.2)
         raise RuntimeError(f"ComfyUI did not serve {self.url + route}:\n{self.log()[-4000:]}")
 
     def get(self, route: str) -> Any:

@@ -1,13 +1,16 @@
 """The toy world's benchmark reaches its report on both models. Each smoke run (2 sampler steps, one sample per
 background) takes one table: the UNet's the defaults on a rescaled copy, the DiT's the steps curve; every table in
-one run took over 10 minutes a model here, and the full runs exercise the rest."""
+one run took over 10 minutes a model here, and the full runs exercise the rest. One thread each, as every process
+in CI: the other test worker has the other core."""
 import pytest
 
 from test_benchmarks import run_to_report
 
 RUNS = {
-    "toyworld.py": (["--smoke", "--tables", "rescale", "--rescale", "layers", "--out", "{tmp}"], "rescaled copies"),
-    "toyworld.py dit": (["--model", "dit", "--smoke", "--tables", "steps", "--out", "{tmp}"], "concept rate against"),
+    "toyworld.py": (["--smoke", "--threads", "1", "--tables", "rescale", "--rescale", "layers", "--out", "{tmp}"],
+                    "rescaled copies"),
+    "toyworld.py dit": (["--model", "dit", "--smoke", "--threads", "1", "--tables", "steps", "--out", "{tmp}"],
+                        "concept rate against"),
 }
 
 
