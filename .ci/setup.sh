@@ -46,12 +46,10 @@ UV=.venv-torch/.uv/bin/uv
 torch_ready() { [ -f .venv-torch/ready ] && [ "$(cat .venv-torch/ready)" = "${TORCH[*]} $TORCHAUDIO" ]; }
 torch_environment() {  # builds .venv-torch
   rm -rf .venv-torch
-  if python3 -m pip install -q --no-deps --target .venv-torch/.uv "$UV_PIN" \
+  if ! { python3 -m pip install -q --no-deps --target .venv-torch/.uv "$UV_PIN" \
       && "$UV" pip install -q --python python3 --target .venv-torch "${TORCH[@]}" \
-      && "$UV" pip install -q --python python3 --target .venv-torch --no-deps "$TORCHAUDIO"; then
-    :
-  else
-    rm -rf .venv-torch
+      && "$UV" pip install -q --python python3 --target .venv-torch --no-deps "$TORCHAUDIO"; }; then
+    rm -rf .venv-torch  # pip's way, from scratch
     python3 -m pip install -q --no-compile --target .venv-torch "${TORCH[@]}"
     python3 -m pip install -q --no-compile --no-deps --target .venv-torch "$TORCHAUDIO"
   fi
