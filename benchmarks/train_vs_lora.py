@@ -9,6 +9,7 @@ trains a Flux only with its gradient checkpointing (Flux's blocks add to their i
 plain backward refuses) and, on 0.3.64, not at all (its RMSNorm weights stay inference tensors); the
 script then says so instead of a ratio. Usage:
     COMFYUI_PATH=/path/to/ComfyUI python benchmarks/train_vs_lora.py [--model flux] [--width 64 --size 256 --batch 2]
+        [--checkpointing off|on|both]
 """
 from __future__ import annotations
 
@@ -74,33 +75,33 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--steps", type=int, nargs=2, default=(3, 13), help="N1 N2")
+    parser.add_argument("--checkpointing", choices=["off", "on", "both"], default="both",
+                        help="with gradient checkpointing, without, or one run each (default)")
     parser.add_argument("--only", choices=["infusion", "lora"], help=argparse.SUPPRESS)
-    parser.add_argument("--checkpointing", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.width = model_width(args)
     if args.only:
         print(json.dumps(measure(args.only, args.model, args.width, args.size, args.batch, tuple(args.steps),
-                                 bool(args.checkpointing))))
+                                 args.checkpointing == "on")))
         return
     print(f"{describe(args.model, args.width)}, {args.size} px, batch {args.batch}, CPU fp32")
-    for checkpointing in (0, 1):
+    for checkpointing in ("off", "on") if args.checkpointing == "both" else (args.checkpointing,):
+        label = "with" if checkpointing == "on" else "without"
         results = {}
         for trainer in ("infusion", "lora"):
             out = subprocess.run([sys.executable, __file__, "--only", trainer, "--model", args.model, "--width",
                                   str(args.width), "--size", str(args.size), "--batch", str(args.batch),
-                                  "--checkpointing", str(checkpointing), "--steps", *map(str, args.steps)],
+                                  "--checkpointing", checkpointing, "--steps", *map(str, args.steps)],
                                  capture_output=True, text=True)
             if out.returncode:
                 why = (out.stderr.strip().splitlines() or ["(no message)"])[-1]
                 results[trainer] = None
-                print(f"  {trainer} {'with' if checkpointing else 'without'} gradient checkpointing did not run: "
-                      f"{why[:300]}")
+                print(f"  {trainer} {label} gradient checkpointing did not run: {why[:300]}")
                 if trainer == "infusion":
                     raise SystemExit(1)
                 continue
             results[trainer] = json.loads(out.stdout.strip().splitlines()[-1])
         inf, lora = results["infusion"], results["lora"]
-        label = "with" if checkpointing else "without"
         print(f"{label} gradient checkpointing:")
         if lora is None:
             print(f"  step time  Infusion {1000 * inf['step_s']:7.1f} ms   (no LoRA ratio: Train LoRA did not run)")

@@ -1,6 +1,7 @@
 """Every benchmark script runs to its report on this ComfyUI (at toy sizes: this checks that they
 work, never what they measure)."""
 import os
+import runpy
 import subprocess
 import sys
 
@@ -22,8 +23,24 @@ RUNS = {
 }
 
 
+def run_in_process(script: str, args: list[str], expected: str, capsys, monkeypatch) -> None:
+    """Runs `script` with `args` as `python script args` would, in this test process: ComfyUI is imported here
+    already (the script's h.setup_comfy() and h.load_pack() find it), where a fresh process would spend most of a
+    smoke run importing it again. Checks its output names `expected`."""
+    path = os.path.join(BENCHMARKS, script.split()[0])
+    monkeypatch.setattr(sys, "argv", [path, *args])
+    monkeypatch.delenv("OUT", raising=False)  # no result files
+    try:
+        runpy.run_path(path, run_name="__main__")
+    except SystemExit as e:
+        assert not e.code, f"{script} exited with {e.code}"
+    out = capsys.readouterr().out
+    assert expected in out.lower(), out[-3000:]
+
+
 def run_to_report(comfy_path: str, script: str, args: list[str], expected: str, tmp_path) -> None:
-    """Runs `script` with `args` ("{tmp}" replaced by tmp_path) and checks its output names `expected`."""
+    """Runs `script` with `args` ("{tmp}" replaced by tmp_path) in a fresh process, for a script that configures
+    ComfyUI its own way or starts processes of its own; checks its output names `expected`."""
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     done = subprocess.run([sys.executable, os.path.join(BENCHMARKS, script.split()[0]), *args], capture_output=True,
                           text=True, timeout=h.HANG, env={**os.environ, "COMFYUI_PATH": comfy_path, "OUT": ""})
@@ -32,5 +49,5 @@ def run_to_report(comfy_path: str, script: str, args: list[str], expected: str, 
 
 
 @pytest.mark.parametrize("script", sorted(RUNS))
-def test_benchmark_runs_to_its_report(comfy_path, script, tmp_path):
-    run_to_report(comfy_path, script, *RUNS[script], tmp_path)
+def test_benchmark_runs_to_its_report(pack, script, capsys, monkeypatch):
+    run_in_process(script, *RUNS[script], capsys, monkeypatch)

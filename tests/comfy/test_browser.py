@@ -41,6 +41,20 @@ const ready = () => window.app && window.app.graph && window.app.vueAppReady;
 const DIALOGS = '[role="dialog"], .p-dialog';
 const visibleTexts = (sel) => Array.from(document.querySelectorAll(sel))
   .filter(e => e.checkVisibility()).map(e => e.innerText.trim().slice(0, 2000));  // offsetParent is null when fixed
+// Waits on conditions, not fixed pauses; one that never holds is reported by what is read after it. Only a hang
+// waits out HANG (the page and its template browser are ready in under 30 s on a busy 2-core machine); a tooltip
+// or dialog shows or hides in under 2 s there, so after QUICK it never will.
+const HANG = 600000, QUICK = 60000;
+const until = (page, fn, arg, timeout = HANG) => page.waitForFunction(fn, arg, { timeout, polling: 50 })
+  .catch(e => { if (e.name !== 'TimeoutError') throw e; });
+const anyShown = (sel) => Array.from(document.querySelectorAll(sel)).some(e => e.checkVisibility());
+const noneShown = (sel) => !Array.from(document.querySelectorAll(sel)).some(e => e.checkVisibility());
+const drawn = (page) => page.evaluate(() => new Promise(done =>  // the canvas has drawn its next frame
+  requestAnimationFrame(() => requestAnimationFrame(done))));
+const TOOLTIP = '.node-tooltip';
+// A dialog or toast a workflow raises may come after loading it returns: each graph is up this long before they
+// are read (the hovers and screenshots fill most of it).
+const SETTLE_MS = 2000;
 
 (async () => {
   const browser = await chromium.launch({ executablePath: chromiumPath, args: flags });
@@ -49,9 +63,7 @@ const visibleTexts = (sel) => Array.from(document.querySelectorAll(sel))
   page.on('pageerror', e => errors.push(e.message));
   const result = { workflows: {} };
   await page.goto(url, { waitUntil: 'networkidle' });
-  // Only a hang waits 10 minutes (the graph is ready in under 30 s on a busy 2-core machine).
-  await page.waitForFunction(ready, null, { timeout: 600000 });
-  await page.waitForTimeout(1500);
+  await page.waitForFunction(ready, null, { timeout: HANG });
   // Screenshots of the graph alone: no minimap, canvas info or zoom menu drawn over it.
   await page.evaluate(async () => {
     for (const id of ['Comfy.Minimap.Visible', 'Comfy.Graph.CanvasInfo', 'Comfy.Graph.CanvasMenu'])
@@ -60,9 +72,10 @@ const visibleTexts = (sel) => Array.from(document.querySelectorAll(sel))
 
   // The template browser opens first: show the pack's category, as a user finds the examples.
   const category = page.getByText(pack, { exact: true }).first();
+  await category.waitFor({ timeout: HANG }).catch(e => { if (e.name !== 'TimeoutError') throw e; });
   if (await category.count()) {
     await category.click();
-    await page.waitForTimeout(1500);
+    await page.waitForTimeout(1500);  // the list re-renders for the category: nothing to wait on tells when it is done
   }
   result.templateDialog = await page.evaluate(visibleTexts, DIALOGS);
   // Each thumbnail seen in view: the dialog loads them as they come into sight (and unloads the others), and
@@ -73,21 +86,22 @@ const visibleTexts = (sel) => Array.from(document.querySelectorAll(sel))
     for (let k = 0; k < document.querySelectorAll(sel).length; k++) {
       const image = document.querySelectorAll(sel)[k];
       image.parentElement.scrollIntoView({ block: 'center' });
-      for (let waited = 0; !(image.src && image.complete) && waited < 600000; waited += 100)  // a hang only, as above
-        await new Promise(done => setTimeout(done, 100));
+      for (let waited = 0; !(image.src && image.complete) && waited < 600000; waited += 50)  // a hang only, as above
+        await new Promise(done => setTimeout(done, 50));
       if (image.naturalWidth > 0) shown.push(image.alt);
     }
     return shown;
   }, thumbnails);
   await page.screenshot({ path: `${outDir}/template_browser.png` });
   await page.keyboard.press('Escape');
-  await page.waitForTimeout(500);
+  await until(page, noneShown, DIALOGS, QUICK);
 
   for (const name of names) {
     errors = [];
     const data = await (await page.request.get(`${url}api/workflow_templates/${pack}/${name}.json`)).json();
     await page.evaluate(async ([d, n]) => { await window.app.loadGraphData(d, true, true, n); }, [data, name]);
-    await page.waitForTimeout(2000);
+    const loadedAt = Date.now();
+    await drawn(page);
     const info = await page.evaluate(() => {
       const app = window.app, LG = window.LiteGraph;
       const nodes = app.graph._nodes;
@@ -109,9 +123,6 @@ const visibleTexts = (sel) => Array.from(document.querySelectorAll(sel))
         bounds: [x0, y0, x1, y1],
       };
     });
-    info.dialogs = await page.evaluate(visibleTexts, DIALOGS);
-    info.toasts = await page.evaluate(visibleTexts, '.p-toast-message');
-
     // Hover the first setting of each pack node: its tooltip must show.
     info.tooltips = {};
     for (const node of info.packNodes.filter(n => n.widget)) {
@@ -122,13 +133,14 @@ const visibleTexts = (sel) => Array.from(document.querySelectorAll(sel))
         const r = c.canvas.getBoundingClientRect();
         return [r.left + 200 + n.size[0] / 3, r.top + 200 + (w.last_y ?? w.y ?? 0) + 10];
       }, [node.id, node.widget]);
-      await page.waitForTimeout(300);
+      await drawn(page);
       await page.mouse.move(at[0] - 30, at[1] - 30);
       await page.mouse.move(at[0], at[1], { steps: 5 });
-      await page.waitForTimeout(1500);
-      info.tooltips[`${node.type}.${node.widget}`] = (await page.evaluate(visibleTexts, '.node-tooltip')).join(' ');
+      await until(page, anyShown, TOOLTIP, QUICK);  // after the frontend's hover delay
+      info.tooltips[`${node.type}.${node.widget}`] = (await page.evaluate(visibleTexts, TOOLTIP)).join(' ');
       await page.screenshot({ path: `${outDir}/${name}_tooltip_${node.type}.png` });
       await page.mouse.move(1599, 999);  // off the graph and the side bar
+      await until(page, noneShown, TOOLTIP, QUICK);  // so that the next hover reads its own tooltip
     }
 
     // The whole graph at 80% (text stays rendered), placed clear of the side and top bars that newer
@@ -142,10 +154,13 @@ const visibleTexts = (sel) => Array.from(document.querySelectorAll(sel))
       const b = c.canvas.getBoundingClientRect();
       return [b.left, b.top];
     }, [x0, y0, scale, left, top]);
-    await page.waitForTimeout(800);
+    await drawn(page);
     await page.screenshot({ path: `${outDir}/${name}.png`,
                             clip: { x: r[0] + left - pad, y: r[1] + top - pad, width: width + 2 * pad, height: height + 2 * pad } });
     await page.setViewportSize({ width: 1600, height: 1000 });
+    await page.waitForTimeout(Math.max(0, SETTLE_MS - (Date.now() - loadedAt)));
+    info.dialogs = await page.evaluate(visibleTexts, DIALOGS);
+    info.toasts = await page.evaluate(visibleTexts, '.p-toast-message');
     info.pageErrors = errors;
     result.workflows[name] = info;
   }
