@@ -30,10 +30,13 @@ def run_in_process(script: str, args: list[str], expected: str, capsys, monkeypa
     path = os.path.join(BENCHMARKS, script.split()[0])
     monkeypatch.setattr(sys, "argv", [path, *args])
     monkeypatch.delenv("OUT", raising=False)  # no result files
+    h.release_models()  # the session's cached models, new to the script as in a fresh process
     try:
         runpy.run_path(path, run_name="__main__")
     except SystemExit as e:
         assert not e.code, f"{script} exited with {e.code}"
+    finally:
+        h.release_models()  # and never seen by later tests: a script may leave state in them (lfd_cost's LoRA)
     out = capsys.readouterr().out
     assert expected in out.lower(), out[-3000:]
 
