@@ -12,7 +12,7 @@ from infusion_dev.planted import fan_in_sd15, loss_fall, planted_setup, to_out, 
 
 def test_planted_concept_is_recovered(pack, sd15):
     _, clip = sd15
-    state, cosines = train_planted(pack, fan_in_sd15(), clip, steps=120, lr=0.1)
+    state, cosines = train_planted(pack, fan_in_sd15(), clip, steps=120, lr=0.1, batch=2)
     assert loss_fall(state.losses) >= 0.9, state.losses
     assert len(cosines) == 16 and min(cosines.values()) >= 0.8, cosines
 

@@ -141,6 +141,7 @@ def _dataset_prompt(smoke, folder, route, texts=True):
     set_input(prompt, definitions, load, "folder", folder)
     set_input(prompt, definitions, train, "resolution", 256)
     set_input(prompt, definitions, train, "steps", 1)
+    set_input(prompt, definitions, train, "sample_every", 0)  # what is checked is what trains, not its previews
     set_input(prompt, definitions, train, "output_name", f"dataset_{route}")
     prompt["90"] = {"class_type": "MakeTrainingDataset", "inputs": {"images": [load, 0], "vae": [checkpoint, 2],
                                                                     "clip": [checkpoint, 1], "texts": [load, 1]}}
