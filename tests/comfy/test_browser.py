@@ -45,8 +45,9 @@ const visibleTexts = (sel) => Array.from(document.querySelectorAll(sel))
 // waits out HANG (the page and its template browser are ready in under 30 s on a busy 2-core machine); a tooltip
 // or dialog shows or hides in under 2 s there, so after QUICK it never will.
 const HANG = 600000, QUICK = 60000;
-const until = (page, fn, arg, timeout = HANG) => page.waitForFunction(fn, arg, { timeout, polling: 50 })
-  .catch(e => { if (e.name !== 'TimeoutError') throw e; });
+const timedOut = e => { if (e.name !== 'TimeoutError') throw e; };
+const until = (page, fn, arg, timeout = HANG) =>
+  page.waitForFunction(fn, arg, { timeout, polling: 50 }).catch(timedOut);
 const anyShown = (sel) => Array.from(document.querySelectorAll(sel)).some(e => e.checkVisibility());
 const noneShown = (sel) => !Array.from(document.querySelectorAll(sel)).some(e => e.checkVisibility());
 const drawn = (page) => page.evaluate(() => new Promise(done =>  // the canvas has drawn its next frame
@@ -72,7 +73,7 @@ const SETTLE_MS = 2000;
 
   // The template browser opens first: show the pack's category, as a user finds the examples.
   const category = page.getByText(pack, { exact: true }).first();
-  await category.waitFor({ timeout: HANG }).catch(e => { if (e.name !== 'TimeoutError') throw e; });
+  await category.waitFor({ timeout: HANG }).catch(timedOut);
   if (await category.count()) {
     await category.click();
     await page.waitForTimeout(1500);  // the list re-renders for the category: nothing to wait on tells when it is done
