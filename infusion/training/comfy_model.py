@@ -68,35 +68,38 @@ class ComfyDenoiser:
         return self._call(x_t, sigma, caption, self.teacher_options)
 
 
+def _replace_each(module: torch.nn.Module, names: Mapping[str, bool]) -> None:
+    """Each named weight replaced by a copy of itself (a parameter that requires grad as `names` says), one at a
+    time: the replaced tensor is let go before the next is copied, so at most one layer is ever held twice.
+    The copies are inference tensors inside torch.inference_mode(), ordinary ones outside it."""
+    import comfy.utils
+
+    for name, requires_grad in names.items():
+        weight = comfy.utils.get_attr(module, name)
+        comfy.utils.set_attr(module, name, torch.nn.Parameter(weight.detach().clone(), requires_grad=requires_grad))
+        del weight
+
+
 @contextmanager
 def autograd_weights(module: torch.nn.Module) -> Iterator[None]:
     """Frozen weights that backpropagation can pass through, for the duration of training.
 
-    Weights loaded inside ComfyUI's executor are inference tensors, which autograd refuses to
-    save for backward: they are swapped for ordinary copies, and afterwards the weights themselves are
-    put back (training never changes them), or, where ComfyUI moved a copy to another device meanwhile,
-    that copy as an inference tensor. (An inference copy cannot be made of every weight: not of the fp8
-    weights of ComfyUI's quantized ops.) Weights that ask for gradients are frozen meanwhile, so only the
-    residual vectors receive any.
+    Weights loaded inside ComfyUI's executor are inference tensors, which autograd refuses to save for backward:
+    each is swapped for an ordinary copy and let go at once, so the model stays one copy on its device (keeping
+    the originals aside held two: 46 GB for FLUX.1 dev in bf16). Afterwards each is made an inference tensor
+    again the same way, where it is then (ComfyUI may have moved it), with the same values. Weights that ask
+    for gradients are frozen meanwhile, so only the residual vectors receive any.
     """
-    import comfy.utils
-
-    swapped, unfrozen = [], []
-    for name, p in list(module.named_parameters()):
-        if p.is_inference():
-            comfy.utils.set_attr_param(module, name, p.detach().clone())
-            swapped.append((name, p))
-        elif p.requires_grad:
-            p.requires_grad_(False)
-            unfrozen.append(p)
+    swapped = {name: p.requires_grad for name, p in module.named_parameters() if p.is_inference()}
+    unfrozen = [p for p in module.parameters() if p.requires_grad and not p.is_inference()]
+    for p in unfrozen:
+        p.requires_grad_(False)
+    _replace_each(module, dict.fromkeys(swapped, False))
     try:
         yield
     finally:
         with torch.inference_mode():
-            for name, original in swapped:
-                current = comfy.utils.get_attr(module, name)
-                comfy.utils.set_attr_param(module, name, original if current.device == original.device
-                                           else current.detach().clone())
+            _replace_each(module, swapped)
         for p in unfrozen:
             p.requires_grad_(True)
 
