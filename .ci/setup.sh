@@ -25,6 +25,50 @@ find_trees() {  # sets the array `trees`
 }
 version_of() { sed -n 's/^__version__ = "\(.*\)"/\1/p' "$1/comfyui_version.py" 2>/dev/null || true; }
 
+# --- The first run's ComfyUI and Python (.ci/first-run alone; CI keeps find_trees and its own environments).
+# ComfyUI: the runner's rule (find_comfyui in infusion/cli/locate.py: $COMFYUI_PATH, else the ComfyUI this pack is
+# installed in), else find_trees (../shared, else the clone). Python: the first of that ComfyUI's own Pythons that
+# already runs the first run; none (empty) when none does, and .venv-<version> is built as CI builds it.
+first_run_comfyui() {  # sets `tree`; fails with the runner's message when $COMFYUI_PATH is not a ComfyUI
+  local found
+  # $PWD, not the physical path Python would see: a pack symlinked into custom_nodes is found there.
+  if found=$(python3 -c 'import sys
+from infusion.cli.locate import ComfyUINotFound, find_comfyui
+try:
+    print(find_comfyui(sys.argv[1]))
+except ComfyUINotFound as e:
+    sys.exit(str(e))' "$PWD" 2>&1); then
+    tree=$found
+  elif [ -n "${COMFYUI_PATH:-}" ]; then
+    echo "$found" >&2
+    return 1
+  else
+    find_trees
+    tree=${trees[0]}
+  fi
+}
+# What the first run imports (ComfyUI from TREE first on the path, as the runner puts it) and nothing of ComfyUI's
+# or the pack's requirements.txt missing: `PYTHON -c "$PYTHON_READY" TREE` succeeds in a Python that can run it.
+PYTHON_READY='import sys
+sys.path.insert(0, sys.argv[1])
+import torch, safetensors, einops, numpy, transformers, comfy.utils
+from infusion.cli.locate import PACK_ROOT, missing_requirements
+sys.exit(1 if missing_requirements(sys.argv[1]) + missing_requirements(PACK_ROOT) else 0)'
+first_run_python() {  # first_run_python TREE: sets `python` (empty when none is ready)
+  local tree=$1 candidate path
+  python=""
+  # ComfyUI's Python: a virtual environment in its folder, the Windows portable build's (python_embeded beside
+  # the ComfyUI folder), else the one on PATH, which a manual install runs ComfyUI with.
+  for candidate in "$tree/venv/bin/python" "$tree/.venv/bin/python" "$tree/venv/Scripts/python.exe" \
+      "$tree/.venv/Scripts/python.exe" "$tree/../python_embeded/python.exe" python3 python; do
+    path=$(command -v "$candidate" 2>/dev/null) || continue
+    if "$path" -c "$PYTHON_READY" "$tree" >/dev/null 2>&1; then
+      python=$path
+      return
+    fi
+  done
+}
+
 # --- Bytecode, compiled once into .pycache: ComfyUI's trees may be read-only, and where Python is told to write
 # none (PYTHONDONTWRITEBYTECODE, as on this machine) every process compiled every module it imported, seconds
 # a start. Nothing is compiled at install: a module is compiled the first time a process imports it.

@@ -245,6 +245,73 @@ def test_the_runner_says_what_is_missing(tmp_path):
     assert f"COMFYUI_PATH={tmp_path / 'nowhere'} does not exist" in done.stderr
 
 
+# ------------------------------------------------------------------ the first run's ComfyUI and Python
+
+def comfyui_tree(root, version):
+    """A ComfyUI folder as far as the first run's choice looks: nodes.py, comfy/ (comfy.utils imports), its version."""
+    fake_comfyui(root)
+    (root / "comfy" / "utils.py").write_text("")
+    (root / "comfyui_version.py").write_text(f'__version__ = "{version}"\n')
+    return root
+
+
+def python_at(path, ready):
+    """An executable that runs this test's Python (torch, transformers, ... installed) or, not ready, the same
+    Python without its site-packages (-S: no torch)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f'#!/bin/sh\nexec "{sys.executable}" {"" if ready else "-S "}"$@"\n')
+    path.chmod(0o755)
+    return str(path)
+
+
+def first_run_setup(pack, path_dir, comfyui_path=None):
+    """`.ci/first-run --print-setup` of the pack at `pack`, with only `path_dir` and the system's folders on PATH:
+    (exit code, {"ComfyUI": ..., "Python": ...}, stderr)."""
+    env = {k: v for k, v in os.environ.items() if k != "COMFYUI_PATH"}
+    env["PATH"] = f"{path_dir}:/usr/bin:/bin"
+    if comfyui_path:
+        env["COMFYUI_PATH"] = str(comfyui_path)
+    done = subprocess.run(["/bin/bash", str(pack / ".ci" / "first-run"), "--print-setup"], env=env,
+                          capture_output=True, text=True, timeout=HANG)
+    lines = dict(line.partition(": ")[::2] for line in done.stdout.splitlines())
+    return done.returncode, lines, done.stderr
+
+
+def test_the_first_run_uses_the_comfyui_it_is_installed_in_and_its_python_when_ready(tmp_path):
+    comfy = comfyui_tree(tmp_path / "ComfyUI", "0.3.99")
+    (comfy / "custom_nodes").mkdir()
+    pack = comfy / "custom_nodes" / "ComfyUI-Infusion"
+    pack.symlink_to(locate.PACK_ROOT)  # a clone linked into custom_nodes: found where it is linked, not where it is
+    bin_dir = tmp_path / "bin"
+    python_at(bin_dir / "python3", ready=False)
+    python_at(bin_dir / "python", ready=False)
+    # No ready Python: the environment CI builds, for this ComfyUI's version.
+    assert first_run_setup(pack, bin_dir)[:2] == (0, {"ComfyUI": str(comfy), "Python": ".venv-0.3.99/bin/python"})
+    # python3 on PATH has everything: it runs.
+    ready_on_path = python_at(bin_dir / "python3", ready=True)
+    assert first_run_setup(pack, bin_dir)[1] == {"ComfyUI": str(comfy), "Python": ready_on_path}
+    # A virtual environment in the ComfyUI folder comes first.
+    venv_python = python_at(comfy / "venv" / "bin" / "python", ready=True)
+    assert first_run_setup(pack, bin_dir)[1] == {"ComfyUI": str(comfy), "Python": venv_python}
+    # $COMFYUI_PATH comes before the ComfyUI the pack is in (a tree without a venv: python3 on PATH).
+    other = comfyui_tree(tmp_path / "Other", "0.33.0")
+    assert first_run_setup(pack, bin_dir, other)[1] == {"ComfyUI": str(other), "Python": ready_on_path}
+    # ... and one that is not a ComfyUI stops the run with the runner's own message.
+    code, _, err = first_run_setup(pack, bin_dir, tmp_path / "nowhere")
+    assert code == 1 and f"COMFYUI_PATH={tmp_path / 'nowhere'} does not exist" in err
+
+
+def test_the_first_run_outside_comfyui_uses_the_shared_trees(tmp_path):
+    shared = comfyui_tree(tmp_path / "shared" / "ComfyUI-0.33.0", "0.33.0")
+    pack = tmp_path / "checkout"
+    pack.mkdir()
+    for name in (".ci", "infusion", "requirements.txt"):  # what the choice reads, linked into a real folder
+        (pack / name).symlink_to(os.path.join(locate.PACK_ROOT, name))
+    bin_dir = tmp_path / "bin"
+    python_at(bin_dir / "python3", ready=False)
+    assert first_run_setup(pack, bin_dir)[:2] == (0, {"ComfyUI": str(shared), "Python": ".venv-0.33.0/bin/python"})
+
+
 # ------------------------------------------------------------------ the shipped example workflows
 
 EXAMPLES = examples.example_names()
