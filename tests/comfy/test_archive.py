@@ -37,7 +37,7 @@ def archive(tmp_path_factory):
 def test_the_archive_holds_the_product_alone(archive):
     _, names, size = archive
     assert not [n for n in names if n.startswith(LEFT_OUT) or (n.startswith("docs/") and n.endswith(".png"))]
-    assert {"__init__.py", "pyproject.toml", "README.md", "nodes/train.py", "infusion/format.py",
+    assert {"__init__.py", "pyproject.toml", "README.md", "LICENSE", "nodes/train.py", "infusion/format.py",
             "workflows/train_concept.json"} <= set(names)
     assert size < 1_000_000, f"the archive is {size} bytes"
 
