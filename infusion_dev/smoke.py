@@ -172,9 +172,19 @@ class Smoke:
         check(bool(torch.isfinite(image).all()), "the image has non-finite pixels")
         return image
 
-    def multi(self) -> torch.Tensor:
-        prompt, definitions = self.prompt("multi_concept")
+    def multi(self, text: str | None = None, applied: tuple[str, ...] = WORDS,
+              bypass_apply: bool = False) -> torch.Tensor:
+        """multi_concept (optionally with another prompt): the concepts of `applied` at the example's strength, the
+        other one's Apply Infusion at strength 0, or both Apply Infusion nodes bypassed (the base model)."""
+        prompt, definitions = self.prompt("multi_concept", (APPLY_NODE,) if bypass_apply else ())
         self._concepts(prompt, definitions, WORDS)
+        if text is not None:
+            set_prompt(prompt, definitions, text)
+        for load_id, word in zip(nodes_of(prompt, "LoadInfusion"), WORDS):
+            if word not in applied:
+                for apply_id in nodes_of(prompt, APPLY_NODE):
+                    if prompt[apply_id]["inputs"]["infusion"] == [load_id, 0]:
+                        set_input(prompt, definitions, apply_id, "strength", 0.0)
         image = self._decoded(prompt)
         check(tuple(image.shape) == (1, IMAGE_SIZE, IMAGE_SIZE, 3), f"image shape {tuple(image.shape)}")
         return image
@@ -190,9 +200,10 @@ class Smoke:
         check("lineage" in text and "|W_v u|" in text, f"the blend's report lacks its lineage or norms:\n{text}")
         return image, text
 
-    def measure(self) -> tuple[float, float]:
-        """measure_overfitting; returns (Latent Fisher divergence, Wasserstein-2)."""
-        prompt, definitions = self.prompt("measure_overfitting")
+    def measure(self, bypass_apply: bool = False) -> tuple[float, float]:
+        """measure_overfitting (with Apply Infusion bypassed: the base model against itself); returns (Latent Fisher
+        divergence, Wasserstein-2)."""
+        prompt, definitions = self.prompt("measure_overfitting", (APPLY_NODE,) if bypass_apply else ())
         self._concepts(prompt, definitions, WORDS[:1])
         with tiny_models.tiny_clip_vision_loader():
             result = self.runner.run_or_raise(prompt)

@@ -42,16 +42,17 @@ def test_no_word_returns_the_very_same_tensors():
 
 def test_only_the_word_rows_of_the_prompt_with_the_word_change():
     n, ctx, wk, wv, by_uuid = setup()
+    original = ctx.clone()  # the text as the base model gets it, kept apart from what the patch is handed
     patch = InfusionResidual(random_concept())
     _, new_ctx, new_val = patch(n, ctx, ctx, options(by_uuid, ["pos", "neg"]))
-    assert new_ctx is ctx  # keys untouched: attention maps stay the base model's
-    changed = (new_val != ctx).any(-1)
+    # Keys untouched, so the attention maps stay the base model's: the very tensor, not written in place.
+    assert new_ctx is ctx and torch.equal(ctx, original)
+    changed = (new_val != original).any(-1)
     expected = torch.zeros(4, 77, dtype=torch.bool)
     expected[:2, 5:7] = True
     assert torch.equal(changed, expected)
-    base, a = attention(n, ctx, ctx, wk, wv)
-    patched, a2 = attention(n, new_ctx, new_val, wk, wv)
-    assert torch.equal(a, a2)
+    base, a = attention(n, original, original, wk, wv)  # the base model's output and attention map
+    patched, _ = attention(n, new_ctx, new_val, wk, wv)
     assert torch.equal(patched[2:], base[2:])  # negative branch bit-identical
     u = patch.values[patch.layers.index(LAYER)].detach()
     expected_delta = a[:2, :, 5:7].sum(-1, keepdim=True) * (u @ wv)
@@ -76,8 +77,11 @@ def test_key_value_variant_changes_keys_only_at_the_word():
     n, ctx, _, _, by_uuid = setup()
     patch = InfusionResidual(random_concept(variant="key+value"))
     _, new_ctx, new_val = patch(n, ctx, ctx, options(by_uuid, ["pos", "neg"]))
-    assert torch.equal((new_ctx != ctx).any(-1), (new_val != ctx).any(-1))
-    assert not torch.equal(new_ctx, new_val)
+    at_the_word = torch.zeros(4, 77, dtype=torch.bool)
+    at_the_word[:2, 5:7] = True
+    assert torch.equal((new_ctx != ctx).any(-1), at_the_word)
+    assert torch.equal((new_val != ctx).any(-1), at_the_word)
+    assert not torch.equal(new_ctx, new_val)  # a residual of its own for the keys
 
 
 def test_layers_outside_the_concept_and_sigma_range_are_untouched():
