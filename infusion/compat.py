@@ -72,6 +72,38 @@ def classic_patcher(model: Any) -> Any:
                            "start ComfyUI with --disable-dynamic-vram") from e
 
 
+@contextlib.contextmanager
+def classic_for_run(model: Any) -> Iterator[Any]:
+    """`classic_patcher(model)` for one training run, which trains and previews on it alone: sampling the
+    dynamic model between training intervals made ComfyUI swap the two copies on the GPU at every preview.
+    Afterwards the delegate is unloaded and let go, a second copy of the weights in RAM, unless ComfyUI had
+    cached one on the patcher already (hooked conditioning's CFGGuider does).
+
+    0.38 with dynamic VRAM only; elsewhere the model itself, untouched.
+    """
+    cached = getattr(model, "non_dynamic_delegate_model", None) is not None
+    classic = classic_patcher(model)
+    if classic is model:
+        yield model
+        return
+    try:
+        yield classic
+    finally:
+        if not cached:
+            _unload(classic.model)
+            model.non_dynamic_delegate_model = None
+
+
+def _unload(base_model: Any) -> None:
+    """Every loaded patcher of `base_model` unloaded from its device (the loaded-model list is ComfyUI's)."""
+    import comfy.model_management as mm
+
+    for i in reversed(range(len(mm.current_loaded_models))):
+        patcher = mm.current_loaded_models[i].model
+        if patcher is not None and patcher.model is base_model:
+            mm.current_loaded_models.pop(i).model_unload()
+
+
 def labels_blocks(diffusion_model: Any) -> bool:
     """Whether this ComfyUI's DiT labels its blocks' attention calls (transformer_options["block_type"],
     ["block_index"]), read off the model class's own source: 0.33's Lumina 2 / Z-Image does, 0.3.64's does

@@ -19,7 +19,7 @@ import os
 import shutil
 import sys
 import tempfile
-from typing import Any
+from typing import Any, Sequence
 
 # The repository root, which holds the pack; abspath (not realpath) so a pack
 # symlinked into ComfyUI/custom_nodes is still seen at its custom_nodes location.
@@ -60,9 +60,9 @@ def absent_reason() -> str:
 
 # --------------------------------------------------------------------------- setup
 
-def setup_comfy(path: str | None = None) -> str:
-    """Make ComfyUI importable in this process on CPU, with every ComfyUI folder
-    (models/output/input/temp/user) redirected to a throwaway directory.
+def setup_comfy(path: str | None = None, comfy_args: Sequence[str] = ("--cpu",)) -> str:
+    """Make ComfyUI importable in this process (on the CPU unless `comfy_args`, ComfyUI's own options, say
+    otherwise), with every ComfyUI folder (models/output/input/temp/user) redirected to a throwaway directory.
     Idempotent; returns the ComfyUI root."""
     if "comfy_root" in _state:
         return _state["comfy_root"]
@@ -74,8 +74,8 @@ def setup_comfy(path: str | None = None) -> str:
 
     base = tempfile.mkdtemp(prefix="comfyui_infusion_tests_")
     atexit.register(shutil.rmtree, base, ignore_errors=True)
-    # The runner's bootstrap, on the CPU, every ComfyUI folder (models/output/input/temp/user) under `base`.
-    runtime.configure(["--cpu", "--base-directory", base], comfy_root=path)
+    # The runner's bootstrap, every ComfyUI folder (models/output/input/temp/user) under `base`.
+    runtime.configure([*comfy_args, "--base-directory", base], comfy_root=path)
     import torch
 
     # One intra-op thread: these models are tiny, and on a small shared machine torch's

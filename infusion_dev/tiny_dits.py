@@ -213,8 +213,9 @@ _TEXT = {
 }
 
 
-def clip(family: str, seed: int = SEED + 10) -> Any:
-    """The family's CLIP object: its real tokenizer and text encoder classes, tiny widths."""
+def clip(family: str, seed: int = SEED + 10, t5_width: int = TINY_T5["d_model"]) -> Any:
+    """The family's CLIP object: its real tokenizer and text encoder classes, tiny widths (a T5's output:
+    `t5_width`, FLUX.1's 4096 for a full-size model)."""
     import importlib
 
     import comfy.sd
@@ -222,6 +223,8 @@ def clip(family: str, seed: int = SEED + 10) -> Any:
 
     module, tokenizer, model, options = _TEXT["flux" if family == "flux_schnell" else family]
     module = importlib.import_module(f"comfy.text_encoders.{module}")
+    if "t5xxl_model_config" in options:
+        options = {**options, "t5xxl_model_config": {**TINY_T5, "d_model": t5_width}}
     if family == "qwen_image":
         options = {"qwen25_7b_class": _tiny_qwen_lm()}
     elif family == "krea2":  # Krea 2 reads 12 layers of Qwen3-VL, up to its 36th

@@ -20,10 +20,17 @@ def _memory_of(tensor: torch.Tensor) -> int | None:
         return None
 
 
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal bit for bit (fp8 has no comparison kernels on the CPU: its bytes are compared)."""
+    if a.dtype.itemsize == 1 and a.is_floating_point():
+        a, b = a.view(torch.uint8), b.view(torch.uint8)
+    return torch.equal(a, b)
+
+
 def _telling(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The weights whose values tell them apart: not constant (a test model's norms are ones, its biases
     zeros) and unlike every other weight of the model."""
-    varied = {name: w for name, w in weights.items() if w.numel() > 1 and bool(w.min() != w.max())}
+    varied = {name: w for name, w in weights.items() if w.numel() > 1 and bool((w != w.flatten()[0]).any())}
     alike: dict[tuple, list[str]] = defaultdict(list)
     for name, w in varied.items():
         alike[(tuple(w.shape), w.dtype, float(w.float().sum()))].append(name)
@@ -50,7 +57,7 @@ def weight_copies(module: torch.nn.Module) -> dict[str, int]:
             if where is None:
                 continue
             for name in names:
-                if where not in places[name] and torch.equal(obj, weights[name]):
+                if where not in places[name] and _same(obj, weights[name]):
                     places[name].add(where)
     return {name: len(found) for name, found in places.items()}
 

@@ -12,7 +12,8 @@ from ..infusion.concept import VARIANTS
 from ..infusion.images import to_image
 from ..infusion.training.buckets import BUCKETS, CROPS
 from ..infusion.training.encoding import ConceptData
-from ..infusion.training.loop import PRECISIONS, TrainingSettings
+from ..infusion.training.loop import TrainingSettings
+from ..infusion.training.precision import CHOICES as PRECISION_CHOICES
 from ..infusion.training.loss_plot import loss_curve, message_image
 from ..infusion.training.previews import DEFAULT_PROMPTS, PreviewSettings, parse_prompts, preview_folder
 from ..infusion.training.session import TrainingRequest, check_name, train_concept
@@ -135,10 +136,12 @@ def _training_inputs() -> list:
                                "attention maps (seen in the authors' code). image-queries (DiT models): only "
                                "the image tokens see the residual; the prompt's own tokens stay the base "
                                "model's."),
-        io.Combo.Input("precision", options=list(PRECISIONS), default=DEFAULTS.precision,
-                       tooltip="Autocast precision of the model during training; the vectors stay fp32. fp16 "
-                               "(the authors', with loss scaling) is fastest on most GPUs; bf16 on recent "
-                               "GPUs; fp32 on CPU or when the loss turns non-finite."),
+        io.Combo.Input("precision", options=list(PRECISION_CHOICES), default=DEFAULTS.precision,
+                       tooltip="Autocast precision of the model during training; the vectors stay fp32. auto: "
+                               "the model's own, as ComfyUI's Train LoRA chooses it (fp16 with loss scaling for "
+                               "an fp16 model, bf16 for the others where the GPU has it, fp32 on the CPU). fp32 "
+                               "if the loss turns non-finite. fp16 is refused on families ComfyUI never runs "
+                               "in fp16 (Qwen-Image, Lumina 2)."),
         io.Boolean.Input("gradient_checkpointing", default=True,
                          tooltip="Recompute activations during the backward pass: much less memory for "
                                  "about a third more time (the authors train with it)."),

@@ -9,17 +9,20 @@ prediction is `comfy.samplers.calc_cond_batch`, ComfyUI's own batched model call
 from __future__ import annotations
 
 from contextlib import ExitStack, contextmanager
+from dataclasses import replace
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
 from .. import compat
 from ..concept import InfusionConcept
-from ..families import adapter_for
+from ..families import adapter_for, model_family
 from ..patching import install, load_weights, trainable_residual, training_space
 from ..sampler_context import inside_sampling
 from ..value_space import TRAINED_IN, ValueSpace
+from .kernels import kernels_with_backward
 from .loop import PhotoBuckets, PhotoLatents, TrainingHooks, TrainingSettings, train
+from .precision import model_precision
 from .state import ResumeError, TrainingState
 from .vectors import VALUE_SCALES, named_vectors
 
@@ -87,10 +90,14 @@ def autograd_weights(module: torch.nn.Module) -> Iterator[None]:
     Weights loaded inside ComfyUI's executor are inference tensors, which autograd refuses to save for backward:
     each is swapped for an ordinary copy and let go at once, so the model stays one copy on its device (keeping
     the originals aside held two: 46 GB for FLUX.1 dev in bf16). Afterwards each is made an inference tensor
-    again the same way, where it is then (ComfyUI may have moved it), with the same values. Weights that ask
-    for gradients are frozen meanwhile, so only the residual vectors receive any.
+    again the same way, where it is then (ComfyUI may have moved it), with the same values; ComfyUI 0.33's
+    quantized fp8 weights (a tensor subclass) stay ordinary, as no inference copy can be made of them. Weights
+    that ask for gradients are frozen meanwhile, so only the residual vectors receive any.
     """
-    swapped = {name: p.requires_grad for name, p in module.named_parameters() if p.is_inference()}
+    inference = [(name, p) for name, p in module.named_parameters() if p.is_inference()]
+    swapped = {name: p.requires_grad for name, p in inference}
+    plain = {name: p.requires_grad for name, p in inference if type(p.data) is torch.Tensor}
+    del inference
     unfrozen = [p for p in module.parameters() if p.requires_grad and not p.is_inference()]
     for p in unfrozen:
         p.requires_grad_(False)
@@ -99,7 +106,7 @@ def autograd_weights(module: torch.nn.Module) -> Iterator[None]:
         yield
     finally:
         with torch.inference_mode():
-            _replace_each(module, swapped)
+            _replace_each(module, plain)
         for p in unfrozen:
             p.requires_grad_(True)
 
@@ -115,10 +122,30 @@ def _clone_tensors(value: Any) -> Any:
     return value
 
 
+def check_weights_fit(patcher: Any) -> None:
+    """Refuse before the first step, with the numbers, a model whose weights alone exceed its GPU's memory:
+    training holds every weight on the device (a bigger batch or resolution only adds to it)."""
+    import comfy.model_management as mm
+
+    device = patcher.load_device
+    if device.type == "cpu":
+        return
+    weights, total = patcher.model_size(), mm.get_total_memory(device)
+    room = total - mm.minimum_inference_memory()
+    if weights <= room:
+        return
+    gib = 2 ** 30
+    raise RuntimeError(
+        f"this model's weights take {weights / gib:.1f} GiB, more than the {room / gib:.1f} GiB training can use on "
+        f"this GPU ({total / gib:.1f} GiB): training keeps every weight on the GPU. Load the model in fp8 (Load "
+        f"Diffusion Model's weight_dtype fp8_e4m3fn: about half of bf16's memory), or train on a larger GPU")
+
+
 def in_sampling(patcher: Any, conditionings: Sequence[list], shape: Sequence[int], seed: int,
                 run: Callable[[Any, dict], Any]) -> Any:
     """`run(model_wrap, model_options)` inside ComfyUI's sampling setup of `patcher`, with one
     conditioning per caption (keys caption0, caption1, ...) prepared for latents of `shape`."""
+    check_weights_fit(patcher)
     load_weights(patcher, memory_required=1e20)  # everything else can go: training needs more room than inference
     schedule = patcher.get_model_object("model_sampling").sigmas
     sigmas = torch.cat([schedule.flip(0), schedule.new_zeros(1)])  # seen by patches as sample_sigmas
@@ -156,6 +183,7 @@ def train_on_model(model: Any, start: InfusionConcept, conditionings: Sequence[l
     model = compat.classic_patcher(model)
     teacher = compat.classic_patcher(teacher) if teacher is not None else None
     adapter = adapter_for(model)
+    settings = replace(settings, precision=model_precision(model, settings.precision, model_family(model)))
     with torch.inference_mode(False), compat.training_mode():
         space = space or training_space(model, start.variant)
         residual = trainable_residual(model, start, space)
@@ -187,4 +215,5 @@ def train_on_model(model: Any, start: InfusionConcept, conditionings: Sequence[l
         # The conditionings are prepared once, for the first bucket's size: what they hold (text, pooled and
         # size vectors, guidance) does not depend on the latent's size.
         shape = (settings.batch_size,) + tuple(PhotoBuckets.of(photos).buckets[0].latents.shape[1:])
-        return in_sampling(patcher, conditionings, shape, settings.seed, loop)
+        with kernels_with_backward(patcher):  # previews, sampled between these calls, keep the user's kernels
+            return in_sampling(patcher, conditionings, shape, settings.seed, loop)

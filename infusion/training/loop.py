@@ -14,9 +14,9 @@ from typing import Any, Mapping, Protocol
 import torch
 
 from .objective import diffusion_loss
+from .precision import AUTO, CHOICES, PRECISIONS
 from .state import TrainingState, check_resumable
 
-PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 SCHEDULES = ("cosine", "constant")
 
 
@@ -34,7 +34,7 @@ def is_out_of_memory(error: BaseException) -> bool:
 class TrainingSettings:
     """The node's defaults: AdamW (weight decay 0.01) on vectors in units of each layer's values at the word
     (value_space.py), learning rate LR decaying along a cosine to 0 over the run, batch 4 without accumulation,
-    500 steps, fp16 autocast, random horizontal flips. (The authors': a constant 0.01 on absolute value-space
+    500 steps, autocast in the model's own precision (precision.py), random horizontal flips. (The authors': a constant 0.01 on absolute value-space
     vectors, batch 4 x accumulation 4; the toy world learns at these defaults and not at theirs: docs.)"""
 
     steps: int = 500
@@ -44,14 +44,14 @@ class TrainingSettings:
     seed: int = 0
     flip: bool = True
     weight_decay: float = 0.01
-    precision: str = "fp16"
+    precision: str = AUTO
     save_every: int = 0
     schedule: str = "cosine"
     total_steps: int = 0  # the whole run's steps, which the schedule spans, when this call trains a part (0: steps)
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not '{self.precision}'")
+        if self.precision not in CHOICES:
+            raise ValueError(f"precision must be one of {', '.join(CHOICES)}, not '{self.precision}'")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, not '{self.schedule}'")
         for name in ("steps", "batch_size", "gradient_accumulation"):
@@ -279,6 +279,8 @@ def train(vectors: Mapping[str, torch.nn.Parameter], model: Denoiser, photos: Ph
     their own caption use it instead), the mirror flags, t ~ U{0..T-1} per photo, and the noise. `run` describes the data (photos hash, word, templates, ...); a `resume`
     state must match it and the settings' trajectory.
     """
+    if settings.precision == AUTO:
+        raise ValueError("precision 'auto' is chosen for a model (precision.model_precision) before the loop")
     hooks = hooks or TrainingHooks()
     photos = PhotoBuckets.of(photos)
     if settings.flip and any(b.flipped is None for b in photos.buckets):

@@ -33,6 +33,7 @@ from ..word_positions import context_key, word_token_ids
 from .buckets import Placement
 from .comfy_model import train_on_model
 from .encoding import ConceptData, encode_captions, photo_caption_indices
+from .precision import model_precision
 from .loop import NonFiniteLossError, PhotoBuckets, TrainingHooks, TrainingSettings, is_out_of_memory
 from .previews import Previewer, PreviewSettings
 from .state import RESUME_SUFFIX, TrainingState, load_state, save_state
@@ -133,20 +134,23 @@ class OutOfMemoryPause(RuntimeError):
     """Training ran out of memory; the last completed step was kept, to resume with less memory."""
 
 
-def out_of_memory_advice(request: TrainingRequest, kept: str) -> str:
-    """What to lower, in the order that costs the least: the effective batch is kept, so resume stays valid."""
+def out_of_memory_advice(request: TrainingRequest, kept: str, device_type: str, fp8_weights: bool) -> str:
+    """What to lower, in the order that costs the least (time first, then what the run learns from): the
+    effective batch is kept, so resume stays valid."""
     s = request.settings
     tips = []
+    if not request.gradient_checkpointing:
+        tips.append("gradient_checkpointing on (about a third more time)")
     if s.batch_size > 1:
         smaller = s.batch_size // 2
         tips.append(f"batch_size {smaller} with gradient_accumulation {s.effective_batch // smaller} (the same "
                     f"effective batch of {s.effective_batch})" if s.effective_batch % smaller == 0 else
                     f"batch_size {smaller}")
-    if not request.gradient_checkpointing:
-        tips.append("gradient_checkpointing on")
-    if s.precision == "fp32":
-        tips.append("precision fp16 or bf16")
+    if s.precision == "fp32" and device_type != "cpu":
+        tips.append("precision auto (the model's own half precision)")
     tips.append("a lower resolution")
+    if not fp8_weights and device_type != "cpu":
+        tips.append("the model's weights in fp8 (Load Diffusion Model's weight_dtype fp8_e4m3fn: half of bf16's memory)")
     return (f"training ran out of memory; {kept}. Lower what it needs and run again with resume on: "
             f"{'; or '.join(tips)}")
 
@@ -204,9 +208,10 @@ def train_concept(model: Any, clip: Any, data: ConceptData, request: TrainingReq
     """Encode the photos (or take the latents) and captions once, train, save; returns the concept as saved.
     With previews, the run stops at each preview step, samples, and goes on from its state in memory
     (bit for bit the run it would have been); `on_preview` receives the step and its newest sample (PIL).
-    The name is locked for the run (name_lock)."""
-    with name_lock(request.folder, check_name(request.name)):
-        return _train(model, clip, data, request, on_step, check_cancel, on_preview)
+    The name is locked for the run (name_lock). Training and previews run on one model with ComfyUI's classic
+    weight loading, released afterwards (compat.classic_for_run)."""
+    with name_lock(request.folder, check_name(request.name)), compat.classic_for_run(model) as classic:
+        return _train(classic, clip, data, request, on_step, check_cancel, on_preview)
 
 
 def _train(model: Any, clip: Any, data: ConceptData, request: TrainingRequest,
@@ -214,16 +219,18 @@ def _train(model: Any, clip: Any, data: ConceptData, request: TrainingRequest,
            check_cancel: Callable[[], None] | None, on_preview: Callable[[int, Any], None] | None) -> TrainingResult:
     word = normalize_word(request.word)
     name = check_name(request.name)
-    settings = request.settings
     adapter = adapter_for(model)
     layers, family = model_layers(model)
+    # Chosen (or refused) before anything is encoded; what the run's files record.
+    settings = replace(request.settings, precision=model_precision(model, request.settings.precision, family))
+    request = replace(request, settings=settings)
     # Latents come at their own size; photos are fitted to the resolution.
     resolution = (request.resolution or adapter.native_resolution(model)) if data.photos is not None else None
     start = InfusionConcept.zeros(word, layers, family, variant=request.variant, vector_space=adapter.vector_space,
                                   name=name, token_ids=word_token_ids(clip.tokenizer, word,
                                                                       context_key(clip.tokenize(word))))
     captions = [fill(t, word) for t in request.templates]
-    space = training_space(compat.classic_patcher(model), request.variant)  # the weights training will use
+    space = training_space(model, request.variant)
     placements = data.placements(resolution)
     notes = [f"photo {i + 1} ({p.original[1]} x {p.original[0]}) trains at {p.size[1]} x {p.size[0]}: {p.note}"
              for i, p in enumerate(placements) if p.note]
@@ -277,7 +284,7 @@ def _train(model: Any, clip: Any, data: ConceptData, request: TrainingRequest,
     else:
         out_of_memory = False
     if out_of_memory:
-        _pause_for_memory(request, hooks)
+        _pause_for_memory(request, hooks, model)
     path = concept_path(request.folder, name)
     saved = hooks.last_saved == (path, state.step)  # else the last save failed: the concept is in memory only
     concept = replace(trained_concept(start, state, describe(state, "final"), space), path=path if saved else "")
@@ -330,14 +337,16 @@ def _file_metadata(run: dict, request: TrainingRequest, data: ConceptData, model
     return {"training": training, "provenance": provenance}
 
 
-def _pause_for_memory(request: TrainingRequest, hooks: _FileHooks) -> None:
+def _pause_for_memory(request: TrainingRequest, hooks: _FileHooks, model: Any) -> None:
     """Out of memory: hand the memory back and say what to lower (the last step is on disk already)."""
     import gc
 
     import comfy.model_management
     gc.collect()
     comfy.model_management.soft_empty_cache()
-    raise OutOfMemoryPause(out_of_memory_advice(request, hooks.kept("the last completed step")))
+    fp8 = (model.model_dtype() or torch.float32).itemsize == 1
+    raise OutOfMemoryPause(out_of_memory_advice(request, hooks.kept("the last completed step"),
+                                                model.load_device.type, fp8))
 
 
 def _previewer(model: Any, clip: Any, data: ConceptData, word: str, request: TrainingRequest, size: int,

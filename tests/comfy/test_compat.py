@@ -171,6 +171,48 @@ def test_a_dynamic_vram_model_trains_on_comfyuis_own_classic_delegate(pack, comp
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_a_dynamic_model_is_loaded_once_a_run_previews_on_its_delegate_and_lets_it_go(pack, compat, sd15_checkpoint,
+                                                                                       vae, monkeypatch):
+    """One classic copy per run: loaded from its file once, trained and previewed on (sampling the dynamic model
+    between intervals swapped the two on the GPU at every preview), unloaded and let go after the run."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.sd
+
+    dynamic_class = getattr(comfy.model_patcher, "ModelPatcherDynamic", None)
+    if dynamic_class is None:  # 0.3.64: no dynamic VRAM
+        pytest.skip("this ComfyUI has no dynamic VRAM")
+    with h.executor_mode():
+        model = comfy.sd.load_checkpoint_guess_config(sd15_checkpoint)[0]
+    dynamic = as_dynamic(model, dynamic_class)
+    load, *rest = model.cached_patcher_init
+    from_file = []
+
+    def counted(*args, **kwargs):
+        from_file.append(args)
+        return load(*args, **kwargs)
+
+    dynamic.cached_patcher_init = (counted, *rest)
+    loaded = []
+    load_models_gpu = mm.load_models_gpu
+    monkeypatch.setattr(mm, "load_models_gpu", lambda models, *a, **k: loaded.extend(m.model for m in models)
+                        or load_models_gpu(models, *a, **k))
+    _, clip = h.tiny_sd15()
+    photos = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(1))
+    settings = dict(word="dog", steps=3, learning_rate=0.05, batch_size=2, gradient_accumulation=1, resolution=64,
+                    seed=0, templates="a photo of a {}", flip=False, save_every=0, resume=False, variant="value",
+                    precision="fp32", gradient_checkpointing=True, sample_every=1, sample_steps=1, sample_size=64,
+                    sample_prompts="a photo of a {}")
+    previews = h.run_node(h.train_node(pack), dynamic, clip, vae=vae, photos=photos, output_name="delegate_once",
+                          **settings).result[4]
+    assert previews.shape == (1, 64, 4 * 64, 3)  # steps 0 to 3
+    assert len(from_file) == 1
+    unets = {id(m) for m in loaded if hasattr(m, "diffusion_model")}
+    assert len(unets) == 1 and id(dynamic.model) not in unets  # the delegate alone, for training and previews
+    assert dynamic.non_dynamic_delegate_model is None
+    assert not any(l.model is not None and id(l.model.model) in unets for l in mm.current_loaded_models)
+
+
 def test_a_diffusion_model_file_loaded_dynamic_trains_on_its_delegate(pack, compat, tmp_path):
     """The same through ComfyUI's diffusion-model loader (UNETLoader's load_diffusion_model, which 0.33 detects
     the tiny FLUX.1 file with), the path of a user's Flux with separate text-encoder and VAE files."""

@@ -5,9 +5,8 @@ A CPU cannot run SageAttention, FlashAttention, comfy-kitchen's INT8 attention o
 played by a stand-in put where ComfyUI puts the real one (a flag picks it at import and model files bind it by
 name; a node puts it in the MODEL's attention override slot); the stand-in refuses backward, as the real ones
 do. Each test checks that training never calls the stand-in and that sampling calls it again afterwards.
-train_on_model is run as its owner wires the module in: kernels_with_backward(patcher) around its sampling setup.
+train_on_model enters kernels_with_backward(patcher) around its sampling setup.
 """
-import inspect
 import sys
 import types
 
@@ -26,17 +25,8 @@ def kernels(pack):
 
 
 @pytest.fixture
-def cm(pack, kernels, monkeypatch):
-    """comfy_model, with train_on_model entering kernels_with_backward(patcher) around in_sampling (as wired)."""
-    cm = h.pack_submodule(pack, "infusion.training.comfy_model")
-    if "kernels_with_backward" not in inspect.getsource(cm.train_on_model):  # not wired in yet
-        original = cm.in_sampling
-
-        def in_sampling(patcher, *args, **kwargs):
-            with kernels.kernels_with_backward(patcher):
-                return original(patcher, *args, **kwargs)
-        monkeypatch.setattr(cm, "in_sampling", in_sampling)
-    return cm
+def cm(pack):
+    return h.pack_submodule(pack, "infusion.training.comfy_model")
 
 
 class _NoBackward(torch.autograd.Function):

@@ -6,6 +6,7 @@ weights, inference or ordinary."""
 import os
 
 import pytest
+import torch
 
 from infusion_dev import comfy_harness as h
 from infusion_dev.weight_copies import diffusion_model_in_use, weight_copies
@@ -59,27 +60,45 @@ def test_a_checkpoint_trained_through_the_executor_is_held_once(pack, checkpoint
     assert copies_seen(counted[0]) == {1: len(counted[0])}, "weights held more than once during training"
 
 
-def test_a_flux_model_loaded_in_the_executor_is_held_once(pack, tmp_path):
+def trained_copies(pack, model, name: str) -> dict[str, int]:
+    """The copies of each of `model`'s diffusion-model weights at its first training step, through the node."""
+    import comfy.utils
     from test_dit import photo_latents
 
-    from infusion_dev import tiny_dits
-    counted: list[dict[str, int]] = []
-    with h.executor_mode():
-        model = tiny_dits.flux_shaped(str(tmp_path), width=256, double=2, single=4)
-    assert all(p.is_inference() for p in model.model.diffusion_model.parameters())
     _, clip = h.tiny_dit("flux")
+    counted: list[dict[str, int]] = []
 
     def on_step(value, total, preview, **_):
         if not counted:
             counted.append(weight_copies(model.model.diffusion_model))
 
-    import comfy.utils
     previous = comfy.utils.PROGRESS_BAR_HOOK
     comfy.utils.set_progress_bar_global_hook(on_step)
     try:
         train = {k: v for k, v in TRAIN.items() if k != "resolution"}
-        h.run_node(h.train_node(pack), model, clip, latents=photo_latents(), **{**train, "output_name": "flux_once"})
+        h.run_node(h.train_node(pack), model, clip, latents=photo_latents(), **{**train, "output_name": name})
     finally:
         comfy.utils.set_progress_bar_global_hook(previous)
-    assert counted and copies_seen(counted[0]) == {1: len(counted[0])}
+    assert counted, "the training step was never reported"
+    return counted[0]
+
+
+def test_a_flux_model_loaded_in_the_executor_is_held_once(pack, tmp_path):
+    from infusion_dev import tiny_dits
+    with h.executor_mode():
+        model = tiny_dits.flux_shaped(str(tmp_path), width=256, double=2, single=4)
+    assert all(p.is_inference() for p in model.model.diffusion_model.parameters())
+    counted = trained_copies(pack, model, "flux_once")
+    assert copies_seen(counted) == {1: len(counted)}
     assert all(p.is_inference() for p in model.model.diffusion_model.parameters())  # as they came, after training
+
+
+def test_fp8_weights_are_held_once(pack):
+    """Load Diffusion Model's fp8_e4m3fn: the weights stay fp8 (ComfyUI casts each as it is used), one copy."""
+    from test_fp8 import fp8_flux, weight_dtypes
+    h.tiny_dit("flux")  # writes the tiny FLUX.1 file the loader reads
+    model = fp8_flux("fp8_e4m3fn")
+    assert weight_dtypes(model) == {torch.float8_e4m3fn}
+    counted = trained_copies(pack, model, "fp8_once")
+    fp8 = [name for name, p in model.model.diffusion_model.named_parameters() if p.dtype == torch.float8_e4m3fn]
+    assert set(fp8) & set(counted) and copies_seen(counted) == {1: len(counted)}
