@@ -42,6 +42,6 @@ def model_precision(patcher: Any, requested: str, family: str) -> str:
     compute = getattr(model, "manual_cast_dtype", None) or patcher.model_dtype() or torch.float32
     device = patcher.load_device
     config = getattr(model, "model_config", None)
-    has_bf16 = device.type != "cpu" and comfy.model_management.should_use_bf16(device)
+    has_bf16 = requested == AUTO and device.type != "cpu" and comfy.model_management.should_use_bf16(device)
     return choose_precision(requested, compute, device.type, family,
                             getattr(config, "supported_inference_dtypes", None), has_bf16)

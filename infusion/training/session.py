@@ -31,7 +31,7 @@ from ..patching import model_layers, training_space
 from ..value_space import TRAINED_IN, ValueSpace
 from ..word_positions import context_key, word_token_ids
 from .buckets import Placement
-from .comfy_model import train_on_model
+from .comfy_model import check_weights_fit, train_on_model
 from .encoding import ConceptData, encode_captions, photo_caption_indices
 from .precision import model_precision
 from .loop import NonFiniteLossError, PhotoBuckets, TrainingHooks, TrainingSettings, is_out_of_memory
@@ -224,6 +224,7 @@ def _train(model: Any, clip: Any, data: ConceptData, request: TrainingRequest,
     # Chosen (or refused) before anything is encoded; what the run's files record.
     settings = replace(request.settings, precision=model_precision(model, request.settings.precision, family))
     request = replace(request, settings=settings)
+    check_weights_fit(model)
     # Latents come at their own size; photos are fitted to the resolution.
     resolution = (request.resolution or adapter.native_resolution(model)) if data.photos is not None else None
     start = InfusionConcept.zeros(word, layers, family, variant=request.variant, vector_space=adapter.vector_space,

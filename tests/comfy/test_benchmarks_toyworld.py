@@ -11,6 +11,8 @@ RUNS = {
                     "rescaled copies"),
     "toyworld.py dit": (["--model", "dit", "--smoke", "--threads", "1", "--tables", "steps", "--out", "{tmp}"],
                         "concept rate against"),
+    "precision_toyworld.py": (["--steps", "2", "--per-background", "1", "--precisions", "fp32", "bf16"],
+                              "against fp32"),
 }
 
 

@@ -5,7 +5,8 @@ import pytest
 from test_benchmarks import run_in_process, run_to_report
 
 RUNS = {
-    "gpu_train.py": (["--smoke", "--steps", "1"], "peak"),
+    "gpu_check.py": (["--smoke", "--steps", "2", "--cases", "sd15-bf16", "flux-fp8"], "same seed twice"),
+    "weight_memory.py": (["--small"], "ratio"),
     "preview_cost.py": (["--channels", "32", "--size", "64", "--steps", "2"], "ratio"),
 }
 

@@ -102,3 +102,17 @@ def test_fp8_weights_are_held_once(pack):
     counted = trained_copies(pack, model, "fp8_once")
     fp8 = [name for name, p in model.model.diffusion_model.named_parameters() if p.dtype == torch.float8_e4m3fn]
     assert set(fp8) & set(counted) and copies_seen(counted) == {1: len(counted)}
+
+
+def test_a_model_whose_weights_exceed_its_gpu_is_refused_before_the_first_step(pack, sd15, monkeypatch):
+    """With the numbers and what helps; a smaller batch would not (training keeps every weight on the GPU)."""
+    import comfy.model_management as mm
+    model, clip = sd15
+    weights = model.model_size()
+    gpu = model.clone()
+    monkeypatch.setattr(gpu, "load_device", torch.device("cuda"))
+    monkeypatch.setattr(mm, "get_total_memory", lambda *a, **k: weights // 2 + mm.minimum_inference_memory())
+    latents = {"samples": torch.zeros(2, 4, h.LATENT_SIZE, h.LATENT_SIZE)}
+    with pytest.raises(RuntimeError, match=r"weights take 0\.\d GiB, more than the 0\.\d GiB training can use on this "
+                                           r"GPU .*fp8_e4m3fn"):
+        h.run_node(h.train_node(pack), gpu, clip, latents=latents, **{**TRAIN, "output_name": "too_big"})
