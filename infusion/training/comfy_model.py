@@ -71,15 +71,15 @@ class ComfyDenoiser:
         return self._call(x_t, sigma, caption, self.teacher_options)
 
 
-def _replace_each(module: torch.nn.Module, names: Mapping[str, bool]) -> None:
-    """Each named weight replaced by a copy of itself (a parameter that requires grad as `names` says), one at a
-    time: the replaced tensor is let go before the next is copied, so at most one layer is ever held twice.
-    The copies are inference tensors inside torch.inference_mode(), ordinary ones outside it."""
+def _replace_each(module: torch.nn.Module, names: Sequence[str]) -> None:
+    """Each named weight replaced by a frozen copy of itself (as ComfyUI sets weights), one at a time: the
+    replaced tensor is let go before the next is copied, so at most one layer is ever held twice. The copies
+    are inference tensors inside torch.inference_mode(), ordinary ones outside it."""
     import comfy.utils
 
-    for name, requires_grad in names.items():
+    for name in names:
         weight = comfy.utils.get_attr(module, name)
-        comfy.utils.set_attr(module, name, torch.nn.Parameter(weight.detach().clone(), requires_grad=requires_grad))
+        comfy.utils.set_attr_param(module, name, weight.detach().clone())
         del weight
 
 
@@ -94,14 +94,12 @@ def autograd_weights(module: torch.nn.Module) -> Iterator[None]:
     quantized fp8 weights (a tensor subclass) stay ordinary, as no inference copy can be made of them. Weights
     that ask for gradients are frozen meanwhile, so only the residual vectors receive any.
     """
-    inference = [(name, p) for name, p in module.named_parameters() if p.is_inference()]
-    swapped = {name: p.requires_grad for name, p in inference}
-    plain = {name: p.requires_grad for name, p in inference if type(p.data) is torch.Tensor}
-    del inference
+    swapped = [name for name, p in module.named_parameters() if p.is_inference()]
+    plain = [name for name, p in module.named_parameters() if p.is_inference() and type(p.data) is torch.Tensor]
     unfrozen = [p for p in module.parameters() if p.requires_grad and not p.is_inference()]
     for p in unfrozen:
         p.requires_grad_(False)
-    _replace_each(module, dict.fromkeys(swapped, False))
+    _replace_each(module, swapped)
     try:
         yield
     finally:
