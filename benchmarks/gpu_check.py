@@ -179,8 +179,9 @@ def measure(pack, runner, family: str, weights: str, steps: int, smoke: bool) ->
     del model
     mm.unload_all_models()
     mm.soft_empty_cache()
-    return {"case": case, "weights_gib": weight_gib, "peak_gib": max(peak, peak_shown),
-            "peak_over_weights_gib": max(peak, peak_shown) - weight_gib, "step_s": step, "preview_round_s": preview_round,
+    peak = max(peak, peak_shown)
+    return {"case": case, "weights_gib": weight_gib, "peak_gib": peak, "peak_over_weights_gib": peak - weight_gib,
+            "step_s": step, "preview_round_s": preview_round,
             "default_run_min": (DEFAULT_STEPS * step + DEFAULT_ROUNDS * preview_round) / 60,
             "precision": first.metadata["training"]["precision"],
             "attention": attention.optimized_attention.__name__,

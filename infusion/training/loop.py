@@ -34,8 +34,9 @@ def is_out_of_memory(error: BaseException) -> bool:
 class TrainingSettings:
     """The node's defaults: AdamW (weight decay 0.01) on vectors in units of each layer's values at the word
     (value_space.py), learning rate LR decaying along a cosine to 0 over the run, batch 4 without accumulation,
-    500 steps, autocast in the model's own precision (precision.py), random horizontal flips. (The authors': a constant 0.01 on absolute value-space
-    vectors, batch 4 x accumulation 4; the toy world learns at these defaults and not at theirs: docs.)"""
+    500 steps, autocast in the model's own precision (precision.py), random horizontal flips. (The authors': a
+    constant 0.01 on absolute value-space vectors, batch 4 x accumulation 4; the toy world learns at these
+    defaults and not at theirs: docs.)"""
 
     steps: int = 500
     learning_rate: float = 0.1

@@ -150,7 +150,8 @@ def out_of_memory_advice(request: TrainingRequest, kept: str, device_type: str, 
         tips.append("precision auto (the model's own half precision)")
     tips.append("a lower resolution")
     if not fp8_weights and device_type != "cpu":
-        tips.append("the model's weights in fp8 (Load Diffusion Model's weight_dtype fp8_e4m3fn: half of bf16's memory)")
+        tips.append("the model's weights in fp8 (Load Diffusion Model's weight_dtype fp8_e4m3fn: half of bf16's "
+                    "memory)")
     return (f"training ran out of memory; {kept}. Lower what it needs and run again with resume on: "
             f"{'; or '.join(tips)}")
 
