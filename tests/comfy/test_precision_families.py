@@ -1,7 +1,7 @@
 """The default precision (`auto`) on every tiny family picks what ComfyUI's own trainer picks with
 training_dtype "none" (comfy_extras/nodes_train.py: fp16 for an fp16 model, bf16 for any other), on a simulated
-GPU with bf16; on the CPU, fp32. fp16 asked for on a family ComfyUI never runs in fp16 is refused by the node,
-naming the family, before anything is encoded."""
+GPU with bf16 (on the CPU, fp32: test_train_node.py). fp16 asked for on a family ComfyUI never runs in fp16 is
+refused by the node, naming the family, before anything is encoded."""
 import pytest
 import torch
 
@@ -36,14 +36,6 @@ def test_auto_on_a_gpu_picks_what_comfyuis_trainer_picks(request, pack, family, 
     else:
         with pytest.raises(ValueError, match=f"fp16 cannot train a {name} model"):
             precision.model_precision(model, "fp16", name)
-
-
-def test_auto_trains_in_fp32_on_the_cpu_and_the_file_says_so(pack, sd15):
-    model, clip = sd15
-    latents = {"samples": torch.randn(2, 4, h.LATENT_SIZE, h.LATENT_SIZE, generator=torch.Generator().manual_seed(0))}
-    concept = h.run_node(h.train_node(pack), model, clip, latents=latents, word="dog", output_name="auto_cpu",
-                         steps=1, batch_size=2, templates="a photo of a {}", save_every=0, sample_every=0).result[0]
-    assert concept.metadata["training"]["precision"] == "fp32"
 
 
 def test_fp16_on_qwen_image_is_refused_before_anything_is_encoded(pack, monkeypatch):

@@ -45,7 +45,7 @@ def test_outputs_files_and_metadata(pack, sd15, vae, photos, folder):
     prompt = {"4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "base.safetensors"}},
               "6": {"class_type": "LoraLoaderModelOnly", "inputs": {"model": ["4", 0], "lora_name": "x"}},
               "9": {"class_type": "TrainInfusion", "inputs": {"model": ["6", 0]}}}
-    out = train(pack, model, clip, vae, photos, prompt=prompt, save_every=2)
+    out = train(pack, model, clip, vae, photos, prompt=prompt, save_every=2, precision="auto")
     concept, loss, graph, path, samples = out.result
     assert path == os.path.join(folder, "rex.safetensors") and os.path.isfile(path)
     assert sorted(f for f in os.listdir(folder) if f.startswith("rex")) == [
@@ -58,6 +58,7 @@ def test_outputs_files_and_metadata(pack, sd15, vae, photos, folder):
     training, provenance = loaded.metadata["training"], loaded.metadata["provenance"]
     assert training["steps_done"] == 3 and training["final_loss"] == loss["loss"][-1]
     assert training["seed"] == 5 and training["learning_rate"] == 0.01 and training["effective_batch"] == 4
+    assert training["precision"] == "fp32"  # auto, on the CPU: the precision chosen is what the file records
     assert training["photos"] == 3 and len(training["photos_sha256"]) == 64 and training["status"] == "complete"
     assert training["templates"] == ["a photo of a {}", "image of the {}", "{}"]
     assert training["trained_in"] == "value space, in units of each layer's output gain"
