@@ -19,6 +19,15 @@ from infusion_dev.planted import planted_setup
 NO_BACKWARD = "this kernel has no backward pass"
 
 
+def comfyui_defines(path: str, name: str) -> bool:
+    """Whether this ComfyUI's `path` (under its root) defines `name`: read off the tree at collection, as
+    comfy_harness.dit_families does, so each version runs the cases it has (0.33 added sage3, comfy-kitchen's
+    INT8 attention and set_model_optimized_attention; 0.3.64's scaled fp8 ops went in 0.33)."""
+    import os
+    with open(os.path.join(h.find_comfyui() or "", path)) as f:
+        return f"def {name}(" in f.read()
+
+
 @pytest.fixture
 def kernels(pack):
     return h.pack_submodule(pack, "infusion.training.kernels")
@@ -61,8 +70,6 @@ def start_comfyui_with(monkeypatch, name, kernel):
     """As ComfyUI started with the flag that picks attention.<name>: that function is the one `optimized_attention`
     (and every model file that imported it by name) holds."""
     from comfy.ldm.modules import attention
-    if not hasattr(attention, name):
-        pytest.skip(f"this ComfyUI has no {name}")
     monkeypatch.setattr(attention, name, kernel)
     bound = bindings(attention.optimized_attention) + bindings(attention.optimized_attention_masked)
     for module, attr in bound:
@@ -87,8 +94,9 @@ def backward_through(cm, model):
         out.sum().backward()
 
 
-@pytest.mark.parametrize("name", ["attention_sage", "attention_flash", "attention3_sage",
-                                  "attention_comfy_kitchen_int8"])
+@pytest.mark.parametrize("name", [n for n in ("attention_sage", "attention_flash", "attention3_sage",
+                                                "attention_comfy_kitchen_int8")
+                                  if comfyui_defines("comfy/ldm/modules/attention.py", n)])
 def test_training_swaps_a_kernel_without_backward_for_pytorch_attention(pack, cm, sd15, monkeypatch, name):
     """--use-sage-attention / --use-flash-attention (and 0.33's sage3 and --use-ck-attention): the kernel ComfyUI
     bound at import, under every name it was bound to, is PyTorch's while training and the user's afterwards."""
@@ -129,14 +137,15 @@ def override_nodes():
     set_model_optimized_attention (0.33: ModelAttentionBackend uses it), and directly as other packs' sage nodes do
     (KJNodes' PathchSageAttentionKJ: an override that ignores the function it is given)."""
     def comfyui(model, kernel):
-        if not hasattr(model, "set_model_optimized_attention"):
-            pytest.skip("this ComfyUI has no set_model_optimized_attention")
         model.set_model_optimized_attention(kernel)
 
     def other_pack(model, kernel):
         model.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = (
             lambda func, *args, **kwargs: kernel(*args, **kwargs))
-    return {"ComfyUI's set_model_optimized_attention": comfyui, "another pack's node": other_pack}
+    nodes = {"another pack's node": other_pack}
+    if comfyui_defines("comfy/model_patcher.py", "set_model_optimized_attention"):
+        nodes["ComfyUI's set_model_optimized_attention"] = comfyui
+    return nodes
 
 
 @pytest.mark.parametrize("node", override_nodes().values(), ids=list(override_nodes()))
@@ -229,12 +238,10 @@ def fp8_op_classes():
     return found
 
 
-@pytest.mark.parametrize("ops", ["fp8_ops", "scaled_fp8_ops"])
+@pytest.mark.parametrize("ops", ["fp8_ops"] + ["scaled_fp8_ops"] * comfyui_defines("comfy/ops.py", "scaled_fp8_ops"))
 def test_fp8_linears_backpropagate_through_the_dequantized_weight(kernels, sd15, monkeypatch, ops):
     import comfy.ops
     classes = fp8_op_classes()
-    if ops not in classes:
-        pytest.skip(f"this ComfyUI has no {ops}")
     linear = classes[ops].Linear(32, 16, bias=False, dtype=torch.float8_e4m3fn).eval()
     weight = (torch.randn(16, 32, generator=torch.Generator().manual_seed(0)) * 0.5).to(torch.float8_e4m3fn)
     linear.weight = torch.nn.Parameter(weight, requires_grad=False)
