@@ -33,8 +33,8 @@ from ..word_positions import context_key, word_token_ids
 from .buckets import Placement
 from .comfy_model import check_weights_fit, train_on_model
 from .encoding import ConceptData, encode_captions, photo_caption_indices
-from .precision import model_precision
 from .loop import NonFiniteLossError, PhotoBuckets, TrainingHooks, TrainingSettings, is_out_of_memory
+from .precision import model_precision
 from .previews import Previewer, PreviewSettings
 from .state import RESUME_SUFFIX, TrainingState, load_state, save_state
 from .templates import AUTHOR_TEMPLATES, fill
