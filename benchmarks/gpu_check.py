@@ -109,8 +109,8 @@ class ModelNode:
 
 def train_prompt(pack, case: str, steps: int, every: int, smoke: bool, seed: int) -> dict:
     from infusion_dev import comfy_harness as h
-    schema = h.pack_submodule(pack, "nodes.train").TrainInfusion.define_schema()
-    defaults = {i.id: i.default for i in schema.inputs if getattr(i, "default", None) is not None}
+    from infusion_dev.comfy_versions import widget_defaults
+    defaults = widget_defaults(h.pack_submodule(pack, "nodes.train").TrainInfusion)
     small = {"resolution": 64, "sample_steps": 1, "batch_size": 2, "templates": "a photo of a {}"} if smoke else {}
     inputs = {**defaults, **small, "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "latents": ["1", 3],
               "word": "dog", "output_name": f"gpu_check_{case}", "steps": steps, "sample_every": every,

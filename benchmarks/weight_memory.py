@@ -44,12 +44,12 @@ def main() -> None:
     pack = h.load_pack()
     from infusion.cli.executor import Runner
     from infusion_dev import tiny_models
+    from infusion_dev.comfy_versions import widget_defaults
     from infusion_dev.weight_copies import diffusion_model_in_use, weight_copies
 
     tiny_models.write_tiny_sd15_checkpoint(os.path.join(h.models_dir(), "checkpoints", CHECKPOINT),
                                            every_layer=not args.small)
-    schema = h.pack_submodule(pack, "nodes.train").TrainInfusion.define_schema()
-    defaults = {i.id: i.default for i in schema.inputs if getattr(i, "default", None) is not None}
+    defaults = widget_defaults(h.pack_submodule(pack, "nodes.train").TrainInfusion)
     load = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT}}
     latent = {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 2}}
     encode = {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo of a dog", "clip": ["1", 1]}}

@@ -484,11 +484,10 @@ def run_node(node: Any, *args: Any, **kwargs: Any) -> Any:
     """Call a node the way the executor does (inside torch.inference_mode): a V3 node
     class -> `execute(...)` (its NodeOutput; widgets not given take their defaults, as a new
     node in the UI has them), a V1 bound method/function -> its tuple."""
+    from .comfy_versions import widget_defaults
     with executor_mode():
         if isinstance(node, type) and hasattr(node, "execute"):
-            inputs = node.define_schema().inputs[len(args):]
-            defaults = {i.id: i.default for i in inputs if getattr(i, "default", None) is not None}
-            return node.execute(*args, **{**defaults, **kwargs})
+            return node.execute(*args, **{**widget_defaults(node, len(args)), **kwargs})
         return node(*args, **kwargs)
 
 

@@ -9,6 +9,12 @@ import inspect
 from typing import Any, Callable
 
 
+def widget_defaults(node: Any, skip: int = 0) -> dict[str, Any]:
+    """A V3 node's inputs that have a default, at it (as a new node in the UI has them); `skip`: the first
+    inputs (given positionally)."""
+    return {i.id: i.default for i in node.define_schema().inputs[skip:] if getattr(i, "default", None) is not None}
+
+
 def node_class(node: Any, unique_id: str, prompt: dict | None = None) -> Any:
     """A V3 node class prepared as the executor prepares it before `execute`: a clone carrying the
     hidden inputs (unique id, prompt), so nodes that read `cls.hidden` can be called outside a graph.
@@ -51,7 +57,7 @@ def train_lora(model: Any, latents: dict, positive: list, **inputs: Any) -> dict
     if hasattr(node, "train"):
         names = list(inspect.signature(node.train).parameters)[1:]  # after self
         return node().train(**{name: values[name] for name in names})[1]
-    defaults = {i.id: i.default for i in node.define_schema().inputs if getattr(i, "default", None) is not None}
+    defaults = widget_defaults(node)
     accepted = inspect.signature(node.execute).parameters
     output = node.execute(**{name: [value] for name, value in {**defaults, **values}.items() if name in accepted})
     return output.result[0]

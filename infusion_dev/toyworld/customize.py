@@ -120,8 +120,7 @@ def infusion_node_inputs(**overrides: Any) -> dict[str, Any]:
     """Train Infusion Concept's inputs at the node's own defaults, with what a CPU and this world need changed
     (fp32, no checkpointing: the model is small; no previews: there is no VAE)."""
     import nodes
-    schema = nodes.NODE_CLASS_MAPPINGS["TrainInfusion"].define_schema()
-    defaults = {i.id: i.default for i in schema.inputs if getattr(i, "default", None) is not None}
+    defaults = comfy_versions.widget_defaults(nodes.NODE_CLASS_MAPPINGS["TrainInfusion"])
     return {**defaults, "word": WORD, "output_name": "toyworld_concept", "precision": "fp32",
             "gradient_checkpointing": False, "sample_every": 0, **overrides}
 

@@ -34,8 +34,8 @@ def checkpoint(comfy_path):
 
 
 def train_prompt(pack) -> dict:
-    schema = h.pack_submodule(pack, "nodes.train").TrainInfusion.define_schema()
-    defaults = {i.id: i.default for i in schema.inputs if getattr(i, "default", None) is not None}
+    from infusion_dev.comfy_versions import widget_defaults
+    defaults = widget_defaults(h.pack_submodule(pack, "nodes.train").TrainInfusion)
     return {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT}},
         "2": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 2}},
