@@ -407,13 +407,21 @@ def input_folders(workflow: dict) -> list[str]:
     return [n["widgets_values"][0] for n in workflow["nodes"] if n["type"] in INPUT_FOLDER_NODES]
 
 
+def comfyui_has(path: str, text: str = "") -> bool:
+    """Whether this ComfyUI's file `path` (under its root) exists and holds `text`: read off the tree, so a test
+    can choose its cases at collection, before ComfyUI is imported."""
+    full = os.path.join(find_comfyui() or "", path)
+    if not os.path.isfile(full):
+        return False
+    with open(full) as f:
+        return text in f.read()
+
+
 def dit_families() -> list[str]:
     """The tiny DiT families this ComfyUI has (read off its tree: Z-Image came after 0.3.64)."""
-    root = find_comfyui() or ""
-    with open(os.path.join(root, "comfy", "text_encoders", "flux.py")) as f:
-        klein = "class KleinTokenizer" in f.read()
-    has = {"z_image": os.path.isfile(os.path.join(root, "comfy", "text_encoders", "z_image.py")), "flux2": klein,
-           "krea2": os.path.isfile(os.path.join(root, "comfy", "text_encoders", "krea2.py"))}
+    has = {"z_image": comfyui_has("comfy/text_encoders/z_image.py"),
+           "flux2": comfyui_has("comfy/text_encoders/flux.py", "class KleinTokenizer"),
+           "krea2": comfyui_has("comfy/text_encoders/krea2.py")}
     return [f for f in ("flux", "flux_schnell", "flux2", "chroma", "qwen_image", "z_image", "krea2") if has.get(f, True)]
 
 

@@ -9,20 +9,18 @@ prediction is `comfy.samplers.calc_cond_batch`, ComfyUI's own batched model call
 from __future__ import annotations
 
 from contextlib import ExitStack, contextmanager
-from dataclasses import replace
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
 from .. import compat
 from ..concept import InfusionConcept
-from ..families import adapter_for, model_family
+from ..families import adapter_for
 from ..patching import install, load_weights, trainable_residual, training_space
 from ..sampler_context import inside_sampling
 from ..value_space import TRAINED_IN, ValueSpace
 from .kernels import kernels_with_backward
 from .loop import PhotoBuckets, PhotoLatents, TrainingHooks, TrainingSettings, train
-from .precision import model_precision
 from .state import ResumeError, TrainingState
 from .vectors import VALUE_SCALES, named_vectors
 
@@ -165,7 +163,8 @@ def train_on_model(model: Any, start: InfusionConcept, conditionings: Sequence[l
     `conditionings`: one CONDITIONING per caption, each carrying the word positions: the first
     `templates` (default: all) are the templates drawn per micro-batch, the rest photos' own captions.
     `teacher`: optionally a clone of the same base model whose predictions replace the photos
-    as targets (distillation; the planted-concept tests use it).
+    as targets (distillation; the planted-concept tests use it). `settings.precision` is one precision, not
+    auto (session.py chooses it once a run, before anything is encoded: precision.model_precision).
     `model` is never modified: the residual goes on a clone, the weights are restored bit for
     bit and the block forwards unpatched, on success, cancel or error alike.
     """
@@ -180,7 +179,6 @@ def train_on_model(model: Any, start: InfusionConcept, conditionings: Sequence[l
     model = compat.classic_patcher(model)
     teacher = compat.classic_patcher(teacher) if teacher is not None else None
     adapter = adapter_for(model)
-    settings = replace(settings, precision=model_precision(model, settings.precision, model_family(model)))
     with torch.inference_mode(False), compat.training_mode():
         space = space or training_space(model, start.variant)
         residual = trainable_residual(model, start, space)

@@ -20,12 +20,9 @@ NO_BACKWARD = "this kernel has no backward pass"
 
 
 def comfyui_defines(path: str, name: str) -> bool:
-    """Whether this ComfyUI's `path` (under its root) defines `name`: read off the tree at collection, as
-    comfy_harness.dit_families does, so each version runs the cases it has (0.33 added sage3, comfy-kitchen's
-    INT8 attention and set_model_optimized_attention; 0.3.64's scaled fp8 ops went in 0.33)."""
-    import os
-    with open(os.path.join(h.find_comfyui() or "", path)) as f:
-        return f"def {name}(" in f.read()
+    """Each version runs the cases it has: 0.33 added sage3, comfy-kitchen's INT8 attention and
+    set_model_optimized_attention; 0.3.64's scaled fp8 ops went in 0.33."""
+    return h.comfyui_has(path, f"def {name}(")
 
 
 @pytest.fixture
