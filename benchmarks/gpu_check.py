@@ -10,6 +10,7 @@ what trains). Text encoders and VAEs are small stand-ins with the families' real
 diffusion model is what training holds); no downloads, no files but the concepts.
     python benchmarks/gpu_check.py --comfyui /path/to/ComfyUI [--cases sd15-bf16 flux-fp8] [--steps 4]
     python benchmarks/gpu_check.py --comfyui /path/to/ComfyUI --smoke     # tiny models on the CPU (CI)
+    python benchmarks/gpu_check.py ... --resolution 256 --batch 1 --sample-steps 1   # full size, smaller runs
     python benchmarks/gpu_check.py ... -- --use-sage-attention             # ComfyUI flags after --
 Prints a line per case and writes $OUT/gpu_check.json when OUT is set.
 """
@@ -107,12 +108,12 @@ class ModelNode:
         return ModelNode.CASE
 
 
-def train_prompt(pack, case: str, steps: int, every: int, smoke: bool, seed: int) -> dict:
+def train_prompt(pack, case: str, steps: int, every: int, settings: dict, seed: int) -> dict:
+    """Train Infusion Concept at its defaults but for `settings`, on the case's models."""
     from infusion_dev import comfy_harness as h
     from infusion_dev.comfy_versions import widget_defaults
     defaults = widget_defaults(h.pack_submodule(pack, "nodes.train").TrainInfusion)
-    small = {"resolution": 64, "sample_steps": 1, "batch_size": 2, "templates": "a photo of a {}"} if smoke else {}
-    inputs = {**defaults, **small, "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "latents": ["1", 3],
+    inputs = {**defaults, **settings, "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "latents": ["1", 3],
               "word": "dog", "output_name": f"gpu_check_{case}", "steps": steps, "sample_every": every,
               "save_every": 0, "seed": seed}
     if case.startswith("flux"):
@@ -121,8 +122,15 @@ def train_prompt(pack, case: str, steps: int, every: int, smoke: bool, seed: int
             "2": {"class_type": "TrainInfusion", "inputs": inputs}}
 
 
-def timed_run(runner, prompt: dict) -> tuple[float, list[float], float]:
-    """(seconds, each training step's seconds, peak GiB allocated) of one prompt run."""
+def resident_gib(field: str) -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 2 ** 20
+
+
+def timed_run(runner, prompt: dict, weight_gib: float) -> tuple[float, list[float], float]:
+    """(seconds, each training step's seconds, peak GiB above the weights) of one prompt run. On a GPU the peak
+    allocated less the weights; on the CPU (Linux), where the weights are resident before the run, the rise of
+    the peak resident size during it (the allocator may keep freed memory: an upper bound)."""
     import torch
     cuda = torch.cuda.is_available()
     stamps: dict[int, float] = {}
@@ -135,12 +143,17 @@ def timed_run(runner, prompt: dict) -> tuple[float, list[float], float]:
 
     if cuda:
         torch.cuda.reset_peak_memory_stats()
+    else:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # the peak resident size starts again from the current one
+    resident = 0.0 if cuda else resident_gib("VmRSS")
     runner.server.report = report
     started = time.perf_counter()
     runner.run_or_raise(prompt)
     took = time.perf_counter() - started
     steps = [stamps[v] - stamps[v - 1] for v in sorted(stamps) if v - 1 in stamps and v - 1 > 0]
-    return took, steps, torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else float("nan")
+    peak = torch.cuda.max_memory_allocated() / 2 ** 30 - weight_gib if cuda else resident_gib("VmHWM") - resident
+    return took, steps, peak
 
 
 def trained(case: str):
@@ -159,28 +172,27 @@ def digest(concept) -> str:
     return values.hexdigest()
 
 
-def measure(pack, runner, family: str, weights: str, steps: int, smoke: bool) -> dict:
+def measure(pack, runner, family: str, weights: str, steps: int, smoke: bool, settings: dict) -> dict:
     import comfy.ldm.modules.attention as attention
     import comfy.model_management as mm
     import torch
     case = f"{family}-{weights}"
     model, clip, vae = build(family, weights, smoke)
-    size = 64 if smoke else (512 if family == "sd15" else 1024)
+    size = settings.get("resolution") or (512 if family == "sd15" else 1024)
     channels = 16 if family == "flux" else 4
     latents = {"samples": torch.randn(4, channels, size // 8, size // 8, generator=torch.Generator().manual_seed(1))}
     ModelNode.CASE = (model, clip, vae, latents)
     weight_gib = sum(p.numel() * p.element_size() for p in model.model.diffusion_model.parameters()) / 2 ** 30
-    plain, step_times, peak = timed_run(runner, train_prompt(pack, case, steps, 0, smoke, 0))
+    plain, step_times, peak = timed_run(runner, train_prompt(pack, case, steps, 0, settings, 0), weight_gib)
     first = trained(case)
-    shown, _, peak_shown = timed_run(runner, train_prompt(pack, case, steps, steps // 2, smoke, 0))
+    shown, _, peak_shown = timed_run(runner, train_prompt(pack, case, steps, steps // 2, settings, 0), weight_gib)
     step = statistics.median(step_times)
     preview_round = max(shown - plain, 0.0) / 3  # rounds at 0, steps / 2 and steps
     ModelNode.CASE = ()
     del model
     mm.unload_all_models()
     mm.soft_empty_cache()
-    peak = max(peak, peak_shown)
-    return {"case": case, "weights_gib": weight_gib, "peak_gib": peak, "peak_over_weights_gib": peak - weight_gib,
+    return {"case": case, "size": size, "weights_gib": weight_gib, "peak_over_weights_gib": max(peak, peak_shown),
             "step_s": step, "preview_round_s": preview_round,
             "default_run_min": (DEFAULT_STEPS * step + DEFAULT_ROUNDS * preview_round) / 60,
             "precision": first.metadata["training"]["precision"],
@@ -193,6 +205,9 @@ def main() -> None:
     parser.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH", ""), help="ComfyUI root")
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU: checks that the script runs")
     parser.add_argument("--steps", type=int, default=4, help="training steps of each timed run (even)")
+    parser.add_argument("--resolution", type=int, default=0, help="training size in pixels (0: the family's own)")
+    parser.add_argument("--batch", type=int, default=0, help="batch size (0: the node's default)")
+    parser.add_argument("--sample-steps", type=int, default=0, help="sampling steps of a preview (0: the node's)")
     parser.add_argument("--cases", nargs="+", default=[f"{f}-{w}" for f in FAMILIES for w in WEIGHTS],
                         choices=[f"{f}-{w}" for f in FAMILIES for w in WEIGHTS])
     args, comfy_args = parser.parse_known_args()
@@ -210,18 +225,23 @@ def main() -> None:
     runner = Runner(lambda *_: None)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     print(f"{device}, torch {torch.__version__}, ComfyUI flags {comfy_args or 'none'}", flush=True)
+    settings = {"resolution": 64, "sample_steps": 1, "batch_size": 2, "templates": "a photo of a {}"} if args.smoke \
+        else {}
+    for name, value in (("resolution", args.resolution), ("batch_size", args.batch), ("sample_steps", args.sample_steps)):
+        if value:
+            settings[name] = value
     results = []
     for case in args.cases:
         family, weights = case.split("-")
-        r = measure(pack, runner, family, weights, args.steps, args.smoke)
+        r = measure(pack, runner, family, weights, args.steps, args.smoke, settings)
         results.append(r)
-        print(f"{case}: weights {r['weights_gib']:.2f} GiB, peak +{r['peak_over_weights_gib']:.2f} GiB above them, "
+        print(f"{case} at {r['size']} px, {settings or 'the defaults'}: weights {r['weights_gib']:.2f} GiB, peak +{r['peak_over_weights_gib']:.2f} GiB above them, "
               f"step {r['step_s']:.2f} s, preview round {r['preview_round_s']:.1f} s, default run (500 steps, 6 "
               f"rounds) {r['default_run_min']:.1f} min, precision {r['precision']}, attention {r['attention']}, "
               f"same seed twice: {'identical' if r['same_seed_same_concept'] else 'different'} vectors", flush=True)
     if os.environ.get("OUT"):
         with open(os.path.join(os.environ["OUT"], "gpu_check.json"), "w") as f:
-            json.dump({"device": device, "flags": comfy_args, "results": results}, f, indent=1)
+            json.dump({"device": device, "flags": comfy_args, "settings": settings, "results": results}, f, indent=1)
 
 
 if __name__ == "__main__":
