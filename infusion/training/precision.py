@@ -38,10 +38,11 @@ def model_precision(patcher: Any, requested: str, family: str) -> str:
     """`choose_precision` for a ComfyUI ModelPatcher on its load device (ComfyUI is imported here only)."""
     import comfy.model_management
 
-    model = patcher.model
-    compute = getattr(model, "manual_cast_dtype", None) or patcher.model_dtype() or torch.float32
+    # This patcher's own cast dtype: the shared model's attribute holds the object patch of whichever clone
+    # ComfyUI loaded last (a training at fp32 sets one).
+    compute = patcher.get_model_object("manual_cast_dtype") or patcher.model_dtype() or torch.float32
     device = patcher.load_device
-    config = getattr(model, "model_config", None)
+    config = getattr(patcher.model, "model_config", None)
     has_bf16 = requested == AUTO and device.type != "cpu" and comfy.model_management.should_use_bf16(device)
     return choose_precision(requested, compute, device.type, family,
                             getattr(config, "supported_inference_dtypes", None), has_bf16)

@@ -51,3 +51,19 @@ def test_fp16_on_qwen_image_is_refused_before_anything_is_encoded(pack, monkeypa
         h.run_node(h.train_node(pack), model.clone(), clip, latents=photo_latents(family="qwen_image"), word="dog",
                    output_name="qwen_fp16", steps=1, batch_size=2, precision="fp16", sample_every=0)
     assert not encoded
+
+
+def test_auto_reads_its_own_patchers_cast_dtype_not_another_clones(pack, monkeypatch):
+    """The clones of one model share it; the last loaded writes its own cast dtype onto it (a training at fp32
+    sets one). Auto must read the patcher it was given: an fp16 model stays fp16 after an fp32 clone ran."""
+    import comfy.model_management
+    precision = h.pack_submodule(pack, "infusion.training.precision")
+    model = h.tiny_dit("qwen_image")[0].clone()
+    fp32_clone = model.clone()
+    fp32_clone.set_model_compute_dtype(torch.float32)
+    comfy.model_management.load_models_gpu([fp32_clone], force_full_load=True)
+    assert model.model.manual_cast_dtype == torch.float32  # the other clone's, left on the shared model
+    monkeypatch.setattr(model, "load_device", torch.device("cuda"))
+    monkeypatch.setattr(comfy.model_management, "should_use_bf16", lambda *a, **k: True)
+    monkeypatch.setattr(model, "model_dtype", lambda: torch.float16)
+    assert precision.model_precision(model, "auto", "QwenImage") == "fp16"
