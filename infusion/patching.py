@@ -8,7 +8,8 @@ from .concept import InfusionConcept
 from .families import adapter_for, model_family
 from .families.base import Layers
 from .layers import LayerId
-from .residual import ConceptResidual, carry_word_positions
+from .residual import ConceptResidual
+from .word_carrier import carry_word_positions
 from .value_space import ValueSpace
 
 WRAPPER_KEY = "infusion_word_positions"

@@ -8,17 +8,17 @@ prompt without the word, or s = 0, gives the base model's output bit for bit.
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any, Mapping
 
 import torch
 
 from .concept import InfusionConcept
 from .layers import LayerId
-from .tokens import CONDITIONING_KEY, WordPositions
+from .tokens import WordPositions
 from .value_space import ValueSpace
 
-BATCH_KEY = "infusion_batch"  # transformer_options entry set by `carry_word_positions`
+BATCH_KEY = "infusion_batch"  # transformer_options entry set by word_carrier.carry_word_positions
+RESIDUALS_KEY = "infusion_residuals"  # transformer_options entry: a DiT's applied concepts (families/dit.py)
 
 
 class BatchPositions:
@@ -52,33 +52,6 @@ class BatchPositions:
             return None
         index = torch.tensor(pairs, dtype=torch.long, device=device)
         return index[:, 0], index[:, 1]
-
-
-def _as_encoded(c: Mapping[str, Any]) -> WordPositions:
-    """The positions with the conditioning's real token length as the tiling period.
-
-    ConditioningConcat appends another prompt's rows after the encoded ones and keeps the first
-    prompt's dict: its positions stay valid, but the tensor is longer than the tokens were.
-    """
-    positions = c[CONDITIONING_KEY]
-    cross_attn = c.get("cross_attn")
-    if cross_attn is None or cross_attn.shape[1] == positions.length:
-        return positions
-    return replace(positions, length=cross_attn.shape[1])
-
-
-def carry_word_positions(executor, model, conds, x_in, timestep, model_options, *args, **kwargs):
-    """CALC_COND_BATCH wrapper: hands the word positions of this step's conditionings to the patches
-    (and passes on whatever else a ComfyUI version gives a wrapper); at a run's first step, says why a
-    concept cannot act, if one cannot (run_checks.py)."""
-    from .run_checks import tell_if_concepts_cannot_act  # it reads the families, which import this module
-
-    tell_if_concepts_cannot_act(conds, timestep, model_options.get("transformer_options", {}))
-    by_uuid = {c["uuid"]: _as_encoded(c) for group in conds if group for c in group
-               if CONDITIONING_KEY in c and "uuid" in c}
-    options = dict(model_options)
-    options["transformer_options"] = {**model_options.get("transformer_options", {}), BATCH_KEY: BatchPositions(by_uuid)}
-    return executor(model, conds, x_in, timestep, options, *args, **kwargs)
 
 
 def add_at_rows(tensor: torch.Tensor, rows: tuple[torch.Tensor, torch.Tensor], vector: torch.Tensor) -> torch.Tensor:

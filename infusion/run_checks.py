@@ -11,8 +11,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from .families.dit import RESIDUALS_KEY
-from .residual import ConceptResidual
+from .residual import RESIDUALS_KEY, ConceptResidual
 from .tokens import CONDITIONING_KEY
 
 

@@ -23,12 +23,11 @@ import torch
 
 from ..concept import InfusionConcept
 from ..layers import LayerId
-from ..residual import BATCH_KEY, ConceptResidual, add_at_rows
+from ..residual import BATCH_KEY, RESIDUALS_KEY, ConceptResidual, add_at_rows
 from .base import FamilyAdapter
 from .unet import call_copies, replaced_forwards
 
 OVERRIDE_KEY = "optimized_attention_override"  # ComfyUI's, in transformer_options
-RESIDUALS_KEY = "infusion_residuals"  # transformer_options entry: the applied concepts, whoever holds the slot
 TEXT_KEY = "infusion_text"  # transformer_options entry: (context rows, text rows in the joint sequence)
 TEXT_WRAPPER_KEY = "infusion_text_rows"
 

@@ -30,7 +30,7 @@ def test_every_override_of_a_comfyui_method_accepts_unknown_arguments(pack):
     word_clip = h.pack_submodule(pack, "nodes.word_clip").InfusionCLIP
     overrides = [word_clip.clone, word_clip.encode_from_tokens, word_clip.encode_from_tokens_scheduled,
                  h.pack_submodule(pack, "infusion.sampler_context")._BodySampler.sample,
-                 h.pack_submodule(pack, "infusion.residual").carry_word_positions]
+                 h.pack_submodule(pack, "infusion.word_carrier").carry_word_positions]
     assert [f.__qualname__ for f in overrides if not _passes_on_unknown_arguments(f)] == []
 
 

@@ -3,7 +3,8 @@ cross-attention computation (softmax(Q K^T) V with V = W_v(value input))."""
 import torch
 
 from infusion.layers import LayerId
-from infusion.residual import BATCH_KEY, BatchPositions, InfusionResidual, carry_word_positions
+from infusion.residual import BATCH_KEY, BatchPositions, InfusionResidual
+from infusion.word_carrier import carry_word_positions
 from infusion.tokens import CONDITIONING_KEY, WordPositions
 
 from core_helpers import random_concept
