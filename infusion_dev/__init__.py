@@ -5,6 +5,7 @@ comfy_harness.py   ComfyUI for tests and scripts (the runner's bootstrap), the p
 comfy_versions.py  the development tools' ComfyUI version branches (Train LoRA, a node outside a graph)
 tiny_models.py     random-weight UNets, CLIPs and checkpoints in ComfyUI's real layouts
 tiny_dits.py       the same for the DiT families
+family_models.py   a model of every family ComfyUI runs (the family table's test), on the meta device
 examples.py        the example workflows as API prompts (comfy-cli's conversion, live definitions)
 validate.py        an example workflow checked against the live node definitions
 overrides.py       settings changed on an API prompt

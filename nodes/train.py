@@ -141,7 +141,7 @@ def _training_inputs() -> list:
                                "the model's own, as ComfyUI's Train LoRA chooses it (fp16 with loss scaling for "
                                "an fp16 model, bf16 for the others where the GPU has it, fp32 on the CPU). fp32 "
                                "if the loss turns non-finite. fp16 is refused on families ComfyUI never runs "
-                               "in fp16 (Qwen-Image, Lumina 2)."),
+                               "in fp16 (Qwen-Image, Z-Image)."),
         io.Boolean.Input("gradient_checkpointing", default=True,
                          tooltip="Recompute activations during the backward pass: much less memory for "
                                  "about a third more time (the authors train with it)."),

@@ -2,7 +2,7 @@
 training_dtype "none": fp16 (with loss scaling) only for a model that computes in fp16, bf16 for every other
 (bf16, fp8 weights, fp32) where the device has bf16, fp32 on the CPU (ComfyUI runs no model in half precision
 there). A precision asked for by name is used, except fp16 on a family ComfyUI never runs in fp16 (Qwen-Image,
-Lumina 2: their activations overflow it), which is refused naming the family."""
+Z-Image: their activations overflow it), which is refused naming the family."""
 from __future__ import annotations
 
 from typing import Any, Sequence

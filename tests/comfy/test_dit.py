@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from infusion_dev import comfy_harness as h
-from infusion_dev import comfy_versions
+from infusion_dev import comfy_versions, family_models
 
 FAMILIES = h.dit_families()
 WORD_PROMPT = "a photo of a Dog on the beach"
@@ -447,11 +447,6 @@ def full_size(name):
                     "n_layers": 30, "n_heads": 30, "n_kv_heads": 30, "qk_norm": True, "axes_dims": [32, 48, 48],
                     "axes_lens": [1536, 512, 512], "rope_theta": 256.0, "ffn_dim_multiplier": 8.0 / 3.0,
                     "z_image_modulation": True, "time_scale": 1000.0, "pad_tokens_multiple": 32}),
-        "SD3": (comfy.supported_models.SD3,
-                {"in_channels": 16, "patch_size": 2, "out_channels": 16, "depth": 24, "num_patches": 36864,
-                 "pos_embed_max_size": 192, "pos_embed_scaling_factor": None, "adm_in_channels": 2048,
-                 "context_embedder_config": {"target": "torch.nn.Linear",
-                                             "params": {"in_features": 4096, "out_features": 1536}}}),
     }
     config, unet_config = configs[name]
     model = config(unet_config).get_model({}, device=torch.device("meta"))
@@ -474,12 +469,6 @@ def test_full_size_layer_tables_and_file_sizes(pack, name, tmp_path):
     path = P(pack, "infusion.format").save_concept(concept, str(tmp_path / "c.safetensors"))
     # fp16: two bytes a number, and a header of a few KB (FLUX.1: 57 x 3072 numbers, 342 KiB of them)
     assert count * width * 2 < os.path.getsize(path) < count * width * 2 + 8192
-
-
-def test_families_it_cannot_reach_are_refused_by_name(pack):
-    with pytest.raises(ValueError, match="this is a SD3 model .*which Infusion does not support: ComfyUI calls SD3's "
-                                         "attention without transformer_options"):
-        P(pack, "infusion.patching").model_layers(full_size("SD3"))
 
 
 # ------------------------------------------------------------------ the word in T5 and Qwen tokens
@@ -527,24 +516,19 @@ def test_combined_and_concatenated_conditioning_keep_the_marks(pack, family):
     assert torch.equal(run(applied, combined), run(model, base_combined))
 
 
-def test_lumina_2_is_reached_where_comfyui_labels_its_layers_and_refused_by_name_where_not(pack):
-    """0.33's Lumina 2 / Z-Image labels its layers; 0.3.64's neither labels them nor offers block patches."""
-    import comfy.model_patcher
-    import comfy.supported_models
-
-    config = {"image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 2304, "cap_feat_dim": 2304,
-              "n_layers": 26, "n_heads": 24, "n_kv_heads": 8, "qk_norm": True, "axes_dims": [32, 32, 32],
-              "axes_lens": [300, 512, 512], "ffn_dim_multiplier": 4.0}
-    model = comfy.model_patcher.ModelPatcher(comfy.supported_models.Lumina2(config).get_model(
-        {}, device=torch.device("meta")), torch.device("cpu"), torch.device("cpu"))
-    patching, compat = P(pack, "infusion.patching"), P(pack, "infusion.compat")
-    if compat.labels_blocks(model.get_model_object("diffusion_model")):
-        layers, family = patching.model_layers(model)
-        assert family == "Lumina2" and len(layers) == 26 and set(layers.values()) == {(8 * 96, 8 * 96)}
+def test_the_lumina_transformer_is_reached_where_comfyui_labels_its_layers(pack):
+    """Z-Image's transformer (ComfyUI's Lumina 2 model; Lumina 2 itself is refused by name for its Gemma-2 words,
+    test_family_table.py) is reached where ComfyUI labels its layers (0.33), and said to be unreachable where it
+    does not (0.3.64 neither labels them nor offers block patches)."""
+    model = family_models.family_model("Lumina2")
+    adapter, compat = P(pack, "infusion.families.lumina").LuminaAdapter(), P(pack, "infusion.compat")
+    diffusion_model = model.get_model_object("diffusion_model")
+    if compat.labels_blocks(diffusion_model):
+        assert adapter.unreachable(diffusion_model) is None
+        layers = adapter.layers(diffusion_model)
+        assert len(layers) == 26 and set(layers.values()) == {(8 * 96, 8 * 96)}
     else:
-        with pytest.raises(ValueError, match="Lumina2 model, which Infusion cannot reach here: this ComfyUI's "
-                                             "Lumina 2 does not label its layers .*update ComfyUI"):
-            patching.model_layers(model)
+        assert "this ComfyUI's Lumina 2 does not label its layers" in adapter.unreachable(diffusion_model)
 
 
 def test_the_concept_tools_read_a_dit_concept(pack):

@@ -1,0 +1,129 @@
+"""What the pack does with every model family ComfyUI runs, by ComfyUI's name for it (its config class in
+comfy/supported_models.py): served by an adapter, refused because the model reads no prompt, or refused with the
+reason it cannot be reached yet and what that would take. docs/families.md is this table for users;
+tests/comfy/test_family_table.py holds every family of the running ComfyUI to one row here."""
+from __future__ import annotations
+
+# The adapter (its `name`) that serves each family.
+SERVED: dict[str, str] = {
+    **dict.fromkeys(("SD15", "SD20", "SD21UnclipL", "SD21UnclipH", "SD15_instructpix2pix", "SD_X4Upscaler", "SDXL",
+                     "SDXLRefiner", "SDXL_instructpix2pix", "SSD1B", "Segmind_Vega", "KOALA_700M", "KOALA_1B"), "UNet"),
+    **dict.fromkeys(("Flux", "FluxSchnell", "FluxInpaint", "Flux2", "Chroma", "LongCatImage"), "Flux"),
+    "QwenImage": "Qwen-Image",
+    **dict.fromkeys(("ZImage", "ZImagePixelSpace"), "Lumina 2 / Z-Image"),
+    "Krea2": "Krea 2",
+}
+
+# Families whose model reads no word of a prompt: what each one is.
+NO_PROMPT: dict[str, str] = {
+    "LotusD": "Lotus depth and normal estimation, whose cross-attention reads a fixed embedding",
+    "Stable_Zero123": "novel views of one image, whose cross-attention reads the image and the camera",
+    "SVD_img2vid": "Stable Video Diffusion, whose cross-attention reads the input image",
+    "SV3D_u": "orbit views of one image, whose cross-attention reads the image",
+    "SV3D_p": "orbit views of one image, whose cross-attention reads the image",
+    "Stable_Cascade_B": "Stable Cascade's decoder stage, which reads the prompt only as one pooled vector",
+    **dict.fromkeys(("StableAudio", "StableAudio3", "ACEStep", "ACEStep15", "MiniMaxMusic3"),
+                    "an audio model: concepts here are drawn in pictures"),
+    **dict.fromkeys(("Hunyuan3Dv2", "Hunyuan3Dv2_1", "Hunyuan3Dv2mini", "TripoSplat", "Trellis2"),
+                    "a 3D model made from an image"),
+    "SeedVR2": "a video restorer, which reads no prompt",
+    "RT_DETR_v4": "an object detector",
+    "SAM3": "a segmentation model",
+    "SAM31": "a segmentation model",
+    "DepthAnything3": "a depth estimator",
+}
+
+_NO_LABELS = "its attention calls carry no block labels and it offers no block patches, so no layer can be told apart"
+_SHARED_LABELS = ("its self-attention and its text cross-attention run under the same block label, so the value "
+                  "override cannot act on the cross-attention alone")
+_NO_OPTIONS = "calls its attention without transformer_options ({}), so no composable hook reaches the values"
+_WAN = ("Wan reads the prompt through cross-attention, which runs under the same block label as its "
+        "self-attention; concepts on video models are planned")
+
+# Text-to-image and text-to-video families not reached yet: (why, what it would take).
+REFUSED: dict[str, tuple[str, str]] = {
+    "SD3": ("its context is the CLIP-L/G rows followed by the T5 rows, and the pack marks a word in one tokenizer's "
+            "rows; its blocks are labelled only through block patches, which ComfyUI recomputes under gradient "
+            "checkpointing, and SD3.5 Medium's image-only attention shares their labels",
+            "an SD3 adapter: word rows across both text encoders and a checkpoint-safe block label"),
+    "AuraFlow": ("its text rows follow 8 register rows in the joint sequence, and this pack does not mark words in "
+                 "its Pile-T5 tokens", "a text-row offset and word positions for its tokenizer"),
+    "PixArtAlpha": ("its cross-attention " + _NO_OPTIONS.format("comfy/ldm/pixart"),
+                    "patches on each cross-attention's key and value projections"),
+    "PixArtSigma": ("its cross-attention " + _NO_OPTIONS.format("comfy/ldm/pixart"),
+                    "patches on each cross-attention's key and value projections"),
+    "HunyuanDiT": ("its cross-attention " + _NO_OPTIONS.format("comfy/ldm/hydit"),
+                   "patches on the key and value projections, and word positions in its BERT and mT5 rows"),
+    "HunyuanDiT1": ("its cross-attention " + _NO_OPTIONS.format("comfy/ldm/hydit"),
+                    "patches on the key and value projections, and word positions in its BERT and mT5 rows"),
+    "ErnieImage": ("it " + _NO_OPTIONS.format("comfy/ldm/ernie"), "patches on its value projections"),
+    "GenmoMochi": ("its text rows come after the image rows in the joint sequence, where the override expects them "
+                   "first", "a text-row offset in the attention override"),
+    "CogVideoX_T2V": (_NO_LABELS, "a label on each of its layers"),
+    "CogVideoX_I2V": (_NO_LABELS, "a label on each of its layers"),
+    "CogVideoX_Inpaint": (_NO_LABELS, "a label on each of its layers"),
+    "Stable_Cascade_C": (_NO_LABELS + "; its text rows follow the image rows",
+                         "a label on each layer and a text-row offset"),
+    "CosmosT2V": (_NO_LABELS, "a label on each of its layers"),
+    "CosmosI2V": (_NO_LABELS, "a label on each of its layers"),
+    "LTXV": (_SHARED_LABELS, "a cross-attention form of the residual (on each block's attn2)"),
+    "LTXAV": (_SHARED_LABELS + "; its Gemma tokens are not marked",
+              "a cross-attention form of the residual and Gemma word positions"),
+    "Kandinsky5": (_SHARED_LABELS, "a cross-attention form of the residual"),
+    "Kandinsky5Image": (_SHARED_LABELS, "a cross-attention form of the residual"),
+    "CosmosT2IPredict2": ("its text cross-attention is reached through Cosmos's own attention patch, which this "
+                          "pack does not install", "a Cosmos adapter on that patch, in text space as on UNets"),
+    "CosmosI2VPredict2": ("its text cross-attention is reached through Cosmos's own attention patch, which this "
+                          "pack does not install", "a Cosmos adapter on that patch, in text space as on UNets"),
+    "Anima": ("its text cross-attention is reached through Cosmos's own attention patch, which this pack does not "
+              "install", "a Cosmos adapter on that patch, in text space as on UNets"),
+    **dict.fromkeys(("HunyuanVideo", "HunyuanVideoI2V", "HunyuanVideoSkyreelsI2V"),
+                    ("this pack does not mark words in its Llama tokens (it would read the CLIP-L ones, the wrong "
+                     "rows)", "Llama word positions and a Hunyuan adapter on its Flux-like joint blocks")),
+    **dict.fromkeys(("HunyuanImage21", "HunyuanImage21Refiner"),
+                    ("its joint sequence holds ByT5 glyph rows beside the prompt's, which the override does not "
+                     "count", "a Hunyuan adapter that counts them")),
+    **dict.fromkeys(("HunyuanVideo15", "HunyuanVideo15_SR_Distilled"),
+                    ("SigLIP image rows and ByT5 rows sit before the prompt's rows in its joint sequence",
+                     "a text-row offset in the attention override")),
+    "MiniMaxH3": ("its blocks carry no labels, and this pack does not mark words in its Qwen3-VL-32B tokens",
+                  "block labels, word positions for its text encoder, and its fused qkv projection's value slice"),
+    "PixelDiTT2I": (_NO_LABELS + "; this pack does not mark words in its Gemma-2 tokens",
+                    "a label on each layer and Gemma-2 word positions"),
+    "PiD": ("a latent decoder on PixelDiT's body: " + _NO_LABELS, "a label on each layer"),
+    "HiDream": ("its blocks carry no labels, and its text rows follow the image in three parts (T5, then its Llama "
+                "layers)", "a label on each block, an image-first text offset, and Llama word positions"),
+    "HiDreamO1": ("its text's own attention pass goes around the override, so only image queries could see a concept",
+                  "an image-queries-only adapter and word positions for its tokenizer"),
+    "ChromaRadiance": ("its pixel-space Chroma has not been tested with the Flux adapter its transformer shares",
+                       "a tiny Chroma Radiance held to the exact promises"),
+    "Lens": ("its text rows follow the image rows, and this pack does not mark words in its gpt-oss tokens",
+             "a text-row offset and word positions for its tokenizer"),
+    "Lumina2": ("ComfyUI's Lumina 2 reads Gemma-2 tokens, and this pack does not mark words in them (Z-Image, the "
+                "same transformer with Qwen3, works)", "Gemma-2 word positions"),
+    "Omnigen2": (_NO_LABELS + "; this pack does not mark words in its Qwen2.5-3B tokens",
+                 "a label on each layer and word positions for its tokenizer"),
+    "Boogu": (_NO_LABELS + "; its double blocks also run an image-only attention",
+              "a label on each joint attention call and Qwen3-VL-8B word positions"),
+    "MageFlow": ("its blocks are Qwen-Image's but it has not been tested with the Qwen-Image adapter",
+                 "a tiny MageFlow held to the exact promises"),
+    "JoyImage": ("its text rows come last in the joint sequence, and its image rotary kernel (comfy_kitchen rms_rope) "
+                 "has no backward, so it cannot train", "a text-row offset, and a rotary kernel with a backward"),
+    "Ideogram4": (_NO_LABELS + "; this pack does not mark words in its Qwen3-VL-8B tokens",
+                  "a label on each layer and word positions for its tokenizer"),
+    **dict.fromkeys(("WAN21_T2V", "WAN22_T2V", "WAN21_CausalAR_T2V", "WAN21_I2V", "WAN21_FunControl2V", "WAN21_Vace",
+                     "WAN21_Camera", "WAN22_Camera", "WAN22_S2V", "WAN21_HuMo", "WAN22_Animate", "WAN_Animate2",
+                     "WAN21_FlowRVS", "WAN21_SCAIL", "WAN21_SCAIL2", "WAN22_WanDancer"),
+                    (_WAN, "a cross-attention form of the residual at the word's umT5 rows")),
+}
+
+
+def refusal(family: str) -> str | None:
+    """Why a model of `family` (ComfyUI's name) cannot take a concept, or None when it may."""
+    if family in NO_PROMPT:
+        return (f"this is a {family} model ({NO_PROMPT[family]}): an Infusion concept acts at a word of the "
+                "prompt, and this model reads none")
+    if family in REFUSED:
+        why, needs = REFUSED[family]
+        return f"this is a {family} model, which Infusion does not support yet: {why}. It would take {needs}"
+    return None

@@ -1,0 +1,59 @@
+"""Every model family the running ComfyUI runs (comfy/supported_models.py's `models`) has one row in the pack's
+family table (infusion/families/catalog.py), and a model of it, in ComfyUI's own classes, is held to that row:
+served by the adapter the row names, whose layers read the text, or refused by name with the row's reason. A
+family ComfyUI adds later fails here until it has a row. The served families' exact promises and training are
+tested on their tiny models (test_dit.py, test_unet*.py); docs/families.md is this table for users."""
+import re
+from pathlib import Path
+
+from infusion_dev import comfy_harness as h
+from infusion_dev import family_models
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "families.md"
+
+
+def comfyui_families() -> list[str]:
+    import comfy.supported_models
+    return [config.__name__ for config in comfy.supported_models.models]
+
+
+def test_every_family_comfyui_runs_has_one_row_and_is_held_to_it(pack):
+    catalog = h.pack_submodule(pack, "infusion.families.catalog")
+    families = h.pack_submodule(pack, "infusion.families")
+    rows = (catalog.SERVED, catalog.NO_PROMPT, catalog.REFUSED)
+    assert not set(rows[0]) & set(rows[1]) and not set(rows[0]) & set(rows[2]) and not set(rows[1]) & set(rows[2])
+    missing = [name for name in comfyui_families() if not any(name in row for row in rows)]
+    assert not missing, f"families with no row in infusion/families/catalog.py: {missing}"
+
+    wrong = {}
+    for name in comfyui_families():
+        if name not in family_models.names():
+            # Only families that are no text-to-picture model go without a model here.
+            assert name in catalog.NO_PROMPT or name.startswith("WAN"), f"{name}: no model in family_models.py"
+            continue
+        model = family_models.family_model(name)
+        if families.model_family(model) != name:
+            wrong[name] = f"ComfyUI names it {families.model_family(model)}"
+        elif name in catalog.SERVED:
+            adapter = families.adapter_for(model)
+            layers = adapter.layers(model.get_model_object("diffusion_model"))
+            if adapter.name != catalog.SERVED[name] or not layers:
+                wrong[name] = f"served by {adapter.name} with {len(layers)} layers"
+        else:
+            try:
+                families.adapter_for(model)
+                wrong[name] = "not refused"
+            except ValueError as e:
+                if not str(e).startswith(catalog.refusal(name)):
+                    wrong[name] = str(e)
+    assert not wrong, wrong
+
+
+def test_the_families_page_has_the_tables_rows(pack):
+    """docs/families.md lists every family of the table, each under the heading its row says."""
+    catalog = h.pack_submodule(pack, "infusion.families.catalog")
+    sections = dict(re.findall(r"^## (\w[^\n]*)\n(.*?)(?=^## |\Z)", DOCS.read_text(), re.S | re.M))
+    listed = {title: set(re.findall(r"^\| `(\w+)`", body, re.M)) for title, body in sections.items()}
+    assert listed.get("Served") == set(catalog.SERVED)
+    assert listed.get("Refused: reads no prompt") == set(catalog.NO_PROMPT)
+    assert listed.get("Refused: not reached yet") == set(catalog.REFUSED)
