@@ -32,5 +32,6 @@ def carry_word_positions(executor, model, conds, x_in, timestep, model_options, 
     by_uuid = {c["uuid"]: _as_encoded(c) for group in conds if group for c in group
                if CONDITIONING_KEY in c and "uuid" in c}
     options = dict(model_options)
-    options["transformer_options"] = {**model_options.get("transformer_options", {}), BATCH_KEY: BatchPositions(by_uuid)}
+    options["transformer_options"] = {**model_options.get("transformer_options", {}),
+                                      BATCH_KEY: BatchPositions(by_uuid)}
     return executor(model, conds, x_in, timestep, options, *args, **kwargs)

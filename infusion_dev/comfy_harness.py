@@ -419,10 +419,12 @@ def comfyui_has(path: str, text: str = "") -> bool:
 
 def dit_families() -> list[str]:
     """The tiny DiT families this ComfyUI has (read off its tree: Z-Image came after 0.3.64)."""
+    from .tiny_dits import FAMILIES
     has = {"z_image": comfyui_has("comfy/text_encoders/z_image.py"),
            "flux2": comfyui_has("comfy/text_encoders/flux.py", "class KleinTokenizer"),
-           "krea2": comfyui_has("comfy/text_encoders/krea2.py")}
-    return [f for f in ("flux", "flux_schnell", "flux2", "chroma", "qwen_image", "z_image", "krea2") if has.get(f, True)]
+           "krea2": comfyui_has("comfy/text_encoders/krea2.py"),
+           "mage_flow": comfyui_has("comfy/text_encoders/mage_flow.py")}
+    return [f for f in FAMILIES if has.get(f, True)]
 
 
 @functools.cache

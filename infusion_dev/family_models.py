@@ -56,7 +56,7 @@ _LTX = {"image_model": "ltxv", "num_layers": 28, "attention_head_dim": 64, "cros
 
 # Families with a tiny model of their own (comfy_harness.tiny_dit), which the exact promises are tested on.
 TINY_DITS = {"Flux": "flux", "FluxSchnell": "flux_schnell", "Flux2": "flux2", "Chroma": "chroma",
-             "QwenImage": "qwen_image", "Krea2": "krea2"}
+             "QwenImage": "qwen_image", "Krea2": "krea2", "MageFlow": "mage_flow"}
 # Flux's variants: the tiny FLUX.1 with each variant's own keys.
 FLUX_VARIANTS = {
     "FluxInpaint": {"in_channels": 96},
@@ -70,7 +70,6 @@ DIT_CONFIGS: dict[str, dict[str, Any]] = {
                        "nerf_hidden_size": 64, "nerf_mlp_ratio": 4, "nerf_depth": 4, "nerf_max_freqs": 8,
                        "nerf_tile_size": 512, "nerf_final_head_type": "conv", "nerf_embedder_dtype": "float32",
                        "use_x0": True, "use_sequential_txt_ids": False},
-    "MageFlow": {"image_model": "mage_flow", "in_channels": 128, "num_layers": 12},
     # The tiny Z-Image is narrower than ComfyUI's ZImage config names (dim 3840): the released size here.
     "ZImage": {"image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 3840, "cap_feat_dim": 2560,
                "n_layers": 30, "n_heads": 30, "n_kv_heads": 30, "qk_norm": True, "axes_dims": [32, 48, 48],
@@ -120,8 +119,9 @@ DIT_CONFIGS: dict[str, dict[str, Any]] = {
     "HunyuanVideo15": _HUNYUAN_15,
     "HunyuanVideo15_SR_Distilled": {**_HUNYUAN_15, "in_channels": 98, "meanflow": True},
     "Kandinsky5": _KANDINSKY,
-    "Kandinsky5Image": {**_KANDINSKY, "model_dim": 2560, "axes_dims": (32, 48, 48), "rope_scale_factor": (1.0, 1.0, 1.0),
-                        "ff_dim": 10240, "visual_embed_dim": 64, "num_visual_blocks": 50},
+    "Kandinsky5Image": {**_KANDINSKY, "model_dim": 2560, "axes_dims": (32, 48, 48),
+                        "rope_scale_factor": (1.0, 1.0, 1.0), "ff_dim": 10240, "visual_embed_dim": 64,
+                        "num_visual_blocks": 50},
     "CosmosT2V": _COSMOS,
     "CosmosI2V": {**_COSMOS, "in_channels": 17},
     "CosmosT2IPredict2": _PREDICT2,

@@ -25,7 +25,7 @@ TINY_LLM = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
             "num_key_value_heads": 1}
 TEXT_WIDTH = 64
 
-FAMILIES = ("flux", "flux_schnell", "flux2", "chroma", "qwen_image", "z_image", "krea2")
+FAMILIES = ("flux", "flux_schnell", "flux2", "chroma", "qwen_image", "z_image", "krea2", "mage_flow")
 
 
 def _fields_of(params: type, values: dict[str, Any]) -> dict[str, Any]:
@@ -170,6 +170,16 @@ def qwen_image_model(seed: int = SEED + 2) -> Any:
     return _patcher(init_weights(comfy.supported_models.QwenImage(config).get_model({}), seed))
 
 
+def mage_flow_model(seed: int = SEED + 6) -> Any:
+    """A tiny MageFlow: Qwen-Image's blocks (2, width 64) on FLUX.2's 128-channel latents, reading Qwen3-VL."""
+    import comfy.supported_models
+
+    config = {"image_model": "mage_flow", "in_channels": 128, "out_channels": 128, "num_layers": 2,
+              "attention_head_dim": 32, "num_attention_heads": 2, "joint_attention_dim": TEXT_WIDTH,
+              "axes_dims_rope": (8, 12, 12)}
+    return _patcher(init_weights(comfy.supported_models.MageFlow(config).get_model({}), seed))
+
+
 def z_image_model(seed: int = SEED + 3) -> Any:
     import comfy.supported_models
 
@@ -208,6 +218,7 @@ _TEXT = {
     "qwen_image": ("qwen_image", "QwenImageTokenizer", "QwenImageTEModel", {}),
     "z_image": ("z_image", "ZImageTokenizer", "ZImageTEModel", {"qwen3_4b_model_config": TINY_LLM}),
     "krea2": ("krea2", "Krea2Tokenizer", "Krea2TEModel", {}),
+    "mage_flow": ("mage_flow", "MageFlowTokenizer", "MageFlowTEModel", {}),
     # klein reads three of Qwen3's layers (9, 18, 27), side by side: 28 tiny layers, a 3 x 64 wide context.
     "flux2": ("flux", "KleinTokenizer", None, {"qwen3_4b_model_config": {**TINY_LLM, "num_hidden_layers": 28}}),
 }
@@ -227,6 +238,8 @@ def clip(family: str, seed: int = SEED + 10, t5_width: int = TINY_T5["d_model"])
         options = {**options, "t5xxl_model_config": {**TINY_T5, "d_model": t5_width}}
     if family == "qwen_image":
         options = {"qwen25_7b_class": _tiny_qwen_lm()}
+    elif family == "mage_flow":
+        options = {"qwen3vl_4b_class": _tiny_qwen_lm()}
     elif family == "krea2":  # Krea 2 reads 12 layers of Qwen3-VL, up to its 36th
         options = {"qwen3vl_4b_class": _tiny_qwen_lm(36, list(module.KREA2_TAP_LAYERS))}
     encoder = module.klein_te() if family == "flux2" else getattr(module, model)
@@ -255,5 +268,5 @@ def model_and_clip(family: str, folder: str) -> tuple[Any, Any]:
         model = flux_model(folder, guidance=family == "flux")
     else:
         model = {"chroma": chroma_model, "qwen_image": qwen_image_model, "z_image": z_image_model,
-                 "flux2": flux2_model, "krea2": krea2_model}[family]()
+                 "flux2": flux2_model, "krea2": krea2_model, "mage_flow": mage_flow_model}[family]()
     return model, clip(family)

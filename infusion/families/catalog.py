@@ -9,7 +9,7 @@ SERVED: dict[str, str] = {
     **dict.fromkeys(("SD15", "SD20", "SD21UnclipL", "SD21UnclipH", "SD15_instructpix2pix", "SD_X4Upscaler", "SDXL",
                      "SDXLRefiner", "SDXL_instructpix2pix", "SSD1B", "Segmind_Vega", "KOALA_700M", "KOALA_1B"), "UNet"),
     **dict.fromkeys(("Flux", "FluxSchnell", "FluxInpaint", "Flux2", "Chroma", "LongCatImage"), "Flux"),
-    "QwenImage": "Qwen-Image",
+    **dict.fromkeys(("QwenImage", "MageFlow"), "Qwen-Image"),
     **dict.fromkeys(("ZImage", "ZImagePixelSpace"), "Lumina 2 / Z-Image"),
     "Krea2": "Krea 2",
 }
@@ -105,8 +105,6 @@ REFUSED: dict[str, tuple[str, str]] = {
                  "a label on each layer and word positions for its tokenizer"),
     "Boogu": (_NO_LABELS + "; its double blocks also run an image-only attention",
               "a label on each joint attention call and Qwen3-VL-8B word positions"),
-    "MageFlow": ("its blocks are Qwen-Image's but it has not been tested with the Qwen-Image adapter",
-                 "a tiny MageFlow held to the exact promises"),
     "JoyImage": ("its text rows come last in the joint sequence, and its image rotary kernel (comfy_kitchen rms_rope) "
                  "has no backward, so it cannot train", "a text-row offset, and a rotary kernel with a backward"),
     "Ideogram4": (_NO_LABELS + "; this pack does not mark words in its Qwen3-VL-8B tokens",

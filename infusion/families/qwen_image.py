@@ -1,4 +1,5 @@
-"""Qwen-Image (ComfyUI's comfy.ldm.qwen_image): joint-attention blocks, text first, labelled "double"."""
+"""Qwen-Image (ComfyUI's comfy.ldm.qwen_image) and MageFlow (comfy.ldm.mage_flow, Qwen-Image's blocks):
+joint-attention blocks, text first, labelled "double"."""
 from __future__ import annotations
 
 import torch
@@ -7,12 +8,14 @@ from ..layers import LayerId, weight_of
 from .base import Layers
 from .dit import DiTAdapter
 
+MODULES = ("comfy.ldm.qwen_image.model", "comfy.ldm.mage_flow.model")
+
 
 class QwenImageAdapter(DiTAdapter):
     name = "Qwen-Image"
 
     def matches(self, diffusion_model: torch.nn.Module) -> bool:
-        return type(diffusion_model).__module__ == "comfy.ldm.qwen_image.model"
+        return type(diffusion_model).__module__ in MODULES
 
     def layers(self, diffusion_model: torch.nn.Module) -> Layers:
         # The text rows' values come from each block's add_v_proj.

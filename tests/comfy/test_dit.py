@@ -275,7 +275,8 @@ PREDICTIONS = {family: "flow velocity" for family in FAMILIES}
 
 def photo_latents(n=2, seed=3, family="flux"):
     """Latents as the family's VAE gives them: Qwen-Image's and Krea 2's (a video VAE) have one frame."""
-    shape = {"qwen_image": (n, 16, 1, 8, 8), "krea2": (n, 16, 1, 8, 8), "flux2": (n, 128, 4, 4)}.get(
+    shape = {"qwen_image": (n, 16, 1, 8, 8), "krea2": (n, 16, 1, 8, 8), "flux2": (n, 128, 4, 4),
+             "mage_flow": (n, 128, 4, 4)}.get(
         family, (n, 16, 8, 8))
     return {"samples": torch.randn(shape, generator=torch.Generator().manual_seed(seed))}
 
@@ -473,7 +474,8 @@ def test_full_size_layer_tables_and_file_sizes(pack, name, tmp_path):
 
 # ------------------------------------------------------------------ the word in T5 and Qwen tokens
 
-@pytest.mark.parametrize("family", [f for f in ("flux", "qwen_image", "z_image") if f in FAMILIES])
+@pytest.mark.parametrize("family", [f for f in ("flux", "qwen_image", "z_image", "krea2", "mage_flow")
+                                    if f in FAMILIES])
 def test_the_word_is_marked_in_every_piece_and_occurrence_after_the_template(pack, family):
     _, clip = h.tiny_dit(family)
     prompt = P(pack, "infusion.word_positions")
@@ -496,6 +498,10 @@ def test_the_word_is_marked_in_every_piece_and_occurrence_after_the_template(pac
     assert "".join(marked("my teddy  bear sleeps", "teddy bear")[0]) == "teddybear"
     long_prompt = "a photo of a dog " + "in a green field with flowers and trees " * 40 + "and one more dog"
     assert marked(long_prompt, "dog")[0] == ["dog", "dog"]
+    # The rows counted are the rows the family's text encoder gives the model (its template dropped).
+    tokens = clip.tokenize("a photo of a dog")
+    context = clip.encode_from_tokens_scheduled(tokens)[0][0]
+    assert context.shape[1] == prompt.word_positions(tokenizer, tokens, ["dog"]).length
 
 
 @pytest.mark.parametrize("family", [f for f in ("flux", "qwen_image") if f in FAMILIES])
