@@ -1,4 +1,4 @@
-"""The model families Infusion knows, one adapter each, and the refusal of every other family by name (catalog.py)."""
+"""The model families Infusion knows, one adapter each, and every other family refused by name (catalog.py)."""
 from __future__ import annotations
 
 from typing import Any
@@ -14,7 +14,7 @@ from .unet import UNetAdapter
 ADAPTERS: tuple[FamilyAdapter, ...] = (UNetAdapter(), FluxAdapter(), QwenImageAdapter(), LuminaAdapter(),
                                        Krea2Adapter())
 SUPPORTED = ("UNet models with cross-attention (SD1.x, SD2.x, SDXL and its distilled variants), Flux (FLUX.1 dev "
-             "and schnell, FLUX.2), Chroma, Qwen-Image, Z-Image and Krea 2 (every family: docs/families.md)")
+             "and schnell, FLUX.2), Chroma, Qwen-Image, MageFlow, Z-Image and Krea 2 (every family: docs/families.md)")
 
 
 def model_family(model: Any) -> str:
