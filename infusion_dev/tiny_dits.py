@@ -25,7 +25,8 @@ TINY_LLM = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
             "num_key_value_heads": 1}
 TEXT_WIDTH = 64
 
-FAMILIES = ("flux", "flux_schnell", "flux2", "chroma", "qwen_image", "z_image", "krea2", "mage_flow")
+FAMILIES = ("flux", "flux_schnell", "flux2", "chroma", "qwen_image", "z_image", "krea2", "mage_flow",
+            "hunyuan_image", "hunyuan_video15")
 
 
 def _fields_of(params: type, values: dict[str, Any]) -> dict[str, Any]:
@@ -180,6 +181,36 @@ def mage_flow_model(seed: int = SEED + 6) -> Any:
     return _patcher(init_weights(comfy.supported_models.MageFlow(config).get_model({}), seed))
 
 
+_HUNYUAN = {"vec_in_dim": None, "context_in_dim": TEXT_WIDTH, "hidden_size": 128, "mlp_ratio": 4.0, "num_heads": 1,
+            "theta": 256, "qkv_bias": True, "byt5": True, "guidance_embed": False, "meanflow": False,
+            "use_cond_type_embedding": False, "vision_in_dim": None, "meanflow_sum": False}
+
+
+def _hunyuan(config_class: str, values: dict[str, Any], seed: int) -> Any:
+    import comfy.ldm.hunyuan_video.model
+    import comfy.supported_models
+
+    config = {"image_model": "hunyuan_video",
+              **_fields_of(comfy.ldm.hunyuan_video.model.HunyuanVideoParams, {**_HUNYUAN, **values})}
+    return _patcher(init_weights(getattr(comfy.supported_models, config_class)(config).get_model({}), seed))
+
+
+def hunyuan_image_model(seed: int = SEED + 7) -> Any:
+    """A tiny HunyuanImage 2.1: Flux's blocks (1 double, 2 single, width 128) on its 64-channel latents, reading
+    Qwen2.5-VL, with its ByT5 glyph input."""
+    return _hunyuan("HunyuanImage21", {"in_channels": 64, "out_channels": 64, "patch_size": [1, 1],
+                                       "axes_dim": [64, 64], "depth": 1, "depth_single_blocks": 2}, seed)
+
+
+def hunyuan_video15_model(seed: int = SEED + 8) -> Any:
+    """A tiny HunyuanVideo 1.5: 2 double blocks (width 128) on its 32-channel video latents (with the image and mask
+    channels of image to video), reading Qwen2.5-VL, with its ByT5 glyph and SigLIP image inputs."""
+    return _hunyuan("HunyuanVideo15", {"in_channels": 65, "out_channels": 32, "patch_size": [1, 1, 1],
+                                       "axes_dim": [16, 56, 56], "depth": 2, "depth_single_blocks": 0,
+                                       "use_cond_type_embedding": True, "vision_in_dim": 1152,
+                                       "meanflow_sum": True}, seed)
+
+
 def z_image_model(seed: int = SEED + 3) -> Any:
     import comfy.supported_models
 
@@ -219,6 +250,9 @@ _TEXT = {
     "z_image": ("z_image", "ZImageTokenizer", "ZImageTEModel", {"qwen3_4b_model_config": TINY_LLM}),
     "krea2": ("krea2", "Krea2Tokenizer", "Krea2TEModel", {}),
     "mage_flow": ("mage_flow", "MageFlowTokenizer", "MageFlowTEModel", {}),
+    # HunyuanImage's ByT5 glyph encoder is left out (a full-size ByT5-small): quoted text is not drawn as letters.
+    "hunyuan_image": ("hunyuan_image", "HunyuanImageTokenizer", None, {}),
+    "hunyuan_video15": ("hunyuan_video", "HunyuanVideo15Tokenizer", None, {}),
     # klein reads three of Qwen3's layers (9, 18, 27), side by side: 28 tiny layers, a 3 x 64 wide context.
     "flux2": ("flux", "KleinTokenizer", None, {"qwen3_4b_model_config": {**TINY_LLM, "num_hidden_layers": 28}}),
 }
@@ -238,11 +272,14 @@ def clip(family: str, seed: int = SEED + 10, t5_width: int = TINY_T5["d_model"])
         options = {**options, "t5xxl_model_config": {**TINY_T5, "d_model": t5_width}}
     if family == "qwen_image":
         options = {"qwen25_7b_class": _tiny_qwen_lm()}
-    elif family == "mage_flow":
-        options = {"qwen3vl_4b_class": _tiny_qwen_lm()}
+    elif family in ("mage_flow", "hunyuan_image", "hunyuan_video15"):
+        options = {("qwen3vl_4b_class" if family == "mage_flow" else "qwen25_7b_class"): _tiny_qwen_lm()}
     elif family == "krea2":  # Krea 2 reads 12 layers of Qwen3-VL, up to its 36th
         options = {"qwen3vl_4b_class": _tiny_qwen_lm(36, list(module.KREA2_TAP_LAYERS))}
-    encoder = module.klein_te() if family == "flux2" else getattr(module, model)
+    encoder = {"flux2": lambda: module.klein_te(),
+               "hunyuan_image": lambda: module.te(byt5=False),
+               "hunyuan_video15": lambda: importlib.import_module("comfy.text_encoders.hunyuan_image").te(byt5=False),
+               }.get(family, lambda: getattr(module, model))()
     out = comfy.sd.CLIP(ClipTarget(getattr(module, tokenizer), encoder), model_options=dict(options))
     init_weights(out.cond_stage_model, seed)
     return out
@@ -268,5 +305,6 @@ def model_and_clip(family: str, folder: str) -> tuple[Any, Any]:
         model = flux_model(folder, guidance=family == "flux")
     else:
         model = {"chroma": chroma_model, "qwen_image": qwen_image_model, "z_image": z_image_model,
-                 "flux2": flux2_model, "krea2": krea2_model, "mage_flow": mage_flow_model}[family]()
+                 "flux2": flux2_model, "krea2": krea2_model, "mage_flow": mage_flow_model,
+                 "hunyuan_image": hunyuan_image_model, "hunyuan_video15": hunyuan_video15_model}[family]()
     return model, clip(family)

@@ -8,7 +8,8 @@ from __future__ import annotations
 SERVED: dict[str, str] = {
     **dict.fromkeys(("SD15", "SD20", "SD21UnclipL", "SD21UnclipH", "SD15_instructpix2pix", "SD_X4Upscaler", "SDXL",
                      "SDXLRefiner", "SDXL_instructpix2pix", "SSD1B", "Segmind_Vega", "KOALA_700M", "KOALA_1B"), "UNet"),
-    **dict.fromkeys(("Flux", "FluxSchnell", "FluxInpaint", "Flux2", "Chroma", "LongCatImage"), "Flux"),
+    **dict.fromkeys(("Flux", "FluxSchnell", "FluxInpaint", "Flux2", "Chroma", "LongCatImage", "HunyuanImage21",
+                     "HunyuanImage21Refiner", "HunyuanVideo15", "HunyuanVideo15_SR_Distilled"), "Flux"),
     **dict.fromkeys(("QwenImage", "MageFlow"), "Qwen-Image"),
     **dict.fromkeys(("ZImage", "ZImagePixelSpace"), "Lumina 2 / Z-Image"),
     "Krea2": "Krea 2",
@@ -79,13 +80,7 @@ REFUSED: dict[str, tuple[str, str]] = {
               "install", "a Cosmos adapter on that patch, in text space as on UNets"),
     **dict.fromkeys(("HunyuanVideo", "HunyuanVideoI2V", "HunyuanVideoSkyreelsI2V"),
                     ("this pack does not mark words in its Llama tokens (it would read the CLIP-L ones, the wrong "
-                     "rows)", "Llama word positions and a Hunyuan adapter on its Flux-like joint blocks")),
-    **dict.fromkeys(("HunyuanImage21", "HunyuanImage21Refiner"),
-                    ("its joint sequence holds ByT5 glyph rows beside the prompt's, which the override does not "
-                     "count", "a Hunyuan adapter that counts them")),
-    **dict.fromkeys(("HunyuanVideo15", "HunyuanVideo15_SR_Distilled"),
-                    ("SigLIP image rows and ByT5 rows sit before the prompt's rows in its joint sequence",
-                     "a text-row offset in the attention override")),
+                     "rows)", "Llama word positions (the Flux adapter reaches its blocks on 0.33)")),
     "MiniMaxH3": ("its blocks carry no labels, and this pack does not mark words in its Qwen3-VL-32B tokens",
                   "block labels, word positions for its text encoder, and its fused qkv projection's value slice"),
     "PixelDiTT2I": (_NO_LABELS + "; this pack does not mark words in its Gemma-2 tokens",

@@ -1,4 +1,4 @@
-"""Joint-attention DiTs (Flux, Chroma, Qwen-Image, Z-Image / Lumina 2): the residual in value space.
+"""Joint-attention DiTs (Flux, Chroma, Hunyuan, Qwen-Image, Z-Image, Krea 2): the residual in value space.
 
 In these models the prompt's tokens are a stream that attention updates: each attention layer runs
 over [text tokens, image tokens] at once. In every such layer l a residual r_l (heads x head width) is
@@ -11,13 +11,14 @@ are the base model's. Two readings (the concept's variant):
 The values are reached through ComfyUI's attention override (`transformer_options
 ["optimized_attention_override"]`), which these models' attention honours; it is one slot, so the
 override here calls whatever was set before it (another pack's) and adds nothing where no concept acts.
-ComfyUI labels each call with `block_type` and `block_index`; the prompt's context length reaches the
-override through an APPLY_MODEL wrapper. The text comes first in the joint sequence in every family here.
+ComfyUI labels each call with `block_type` and `block_index`; the prompt's context length, and where it
+sits, reach the override through an APPLY_MODEL wrapper. Text comes first in the joint sequence in every
+family here: the prompt's rows, and any the model joins to them (the adapter's `text_layout`).
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -28,7 +29,8 @@ from .base import FamilyAdapter
 from .unet import call_copies, replaced_forwards
 
 OVERRIDE_KEY = "optimized_attention_override"  # ComfyUI's, in transformer_options
-TEXT_KEY = "infusion_text"  # transformer_options entry: (context rows, text rows in the joint sequence)
+# transformer_options entry: (the prompt's rows, the rows text takes in the joint sequence, the prompt's first there)
+TEXT_KEY = "infusion_text"
 TEXT_WRAPPER_KEY = "infusion_text_rows"
 
 
@@ -86,7 +88,7 @@ class JointAttention:
                 continue
             rows = positions.rows(residual.word, options.get("uuids", []), values.shape[0], text[0], values.device)
             if rows is not None:
-                out.append((residual, i, rows))
+                out.append((residual, i, (rows[0], rows[1] + text[2]) if text[2] else rows))
         return out
 
     def __call__(self, func: Callable, *args: Any, **kwargs: Any) -> Any:
@@ -141,17 +143,19 @@ class JointAttention:
         return torch.cat(outputs, dim=2 if kwargs.get("skip_output_reshape", False) else 1)
 
 
-def carry_text_rows(text_rows: Callable[[int], int]) -> Callable:
-    """APPLY_MODEL wrapper: the prompt's context length (and how many rows the text takes in the joint
-    sequence) handed to the attention override of this model call; and the concepts' override put back on
-    top of whatever holds the slot now. A node applied after the concepts that sets the slot itself (ComfyUI's
-    ModelAttentionBackend, the sage / flash attention nodes of other packs) replaces the override without
-    calling it; re-asserted here, at every model call, the concepts act and then call that node's attention."""
+def carry_text_rows(text_layout: Callable[[int, dict], tuple[int, int]]) -> Callable:
+    """APPLY_MODEL wrapper: the prompt's context length (and where text sits in the joint sequence, given the
+    model call's inputs) handed to the attention override of this model call; and the concepts' override put
+    back on top of whatever holds the slot now. A node applied after the concepts that sets the
+    slot itself (ComfyUI's ModelAttentionBackend, the sage / flash attention nodes of other packs) replaces the
+    override without calling it; re-asserted here, at every model call, the concepts act and then call that
+    node's attention."""
     def wrapper(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None,
                 *args, **kwargs):
         if c_crossattn is not None and transformer_options is not None:
             length = int(c_crossattn.shape[1])
-            transformer_options = {**transformer_options, TEXT_KEY: (length, text_rows(length))}
+            first, rows = text_layout(length, kwargs)
+            transformer_options = {**transformer_options, TEXT_KEY: (length, rows, first)}
             residuals, current = transformer_options.get(RESIDUALS_KEY), transformer_options.get(OVERRIDE_KEY)
             if residuals and not isinstance(current, JointAttention):
                 transformer_options[OVERRIDE_KEY] = JointAttention(residuals, current)
@@ -187,9 +191,11 @@ class DiTAdapter(FamilyAdapter):
     # Blocks that add to their input tensors in place (Flux's `img += ...`): see safe_blocks.
     mutates_block_inputs = False
 
-    def text_rows(self, diffusion_model: torch.nn.Module, context_length: int) -> int:
-        """How many rows of the joint sequence the text takes, for a context of `context_length` rows."""
-        return context_length
+    def text_layout(self, diffusion_model: torch.nn.Module, context_length: int,
+                    inputs: Mapping[str, Any]) -> tuple[int, int]:
+        """(the prompt's first row in the joint sequence, how many rows text takes there: the prompt's and any
+        the model joins to them) for a context of `context_length` rows and the model call's other `inputs`."""
+        return 0, context_length
 
     def blocks(self, diffusion_model: torch.nn.Module) -> list[torch.nn.Module]:
         raise NotImplementedError
@@ -213,7 +219,7 @@ class DiTAdapter(FamilyAdapter):
         dm = patcher.get_model_object("diffusion_model")
         if not patcher.get_wrappers(WrappersMP.APPLY_MODEL, TEXT_WRAPPER_KEY):
             patcher.add_wrapper_with_key(WrappersMP.APPLY_MODEL, TEXT_WRAPPER_KEY,
-                                         carry_text_rows(lambda n: self.text_rows(dm, n)))
+                                         carry_text_rows(lambda n, inputs: self.text_layout(dm, n, inputs)))
         replaced = options.get("patches_replace", {}).get("dit", {})
         for name, i, block_type in self.labelled_blocks(dm):
             previous = replaced.get((name, i))

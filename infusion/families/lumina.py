@@ -3,6 +3,8 @@
 padded to a multiple of `pad_tokens_multiple` rows (Z-Image) before it joins the image."""
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 import torch
 
 from .. import compat
@@ -28,9 +30,10 @@ class LuminaAdapter(DiTAdapter):
             return attention.n_local_kv_heads * attention.head_dim  # the values' heads (grouped-query)
         return {LayerId("double", i): (width(layer.attention),) * 2 for i, layer in enumerate(diffusion_model.layers)}
 
-    def text_rows(self, diffusion_model: torch.nn.Module, context_length: int) -> int:
+    def text_layout(self, diffusion_model: torch.nn.Module, context_length: int,
+                    inputs: Mapping[str, Any]) -> tuple[int, int]:
         multiple = getattr(diffusion_model, "pad_tokens_multiple", None)
-        return -(-context_length // multiple) * multiple if multiple else context_length
+        return 0, (-(-context_length // multiple) * multiple if multiple else context_length)
 
     def blocks(self, diffusion_model: torch.nn.Module) -> list[torch.nn.Module]:
         return list(diffusion_model.layers)

@@ -205,25 +205,59 @@ def test_image_queries_variant_computes_the_text_rows_from_the_base_values(pack,
     assert not torch.allclose(first_text_rows["value"], first_text_rows["base"], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("family", [f for f in ("hunyuan_image", "hunyuan_video15") if f in FAMILIES])
+def test_the_text_layout_is_the_models_own(pack, family):
+    """The Hunyuan models join ByT5 rows of quoted text to the prompt's (after them, or before them where the model
+    tags each kind of row: HunyuanVideo 1.5), and HunyuanVideo 1.5 SigLIP rows of an image before everything: the
+    adapter counts as many text rows as the model's joint attention has before the image's (recorded at its first
+    block), and puts the prompt's first row after those the model puts before it."""
+    dit = P(pack, "infusion.families.dit")
+    model = h.tiny_dit(family)[0]
+    adapter, dm = P(pack, "infusion.families").adapter_for(model), model.get_model_object("diffusion_model")
+    latent = h.dit_latent(model)["samples"]
+    g = torch.Generator().manual_seed(0)
+    x, context = torch.randn(latent.shape, generator=g), torch.randn(1, 7, 64, generator=g)
+    glyphs, image = torch.randn(1, 3, 1472, generator=g), torch.randn(1, 5, 1152, generator=g)
+    video = family == "hunyuan_video15"
+    for inputs in ({}, {"txt_byt5": glyphs}, *([{"txt_byt5": glyphs, "clip_fea": image}] if video else [])):
+        lengths = []
+
+        def record(func, q, k, v, *args, **kwargs):
+            if kwargs.get("transformer_options", {}).get("block_type") == "double":
+                lengths.append(k.shape[2] if kwargs.get("skip_reshape") else k.shape[1])
+            return func(q, k, v, *args, **kwargs)
+
+        if video:  # its image-to-video channels, empty as ComfyUI fills them for text to video
+            x = torch.cat([x[:, :32], torch.zeros(1, 33, *x.shape[2:])], dim=1)
+        dm(x, torch.tensor([0.5]), context, transformer_options={dit.OVERRIDE_KEY: record}, **inputs)
+        first, rows = adapter.text_layout(dm, 7, inputs)
+        assert lengths and lengths[0] == rows + latent[0, 0].numel()
+        assert rows == 7 + 3 * ("txt_byt5" in inputs) + 5 * ("clip_fea" in inputs)
+        assert first == (rows - 7 if video else 0)
+
+
+@pytest.mark.parametrize("first", [0, 2])
 @pytest.mark.parametrize("heads_first", [True, False])
-def test_the_override_adds_the_residual_to_the_values_at_the_word_only(pack, heads_first):
+def test_the_override_adds_the_residual_to_the_values_at_the_word_only(pack, heads_first, first):
     """The attention override itself, on ComfyUI's own attention function: value adds s r at the word's
-    text rows for every query; image-queries gives the text queries the base values, bit for bit."""
+    text rows for every query; image-queries gives the text queries the base values, bit for bit. The prompt's
+    rows may follow `first` other text rows (the Hunyuan models')."""
     import comfy.ldm.modules.attention as attention
 
     dit = P(pack, "infusion.families.dit")
     residual_mod, tokens = P(pack, "infusion.residual"), P(pack, "infusion.tokens")
     concept_mod = P(pack, "infusion.concept")
     layer = concept_mod.LayerId("double", 0)
-    heads, width, text, image = 2, 8, 4, 6
+    heads, width, prompt, image = 2, 8, 4, 6
+    text = first + prompt
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, heads, text + image, width, generator=g) for _ in range(3))
     if not heads_first:
         q, k, v = (t.transpose(1, 2).reshape(2, text + image, heads * width) for t in (q, k, v))
-    positions = residual_mod.BatchPositions({"a": tokens.WordPositions(length=text, words={"dog": (1,)}),
-                                             "b": tokens.WordPositions(length=text, words={})})
+    positions = residual_mod.BatchPositions({"a": tokens.WordPositions(length=prompt, words={"dog": (1,)}),
+                                             "b": tokens.WordPositions(length=prompt, words={})})
     options = {"block_type": "double", "block_index": 0, "uuids": ["a", "b"], residual_mod.BATCH_KEY: positions,
-               dit.TEXT_KEY: (text, text)}
+               dit.TEXT_KEY: (prompt, text, first)}
     r = torch.randn(heads * width, generator=g)
 
     def call(variant, strength=1.0):
@@ -239,9 +273,9 @@ def test_the_override_adds_the_residual_to_the_values_at_the_word_only(pack, hea
 
     moved = v.clone()
     if heads_first:
-        moved[0, :, 1] += 2.0 * r.view(heads, width)
+        moved[0, :, first + 1] += 2.0 * r.view(heads, width)
     else:
-        moved[0, 1] += 2.0 * r
+        moved[0, first + 1] += 2.0 * r
     base = reference(v)
     assert torch.equal(call("value", 0.0), base)
     torch.testing.assert_close(call("value", 2.0), reference(moved))
@@ -276,7 +310,7 @@ PREDICTIONS = {family: "flow velocity" for family in FAMILIES}
 def photo_latents(n=2, seed=3, family="flux"):
     """Latents as the family's VAE gives them: Qwen-Image's and Krea 2's (a video VAE) have one frame."""
     shape = {"qwen_image": (n, 16, 1, 8, 8), "krea2": (n, 16, 1, 8, 8), "flux2": (n, 128, 4, 4),
-             "mage_flow": (n, 128, 4, 4)}.get(
+             "mage_flow": (n, 128, 4, 4), "hunyuan_image": (n, 64, 4, 4), "hunyuan_video15": (n, 32, 1, 4, 4)}.get(
         family, (n, 16, 8, 8))
     return {"samples": torch.randn(shape, generator=torch.Generator().manual_seed(seed))}
 
@@ -355,7 +389,7 @@ def test_backpropagation_through_flux_blocks_matches_finite_differences(pack, ch
     g = torch.Generator().manual_seed(0)
     x, context = torch.randn(1, 16, 4, 4, generator=g).double(), torch.randn(1, 5, 64, generator=g).double()
     pooled = torch.randn(1, 768, generator=g).double()
-    options = {**patcher.model_options["transformer_options"], "uuids": ["a"], dit.TEXT_KEY: (5, 5),
+    options = {**patcher.model_options["transformer_options"], "uuids": ["a"], dit.TEXT_KEY: (5, 5, 0),
                residual_mod.BATCH_KEY: residual_mod.BatchPositions({"a": tokens.WordPositions(5, {"dog": (1, 2)})})}
 
     def loss():
@@ -474,8 +508,8 @@ def test_full_size_layer_tables_and_file_sizes(pack, name, tmp_path):
 
 # ------------------------------------------------------------------ the word in T5 and Qwen tokens
 
-@pytest.mark.parametrize("family", [f for f in ("flux", "qwen_image", "z_image", "krea2", "mage_flow")
-                                    if f in FAMILIES])
+@pytest.mark.parametrize("family", [f for f in ("flux", "qwen_image", "z_image", "krea2", "mage_flow",
+                                                 "hunyuan_image", "hunyuan_video15") if f in FAMILIES])
 def test_the_word_is_marked_in_every_piece_and_occurrence_after_the_template(pack, family):
     _, clip = h.tiny_dit(family)
     prompt = P(pack, "infusion.word_positions")

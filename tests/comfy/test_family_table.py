@@ -1,6 +1,7 @@
 """Every model family the running ComfyUI runs (comfy/supported_models.py's `models`) has one row in the pack's
 family table (infusion/families/catalog.py), and a model of it, in ComfyUI's own classes, is held to that row:
-served by the adapter the row names, whose layers read the text, or refused by name with the row's reason. A
+served by the adapter the row names, whose layers read the text (or, where this ComfyUI's version of the family is
+one the adapter cannot reach, refused saying so and to update ComfyUI), or refused by name with the row's reason. A
 family ComfyUI adds later fails here until it has a row. The served families' exact promises and training are
 tested on their tiny models (test_dit.py, test_unet*.py); docs/families.md is this table for users."""
 import re
@@ -35,7 +36,12 @@ def test_every_family_comfyui_runs_has_one_row_and_is_held_to_it(pack):
         if families.model_family(model) != name:
             wrong[name] = f"ComfyUI names it {families.model_family(model)}"
         elif name in catalog.SERVED:
-            adapter = families.adapter_for(model)
+            try:
+                adapter = families.adapter_for(model)
+            except ValueError as e:  # this ComfyUI's version of the family, which the adapter cannot reach
+                if not re.search(f"this is a {name} model, which Infusion cannot reach here: .*update ComfyUI", str(e)):
+                    wrong[name] = str(e)
+                continue
             layers = adapter.layers(model.get_model_object("diffusion_model"))
             if adapter.name != catalog.SERVED[name] or not layers:
                 wrong[name] = f"served by {adapter.name} with {len(layers)} layers"
