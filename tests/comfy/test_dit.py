@@ -205,15 +205,23 @@ def test_image_queries_variant_computes_the_text_rows_from_the_base_values(pack,
     assert not torch.allclose(first_text_rows["value"], first_text_rows["base"], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("family", [f for f in ("hunyuan_image", "hunyuan_video15") if f in FAMILIES])
+@pytest.mark.parametrize("family", [f for f in ("hunyuan_image", "hunyuan_video15") if f in FAMILIES]
+                         or ["hunyuan_image"])
 def test_the_text_layout_is_the_models_own(pack, family):
     """The Hunyuan models join ByT5 rows of quoted text to the prompt's (after them, or before them where the model
     tags each kind of row: HunyuanVideo 1.5), and HunyuanVideo 1.5 SigLIP rows of an image before everything: the
     adapter counts as many text rows as the model's joint attention has before the image's (recorded at its first
-    block), and puts the prompt's first row after those the model puts before it."""
-    dit = P(pack, "infusion.families.dit")
+    block), and puts the prompt's first row after those the model puts before it. 0.3.64's HunyuanImage (the
+    image first, no labels) is refused, saying to update ComfyUI."""
+    dit, families = P(pack, "infusion.families.dit"), P(pack, "infusion.families")
+    if family not in FAMILIES:
+        from infusion_dev import tiny_dits
+        with pytest.raises(ValueError, match="HunyuanImage21 model, which Infusion cannot reach here: this "
+                                             "ComfyUI's Hunyuan models put the image rows before .*update ComfyUI"):
+            families.adapter_for(tiny_dits.hunyuan_image_model())
+        return
     model = h.tiny_dit(family)[0]
-    adapter, dm = P(pack, "infusion.families").adapter_for(model), model.get_model_object("diffusion_model")
+    adapter, dm = families.adapter_for(model), model.get_model_object("diffusion_model")
     latent = h.dit_latent(model)["samples"]
     g = torch.Generator().manual_seed(0)
     x, context = torch.randn(latent.shape, generator=g), torch.randn(1, 7, 64, generator=g)
