@@ -1,10 +1,10 @@
 """A model of every text-to-image and text-to-video family ComfyUI runs, in ComfyUI's own classes: what the
 family table's test builds to hold each family to its row (infusion/families/catalog.py).
 
-The families the pack serves with a tiny model of their own use it; every other one is built on the meta device
-(no weight is allocated, so even HiDream's 17 B parameters cost nothing): the DiTs configured as ComfyUI's
-model_detection configures the released checkpoints, the UNets and Flux's variants as the tiny layouts with each
-family's own keys.
+Most families with a tiny model of their own use it (TINY_DITS); every other one is built on the
+meta device (no weight is allocated, so even HiDream's 17 B parameters cost nothing): the DiTs configured as
+ComfyUI's model_detection configures the released checkpoints, the UNets and Flux's variants as the tiny layouts
+with each family's own keys.
 """
 from __future__ import annotations
 
