@@ -1,6 +1,7 @@
 """What the pack does with every model family ComfyUI runs, by ComfyUI's name for it (its config class in
-comfy/supported_models.py): served by an adapter, refused because the model reads no prompt, or refused with the
-reason it cannot be reached yet and what that would take. docs/families.md is this table for users, and a test
+comfy/supported_models.py): served by an adapter, refused because a concept has nothing to act on there (the model
+reads no prompt, or draws no picture), or refused with the reason it cannot be reached yet and what that would
+take. docs/families.md is this table for users, and a test
 holds every family of the running ComfyUI to one row here."""
 from __future__ import annotations
 
@@ -15,23 +16,23 @@ SERVED: dict[str, str] = {
     "Krea2": "Krea 2",
 }
 
-# Families whose model reads no word of a prompt: what each one is.
-NO_PROMPT: dict[str, str] = {
-    "LotusD": "Lotus depth and normal estimation, whose cross-attention reads a fixed embedding",
-    "Stable_Zero123": "novel views of one image, whose cross-attention reads the image and the camera",
-    "SVD_img2vid": "Stable Video Diffusion, whose cross-attention reads the input image",
-    "SV3D_u": "orbit views of one image, whose cross-attention reads the image",
-    "SV3D_p": "orbit views of one image, whose cross-attention reads the image",
-    "Stable_Cascade_B": "Stable Cascade's decoder stage, which reads the prompt only as one pooled vector",
+# Families a concept has nothing to act on: what each one is, and why.
+NOTHING_TO_ACT_ON: dict[str, str] = {
+    "LotusD": "Lotus depth and normal estimation, whose cross-attention reads a fixed embedding, not a prompt",
+    "Stable_Zero123": "novel views of one image, whose cross-attention reads the image and the camera, not a prompt",
+    "SVD_img2vid": "Stable Video Diffusion, whose cross-attention reads the input image, not a prompt",
+    "SV3D_u": "orbit views of one image, whose cross-attention reads the image, not a prompt",
+    "SV3D_p": "orbit views of one image, whose cross-attention reads the image, not a prompt",
+    "Stable_Cascade_B": "Stable Cascade's decoder stage, which reads the prompt only as one pooled vector, no word",
     **dict.fromkeys(("StableAudio", "StableAudio3", "ACEStep", "ACEStep15", "MiniMaxMusic3"),
-                    "an audio model: concepts here are drawn in pictures"),
+                    "an audio model: a concept is a word bound to what pictures show"),
     **dict.fromkeys(("Hunyuan3Dv2", "Hunyuan3Dv2_1", "Hunyuan3Dv2mini", "TripoSplat", "Trellis2"),
-                    "a 3D model made from an image"),
-    "SeedVR2": "a video restorer, which reads no prompt",
-    "RT_DETR_v4": "an object detector",
-    "SAM3": "a segmentation model",
-    "SAM31": "a segmentation model",
-    "DepthAnything3": "a depth estimator",
+                    "a 3D model made from an image, reading no prompt"),
+    "SeedVR2": "a video restorer, reading no prompt",
+    "RT_DETR_v4": "an object detector, drawing no picture",
+    "SAM3": "a segmentation model, drawing no picture",
+    "SAM31": "a segmentation model, drawing no picture",
+    "DepthAnything3": "a depth estimator, reading no prompt",
 }
 
 _NO_LABELS = "its attention calls carry no block labels and it offers no block patches, so no layer can be told apart"
@@ -39,7 +40,7 @@ _SHARED_LABELS = ("its self-attention and its text cross-attention run under the
                   "override cannot act on the cross-attention alone")
 _NO_OPTIONS = "calls its attention without transformer_options ({}), so no composable hook reaches the values"
 _WAN = ("Wan reads the prompt through cross-attention, which runs under the same block label as its "
-        "self-attention; concepts on video models are planned")
+        "self-attention; a Wan adapter is planned")
 
 # Text-to-image and text-to-video families not reached yet: (why, what it would take).
 REFUSED: dict[str, tuple[str, str]] = {
@@ -47,8 +48,8 @@ REFUSED: dict[str, tuple[str, str]] = {
             "rows; its blocks are labelled only through block patches, which ComfyUI recomputes under gradient "
             "checkpointing, and SD3.5 Medium's image-only attention shares their labels",
             "an SD3 adapter: word rows across both text encoders and a checkpoint-safe block label"),
-    "AuraFlow": ("its text rows follow 8 register rows in the joint sequence, and this pack does not mark words in "
-                 "its Pile-T5 tokens", "a text-row offset and word positions for its tokenizer"),
+    "AuraFlow": ("this pack does not mark words in its Pile-T5 tokens, whose rows follow 8 register rows in the "
+                 "joint sequence", "word positions for its tokenizer and an adapter placing them after the registers"),
     "PixArtAlpha": ("its cross-attention " + _NO_OPTIONS.format("comfy/ldm/pixart"),
                     "patches on each cross-attention's key and value projections"),
     "PixArtSigma": ("its cross-attention " + _NO_OPTIONS.format("comfy/ldm/pixart"),
@@ -58,8 +59,8 @@ REFUSED: dict[str, tuple[str, str]] = {
     "HunyuanDiT1": ("its cross-attention " + _NO_OPTIONS.format("comfy/ldm/hydit"),
                     "patches on the key and value projections, and word positions in its BERT and mT5 rows"),
     "ErnieImage": ("it " + _NO_OPTIONS.format("comfy/ldm/ernie"), "patches on its value projections"),
-    "GenmoMochi": ("its text rows come after the image rows in the joint sequence, where the override expects them "
-                   "first", "a text-row offset in the attention override"),
+    "GenmoMochi": ("its text rows come after the image rows in the joint sequence, where the override expects text "
+                   "first", "an adapter placing the prompt after the image rows (and splitting queries there)"),
     "CogVideoX_T2V": (_NO_LABELS, "a label on each of its layers"),
     "CogVideoX_I2V": (_NO_LABELS, "a label on each of its layers"),
     "CogVideoX_Inpaint": (_NO_LABELS, "a label on each of its layers"),
@@ -113,9 +114,9 @@ REFUSED: dict[str, tuple[str, str]] = {
 
 def refusal(family: str) -> str | None:
     """Why a model of `family` (ComfyUI's name) cannot take a concept, or None when it may."""
-    if family in NO_PROMPT:
-        return (f"this is a {family} model ({NO_PROMPT[family]}): an Infusion concept acts at a word of the "
-                "prompt, and this model reads none")
+    if family in NOTHING_TO_ACT_ON:
+        return (f"this is a {family} model ({NOTHING_TO_ACT_ON[family]}): an Infusion concept binds a word of "
+                "a prompt to what a picture shows, so it has nothing to act on here")
     if family in REFUSED:
         why, needs = REFUSED[family]
         return f"this is a {family} model, which Infusion does not support yet: {why}. It would take {needs}"

@@ -21,7 +21,7 @@ def comfyui_families() -> list[str]:
 def test_every_family_comfyui_runs_has_one_row_and_is_held_to_it(pack):
     catalog = h.pack_submodule(pack, "infusion.families.catalog")
     families = h.pack_submodule(pack, "infusion.families")
-    rows = (catalog.SERVED, catalog.NO_PROMPT, catalog.REFUSED)
+    rows = (catalog.SERVED, catalog.NOTHING_TO_ACT_ON, catalog.REFUSED)
     assert not set(rows[0]) & set(rows[1]) and not set(rows[0]) & set(rows[2]) and not set(rows[1]) & set(rows[2])
     missing = [name for name in comfyui_families() if not any(name in row for row in rows)]
     assert not missing, f"families with no row in infusion/families/catalog.py: {missing}"
@@ -29,9 +29,9 @@ def test_every_family_comfyui_runs_has_one_row_and_is_held_to_it(pack):
     wrong = {}
     for name in comfyui_families():
         if name not in family_models.names():
-            # Only families that read no prompt, and Wan's (refused; concepts on video models are their own work),
+            # Only families a concept has nothing to act on, and Wan's (refused; a Wan adapter is its own work),
             # go without a model here.
-            assert name in catalog.NO_PROMPT or name.startswith("WAN"), f"{name}: no model in family_models.py"
+            assert name in catalog.NOTHING_TO_ACT_ON or name.startswith("WAN"), f"{name}: no model in family_models.py"
             continue
         model = family_models.family_model(name)
         if families.model_family(model) != name:
@@ -62,5 +62,5 @@ def test_the_families_page_has_the_tables_rows(pack):
     sections = dict(re.findall(r"^## (\w[^\n]*)\n(.*?)(?=^## |\Z)", DOCS.read_text(), re.S | re.M))
     listed = {title: set(re.findall(r"^\| `(\w+)`", body, re.M)) for title, body in sections.items()}
     assert listed.get("Served") == set(catalog.SERVED)
-    assert listed.get("Refused: reads no prompt") == set(catalog.NO_PROMPT)
+    assert listed.get("Refused: nothing to act on") == set(catalog.NOTHING_TO_ACT_ON)
     assert listed.get("Refused: not reached yet") == set(catalog.REFUSED)
