@@ -479,17 +479,15 @@ def full_size(name):
     import comfy.model_patcher
     import comfy.supported_models
 
+    if name in family_models.DIT_CONFIGS:
+        return family_models.family_model(name)
+
     from infusion_dev import tiny_dits as tiny
     flux = {**tiny.flux_config(), "vec_in_dim": 768, "context_in_dim": 4096, "hidden_size": 3072, "num_heads": 24,
             "depth": 19, "depth_single_blocks": 38}
     configs = {
         "Flux": (comfy.supported_models.Flux, flux),
         "QwenImage": (comfy.supported_models.QwenImage, {"image_model": "qwen_image", "in_channels": 64}),
-        "ZImage": (getattr(comfy.supported_models, "ZImage", None),
-                   {"image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 3840, "cap_feat_dim": 2560,
-                    "n_layers": 30, "n_heads": 30, "n_kv_heads": 30, "qk_norm": True, "axes_dims": [32, 48, 48],
-                    "axes_lens": [1536, 512, 512], "rope_theta": 256.0, "ffn_dim_multiplier": 8.0 / 3.0,
-                    "z_image_modulation": True, "time_scale": 1000.0, "pad_tokens_multiple": 32}),
     }
     config, unet_config = configs[name]
     model = config(unet_config).get_model({}, device=torch.device("meta"))
