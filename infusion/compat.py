@@ -104,6 +104,18 @@ def _unload(base_model: Any) -> None:
             mm.current_loaded_models.pop(i).model_unload()
 
 
+def latent_shape(latent_format: Any, height: int, width: int) -> tuple[int, ...]:
+    """The shape of one empty latent of the model's format for a picture of height x width pixels (one frame for
+    a video format), as ComfyUI's empty latent nodes make it.
+
+    0.33: the format carries its downscale ratio (8; 16 for FLUX.2, 32 for LTX-Video). 0.3.64's carry none: 8, but
+    32 for LTX-Video, the one family served there with another."""
+    ratio = getattr(latent_format, "spacial_downscale_ratio", None) or (32 if type(latent_format).__name__ == "LTXV"
+                                                                       else 8)
+    frames = (1,) if getattr(latent_format, "latent_dimensions", 2) == 3 else ()
+    return (1, latent_format.latent_channels, *frames, height // ratio, width // ratio)
+
+
 def labels_blocks(diffusion_model: Any) -> bool:
     """Whether this ComfyUI's DiT labels its blocks' attention calls (transformer_options["block_type"],
     ["block_index"]), read off the model class's own source: 0.33's Lumina 2 / Z-Image does, 0.3.64's does

@@ -14,7 +14,7 @@ from .concept import InfusionConcept, normalize_word
 from .layers import LayerId
 from .patching import check_fits, value_weights
 
-BLOCKS = ("input", "middle", "output", "double", "single")
+BLOCKS = ("input", "middle", "output", "double", "single", "cross")
 
 
 def blend(a: InfusionConcept, b: InfusionConcept, weight: float, word: str = "") -> InfusionConcept:
@@ -137,7 +137,7 @@ def norms_chart(norms: Mapping[LayerId, float], title: str) -> Any:
     from PIL import Image, ImageDraw
 
     colours = {"input": (70, 110, 200), "middle": (200, 120, 40), "output": (60, 160, 90), "double": (70, 110, 200),
-               "single": (60, 160, 90)}
+               "single": (60, 160, 90), "cross": (200, 120, 40)}
     layers = list(norms)
     width, height, left, bottom = 640, 320, 40, 280
     img = Image.new("RGB", (width, height), "white")

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import torch
 
 # ASCII digits only: int() would also take "-1", " 1" or "1_0", names no layer has.
-_LAYER_KEY = re.compile(r"(input|middle|output)\.([0-9]{1,4})\.([0-9]{1,4})|(double|single)\.([0-9]{1,4})")
-DIT_BLOCKS = ("double", "single")
+_LAYER_KEY = re.compile(r"(input|middle|output)\.([0-9]{1,4})\.([0-9]{1,4})|(double|single|cross)\.([0-9]{1,4})")
+DIT_BLOCKS = ("double", "single", "cross")
 
 
 @dataclass(frozen=True, order=True)
@@ -20,7 +20,8 @@ class LayerId:
     list, `index` the transformer block inside it (ComfyUI's `block_index`); key "input.1.0".
     DiT joint attention: `block` is the `block_type` ComfyUI labels the block with ("double" for
     two-stream or joint blocks, "single" for Flux's single-stream ones), `number` its `block_index`,
-    `index` 0; key "double.0".
+    `index` 0; key "double.0". A DiT's text cross-attention (families/cross_attention.py): block "cross", key
+    "cross.0".
     """
 
     block: str

@@ -20,7 +20,16 @@ def model_layers(model: Any) -> tuple[Layers, str]:
     return adapter_for(model).layers(model.get_model_object("diffusion_model")), model_family(model)
 
 
+def check_variant(model: Any, variant: str) -> None:
+    """Refuse a variant the model's family does not have (image-queries where every query is an image's)."""
+    adapter = adapter_for(model)
+    if variant not in adapter.variants:
+        raise ValueError(f"the {variant} variant does not apply to {adapter.name} models ({model_family(model)}); "
+                         f"theirs: {', '.join(adapter.variants)}. Train the concept with one of those")
+
+
 def check_fits(model: Any, concept: InfusionConcept) -> None:
+    check_variant(model, concept.variant)
     adapter = adapter_for(model)
     concept.check_fits(adapter.layers(model.get_model_object("diffusion_model")), model_family(model),
                        adapter.vector_space)

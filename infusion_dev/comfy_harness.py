@@ -418,15 +418,16 @@ def comfyui_has(path: str, text: str = "") -> bool:
 
 
 def dit_families() -> list[str]:
-    """The tiny DiT families this ComfyUI has and the pack reaches there (read off its tree: Z-Image came after
-    0.3.64, and 0.3.64's HunyuanImage puts the image before the text)."""
+    """The tiny DiT families this ComfyUI has and the pack reaches there (read off its tree: Z-Image and Kandinsky 5
+    came after 0.3.64, and 0.3.64's HunyuanImage puts the image before the text)."""
     from .tiny_dits import FAMILIES
     has = {"z_image": comfyui_has("comfy/text_encoders/z_image.py"),
            "flux2": comfyui_has("comfy/text_encoders/flux.py", "class KleinTokenizer"),
            "krea2": comfyui_has("comfy/text_encoders/krea2.py"),
            "mage_flow": comfyui_has("comfy/text_encoders/mage_flow.py"),
            "hunyuan_image": comfyui_has("comfy/ldm/hunyuan_video/model.py", '"block_type"'),
-           "hunyuan_video15": comfyui_has("comfy/ldm/hunyuan_video/model.py", "cond_type_embedding")}
+           "hunyuan_video15": comfyui_has("comfy/ldm/hunyuan_video/model.py", "cond_type_embedding"),
+           "kandinsky5": comfyui_has("comfy/ldm/kandinsky5/model.py")}
     return [f for f in FAMILIES if has.get(f, True)]
 
 
@@ -440,15 +441,12 @@ def tiny_dit(family: str) -> tuple[Any, Any]:
 
 
 def dit_latent(model: Any, batch: int = 1, pixels: int = 64) -> dict:
-    """An empty LATENT of the model's latent format for an image of pixels x pixels (FLUX.2's latents
-    have 128 channels at 1/16 of the size, the others 16 at 1/8); one frame for a model that patches time too
-    (a video model's)."""
+    """An empty LATENT of the model's latent format for an image of pixels x pixels, as the pack's previews make
+    it (infusion.compat.latent_shape: FLUX.2's latents are 1/16 of the size, LTX-Video's 1/32, the others 1/8;
+    one frame for a video format)."""
     import torch
-    channels = model.get_model_object("latent_format").latent_channels
-    size = pixels // (16 if channels == 128 else 8)
-    patch = getattr(model.get_model_object("diffusion_model"), "patch_size", None)
-    frames = (1,) if isinstance(patch, (list, tuple)) and len(patch) == 3 else ()
-    return {"samples": torch.zeros(batch, channels, *frames, size, size)}
+    from infusion.compat import latent_shape
+    return {"samples": torch.zeros(batch, *latent_shape(model.get_model_object("latent_format"), pixels, pixels)[1:])}
 
 
 # SD's KL autoencoder (8x down via 4 levels, 4 latent channels) at ch 32 instead of 128.

@@ -1,6 +1,7 @@
 """Tiny random-weight DiT models in ComfyUI's own classes, for the tests and benchmarks (never a user's
-model): FLUX.1 (dev and schnell), FLUX.2 (as klein), Chroma, Qwen-Image, Z-Image and Krea 2, each with its
-family's real tokenizer and text encoder class at a tiny width.
+model): FLUX.1 (dev and schnell), FLUX.2 (as klein), Chroma, Qwen-Image, MageFlow, Z-Image, Krea 2, HunyuanImage
+2.1, HunyuanVideo 1.5, LTX-Video and Kandinsky 5, each with its family's real tokenizer and text encoder class at
+a tiny width.
 
 A tiny Flux is written to a file and loaded from there in a way ComfyUI can repeat (tiny_models.
 load_unet_file; its Train LoRA trains on such a reloaded copy); 0.3.64's detection only knows full-size
@@ -26,7 +27,7 @@ TINY_LLM = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
 TEXT_WIDTH = 64
 
 FAMILIES = ("flux", "flux_schnell", "flux2", "chroma", "qwen_image", "z_image", "krea2", "mage_flow",
-            "hunyuan_image", "hunyuan_video15")
+            "hunyuan_image", "hunyuan_video15", "ltxv", "kandinsky5")
 
 
 def _fields_of(params: type, values: dict[str, Any]) -> dict[str, Any]:
@@ -211,6 +212,27 @@ def hunyuan_video15_model(seed: int = SEED + 8) -> Any:
                                        "meanflow_sum": True}, seed)
 
 
+def ltxv_model(seed: int = SEED + 9) -> Any:
+    """A tiny LTX-Video: 2 blocks of width 64 (2 heads of 32), each a self-attention and a cross-attention on a
+    64-wide T5, on its 128-channel video latents."""
+    import comfy.supported_models
+
+    config = {"image_model": "ltxv", "in_channels": 128, "cross_attention_dim": 64, "attention_head_dim": 32,
+              "num_attention_heads": 2, "caption_channels": TEXT_WIDTH, "num_layers": 2}
+    return _patcher(init_weights(comfy.supported_models.LTXV(config).get_model({}), seed))
+
+
+def kandinsky5_model(seed: int = SEED + 11) -> Any:
+    """A tiny Kandinsky 5 (its video model): 1 text block and 2 visual blocks of width 64 (2 heads of 32), reading a
+    64-wide Qwen2.5-VL and CLIP-L's pooled vector, on 16-channel video latents with its image and mask channels."""
+    import comfy.supported_models
+
+    config = {"image_model": "kandinsky5", "in_visual_dim": 16, "out_visual_dim": 16, "in_text_dim": TEXT_WIDTH,
+              "in_text_dim2": 768, "time_dim": 64, "model_dim": 64, "ff_dim": 128, "visual_embed_dim": (16 + 16 + 1) * 4,
+              "num_text_blocks": 1, "num_visual_blocks": 2, "axes_dims": (8, 12, 12), "patch_size": (1, 2, 2)}
+    return _patcher(init_weights(comfy.supported_models.Kandinsky5(config).get_model({}), seed))
+
+
 def z_image_model(seed: int = SEED + 3) -> Any:
     import comfy.supported_models
 
@@ -253,6 +275,8 @@ _TEXT = {
     # HunyuanImage's ByT5 glyph encoder is left out (a full-size ByT5-small): quoted text is not drawn as letters.
     "hunyuan_image": ("hunyuan_image", "HunyuanImageTokenizer", None, {}),
     "hunyuan_video15": ("hunyuan_video", "HunyuanVideo15Tokenizer", None, {}),
+    "ltxv": ("lt", "LTXVT5Tokenizer", None, {"t5xxl_model_config": TINY_T5}),
+    "kandinsky5": ("kandinsky5", "Kandinsky5Tokenizer", None, {"clip_l_model_config": TINY_CLIP_L}),
     # klein reads three of Qwen3's layers (9, 18, 27), side by side: 28 tiny layers, a 3 x 64 wide context.
     "flux2": ("flux", "KleinTokenizer", None, {"qwen3_4b_model_config": {**TINY_LLM, "num_hidden_layers": 28}}),
 }
@@ -272,13 +296,14 @@ def clip(family: str, seed: int = SEED + 10, t5_width: int = TINY_T5["d_model"])
         options = {**options, "t5xxl_model_config": {**TINY_T5, "d_model": t5_width}}
     if family == "qwen_image":
         options = {"qwen25_7b_class": _tiny_qwen_lm()}
-    elif family in ("mage_flow", "hunyuan_image", "hunyuan_video15"):
-        options = {("qwen3vl_4b_class" if family == "mage_flow" else "qwen25_7b_class"): _tiny_qwen_lm()}
+    elif family in ("mage_flow", "hunyuan_image", "hunyuan_video15", "kandinsky5"):
+        options = {**options, ("qwen3vl_4b_class" if family == "mage_flow" else "qwen25_7b_class"): _tiny_qwen_lm()}
     elif family == "krea2":  # Krea 2 reads 12 layers of Qwen3-VL, up to its 36th
         options = {"qwen3vl_4b_class": _tiny_qwen_lm(36, list(module.KREA2_TAP_LAYERS))}
     encoder = {"flux2": lambda: module.klein_te(),
                "hunyuan_image": lambda: module.te(byt5=False),
                "hunyuan_video15": lambda: importlib.import_module("comfy.text_encoders.hunyuan_image").te(byt5=False),
+               "ltxv": lambda: module.ltxv_te(), "kandinsky5": lambda: module.te(),
                }.get(family, lambda: getattr(module, model))()
     out = comfy.sd.CLIP(ClipTarget(getattr(module, tokenizer), encoder), model_options=dict(options))
     init_weights(out.cond_stage_model, seed)
@@ -306,5 +331,6 @@ def model_and_clip(family: str, folder: str) -> tuple[Any, Any]:
     else:
         model = {"chroma": chroma_model, "qwen_image": qwen_image_model, "z_image": z_image_model,
                  "flux2": flux2_model, "krea2": krea2_model, "mage_flow": mage_flow_model,
-                 "hunyuan_image": hunyuan_image_model, "hunyuan_video15": hunyuan_video15_model}[family]()
+                 "hunyuan_image": hunyuan_image_model, "hunyuan_video15": hunyuan_video15_model, "ltxv": ltxv_model,
+                 "kandinsky5": kandinsky5_model}[family]()
     return model, clip(family)

@@ -36,9 +36,9 @@ class ApplyInfusion(io.ComfyNode):
                                         "attention puts that word."),
                 io.String.Input("block_weights", default="", optional=True,
                                 tooltip="Per-block strengths, as LoRA block-weight tools write them: "
-                                        "'input=1, middle=0.5, output=1' (DiTs: 'double=1, single=0.5'), single layers "
-                                        "('output.3.0=0', 'single.7=0'), or one number per layer. Empty = 1 everywhere; "
-                                        "a block at 0 is left untouched."),
+                                        "'input=1, middle=0.5, output=1' (DiTs: 'double=1, single=0.5'; LTX-Video, "
+                                        "Kandinsky 5: 'cross=1'), single layers ('output.3.0=0', 'single.7=0'), or "
+                                        "one number per layer. Empty = 1 everywhere; a block at 0 is left untouched."),
             ],
             outputs=[io.Model.Output(), io.Clip.Output()],
         )

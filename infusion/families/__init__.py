@@ -6,15 +6,18 @@ from typing import Any
 from .base import FamilyAdapter
 from .catalog import refusal
 from .flux import FluxAdapter
+from .kandinsky5 import Kandinsky5Adapter
 from .krea2 import Krea2Adapter
+from .ltxv import LTXVAdapter
 from .lumina import LuminaAdapter
 from .qwen_image import QwenImageAdapter
 from .unet import UNetAdapter
 
 ADAPTERS: tuple[FamilyAdapter, ...] = (UNetAdapter(), FluxAdapter(), QwenImageAdapter(), LuminaAdapter(),
-                                       Krea2Adapter())
+                                       Krea2Adapter(), LTXVAdapter(), Kandinsky5Adapter())
 SUPPORTED = ("UNet models with cross-attention (SD1.x, SD2.x, SDXL and its distilled variants), Flux (FLUX.1 dev "
-             "and schnell, FLUX.2), Chroma, Qwen-Image, MageFlow, Z-Image and Krea 2 (every family: docs/families.md)")
+             "and schnell, FLUX.2), Chroma, HunyuanImage 2.1, HunyuanVideo 1.5, Qwen-Image, MageFlow, Z-Image, Krea 2, "
+             "LTX-Video and Kandinsky 5 (every family: docs/families.md)")
 
 
 def model_family(model: Any) -> str:

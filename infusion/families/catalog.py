@@ -14,6 +14,8 @@ SERVED: dict[str, str] = {
     **dict.fromkeys(("QwenImage", "MageFlow"), "Qwen-Image"),
     **dict.fromkeys(("ZImage", "ZImagePixelSpace"), "Lumina 2 / Z-Image"),
     "Krea2": "Krea 2",
+    "LTXV": "LTX-Video",
+    **dict.fromkeys(("Kandinsky5", "Kandinsky5Image"), "Kandinsky 5"),
 }
 
 # Families a concept has nothing to act on: what each one is, and why.
@@ -36,11 +38,9 @@ NOTHING_TO_ACT_ON: dict[str, str] = {
 }
 
 _NO_LABELS = "its attention calls carry no block labels and it offers no block patches, so no layer can be told apart"
-_SHARED_LABELS = ("its self-attention and its text cross-attention run under the same block label, so the value "
-                  "override cannot act on the cross-attention alone")
 _NO_OPTIONS = "calls its attention without transformer_options ({}), so no composable hook reaches the values"
-_WAN = ("Wan reads the prompt through cross-attention, which runs under the same block label as its "
-        "self-attention; a Wan adapter is planned")
+_WAN = ("this pack does not mark words in its umT5 tokens, and its image-to-video models read the image's rows in "
+        "the same cross-attention call as the prompt's")
 
 # Text-to-image and text-to-video families not reached yet: (why, what it would take).
 REFUSED: dict[str, tuple[str, str]] = {
@@ -63,10 +63,9 @@ REFUSED: dict[str, tuple[str, str]] = {
                     (_NO_LABELS, "a label on each of its layers")),
     "Stable_Cascade_C": (_NO_LABELS + "; its text rows follow the image rows",
                          "a label on each layer and a text-row offset"),
-    "LTXV": (_SHARED_LABELS, "a cross-attention form of the residual (on each block's attn2)"),
-    "LTXAV": (_SHARED_LABELS + "; its Gemma tokens are not marked",
-              "a cross-attention form of the residual and Gemma word positions"),
-    **dict.fromkeys(("Kandinsky5", "Kandinsky5Image"), (_SHARED_LABELS, "a cross-attention form of the residual")),
+    "LTXAV": ("LTX-2 reads its prompt through Gemma 3 tokens, which this pack does not mark, in a video and an audio "
+              "cross-attention per block", "Gemma 3 word positions (the LTX-Video adapter reaches its video "
+              "cross-attentions)"),
     **dict.fromkeys(("CosmosT2IPredict2", "CosmosI2VPredict2", "Anima"),
                     ("its text cross-attention is reached through Cosmos's own attention patch, which this pack "
                      "does not install", "a Cosmos adapter on that patch, in text space as on UNets")),
@@ -99,7 +98,8 @@ REFUSED: dict[str, tuple[str, str]] = {
     **dict.fromkeys(("WAN21_T2V", "WAN22_T2V", "WAN21_CausalAR_T2V", "WAN21_I2V", "WAN21_FunControl2V", "WAN21_Vace",
                      "WAN21_Camera", "WAN22_Camera", "WAN22_S2V", "WAN21_HuMo", "WAN22_Animate", "WAN_Animate2",
                      "WAN21_FlowRVS", "WAN21_SCAIL", "WAN21_SCAIL2", "WAN22_WanDancer"),
-                    (_WAN, "a cross-attention form of the residual at the word's umT5 rows")),
+                    (_WAN, "umT5 word positions and an adapter on the cross-attention form LTX-Video uses, "
+                           "leaving the image's rows alone")),
 }
 
 

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from .. import compat
 from ..concept import InfusionConcept
 from ..patching import apply_concept
 from .encoding import encode_captions
@@ -86,7 +87,7 @@ class Previewer:
 
         model = self.model if concept is None else apply_concept(self.model, concept)
         latent_format = self.model.model.latent_format
-        latent = torch.zeros(1, latent_format.latent_channels, self.height // 8, self.width // 8)
+        latent = torch.zeros(compat.latent_shape(latent_format, self.height, self.width))
         noise = comfy.sample.prepare_noise(latent, self.settings.seed)
 
         def callback(*_: Any) -> None:

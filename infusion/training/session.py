@@ -27,7 +27,7 @@ from .. import compat
 from ..concept import InfusionConcept, normalize_word
 from ..families import adapter_for
 from ..format import SaveError, remove_temporaries, save_concept
-from ..patching import model_layers, training_space
+from ..patching import check_variant, model_layers, training_space
 from ..value_space import TRAINED_IN, ValueSpace
 from ..word_positions import context_key, word_token_ids
 from .buckets import Placement
@@ -222,6 +222,7 @@ def _train(model: Any, clip: Any, data: ConceptData, request: TrainingRequest,
     name = check_name(request.name)
     adapter = adapter_for(model)
     layers, family = model_layers(model)
+    check_variant(model, request.variant)
     # Chosen (or refused) before anything is encoded; what the run's files record.
     settings = replace(request.settings, precision=model_precision(model, request.settings.precision, family))
     request = replace(request, settings=settings)
