@@ -252,6 +252,58 @@ def test_the_text_layout_is_the_models_own(pack, family):
         assert first == (rows - 7 if video else 0)
 
 
+@pytest.mark.parametrize("family", [f for f in CROSS_ATTENTION if f in FAMILIES])
+def test_a_cross_attention_concept_adds_its_vector_to_the_texts_values_at_the_word_alone(pack, family):
+    """LTX-Video and Kandinsky 5: the calls labelled "cross" are exactly the text cross-attentions (keys of the
+    prompt's rows), one a block; in the first block the self-attention's values are the base model's and the
+    cross-attention's differ by r_0 at the word's rows of the prompt that says it, and nowhere else. Another
+    pack's object patch on the cross-attention's forward still runs, under the label."""
+    model, clip = h.tiny_dit(family)
+    concept = random_concept(pack, model)
+    dm = model.get_model_object("diffusion_model")
+    blocks = len(P(pack, "infusion.families").adapter_for(model).blocks(dm))
+    first_block_key = f"diffusion_model.{P(pack, 'infusion.families').adapter_for(model).blocks_name}.0." + (
+        "attn2.forward" if family == "ltxv" else "cross_attention.forward")
+    other_pack = []
+
+    def run(strength):
+        calls = []
+
+        def record(func, q, k, v, *args, **kwargs):
+            options, heads_first = kwargs["transformer_options"], kwargs.get("skip_reshape", False)
+            rows = (lambda t: t.transpose(1, 2).flatten(2)) if heads_first else (lambda t: t)
+            calls.append((options.get("block_type"), options.get("block_index"), rows(k).shape[1], rows(v).clone()))
+            return func(q, k, v, *args, **kwargs)
+
+        base = model.clone()
+        base.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = record
+        original = base.get_model_object(first_block_key)
+        base.add_object_patch(first_block_key, lambda *a, **kw: other_pack.append(1) or original(*a, **kw))
+        applied, word_clip = apply(base, clip, concept, strength)
+        first_step(applied, word_clip, WORD_PROMPT)
+        return calls
+
+    base, moved = run(0.0), run(1.0)
+    context = h.encode(clip, WORD_PROMPT)[0][0].shape[1]
+    negative = h.encode(clip, NEGATIVE)[0][0].shape[1]  # one model call for both, or one each (unequal lengths)
+    cross = [c for c in moved if c[0] == "cross"]
+    calls = 1 if negative == context else 2
+    assert [c[1] for c in cross] == list(range(blocks)) * calls
+    assert sorted(c[2] for c in cross) == sorted([context] * blocks + [negative] * blocks * (calls - 1))
+    assert other_pack  # the other pack's patch ran under the label
+    tokens = clip.tokenize(WORD_PROMPT)
+    word_rows = P(pack, "infusion.word_positions").word_positions(clip.tokenizer, tokens, ["dog"]).words["dog"]
+    cross_0 = next(i for i, c in enumerate(moved) if c[0] == "cross" and c[2] == context)
+    self_0 = cross_0 - 1  # the block's self-attention, just before
+    assert moved[self_0][0] != "cross" and torch.equal(moved[self_0][3], base[self_0][3])
+    change = moved[cross_0][3] - base[cross_0][3]
+    changed = change.abs().sum(-1).nonzero().tolist()
+    assert len({b for b, _ in changed}) == 1 and [j for _, j in changed] == list(word_rows)
+    r = concept.values[P(pack, "infusion.concept").LayerId("cross", 0)]
+    for b, j in changed:
+        torch.testing.assert_close(change[b, j], r.to(change))
+
+
 @pytest.mark.parametrize("first", [0, 2])
 @pytest.mark.parametrize("heads_first", [True, False])
 def test_the_override_adds_the_residual_to_the_values_at_the_word_only(pack, heads_first, first):
@@ -315,6 +367,25 @@ def test_a_unet_concept_or_another_dits_concept_is_refused(pack, dit, sd15):
         apply(model, clip, random_concept(pack, h.tiny_dit(other)[0]))
 
 
+def test_the_previews_latent_is_the_empty_latent_comfyuis_own_nodes_give_the_model(pack, dit):
+    """Training's previews sample from an empty latent of the model's own size and frame axis (FLUX.2's latents are
+    1/16 of the picture, LTX-Video's 1/32 with frames): the one Empty Latent Image gives through KSampler, or
+    LTX-Video's own empty latent node (0.3.64's formats carry no downscale ratio)."""
+    import comfy.sample
+    import nodes
+
+    family, model, _ = dit
+    shape = P(pack, "infusion.compat").latent_shape(model.get_model_object("latent_format"), 64, 96)
+    if family == "ltxv":
+        from comfy_extras.nodes_lt import EmptyLTXVLatentVideo
+        expected = EmptyLTXVLatentVideo.execute(96, 64, 1).result[0]["samples"]
+    else:
+        empty = nodes.EmptyLatentImage().generate(96, 64, 1)[0]
+        ratio = (empty["downscale_ratio_spacial"],) if "downscale_ratio_spacial" in empty else ()
+        expected = comfy.sample.fix_empty_latent_channels(model, empty["samples"], *ratio)
+    assert shape == tuple(expected.shape)
+
+
 # ------------------------------------------------------------------ training
 
 TRAIN = dict(word="dog", steps=2, learning_rate=0.05, batch_size=2, gradient_accumulation=1, seed=0,
@@ -375,13 +446,18 @@ def test_training_draws_noise_levels_from_the_models_own_schedule(pack, dit, tmp
     assert seen.unique().numel() >= 8  # 32 draws spread over the schedule, not one noise level
 
 
-@pytest.mark.parametrize("family", [f for f in ("flux", "qwen_image") if f in FAMILIES])
+@pytest.mark.parametrize("family", [f for f in ("flux", "qwen_image", "ltxv") if f in FAMILIES])
 def test_gradient_checkpointing_and_the_image_queries_variant_train(pack, family):
-    """Flux's blocks add to their inputs in place; with and without recomputation the concept is the same."""
+    """Flux's blocks (and LTX-Video's) add to their inputs in place; with and without recomputation the concept is
+    the same."""
     model, clip = h.tiny_dit(family)
     runs = {on: train(pack, model.clone(), clip, f"ckpt_{family}_{on}", family, gradient_checkpointing=on)[0]
             for on in (False, True)}
     assert all(torch.equal(runs[False].values[l], runs[True].values[l]) for l in runs[True].values)
+    if family in CROSS_ATTENTION:
+        with pytest.raises(ValueError, match="the image-queries variant does not apply to LTX-Video models"):
+            train(pack, model.clone(), clip, f"image_{family}", family, variant="image-queries")
+        return
     image, _, _, _, _ = train(pack, model.clone(), clip, f"image_{family}", family, variant="image-queries")
     assert image.variant == "image-queries" and all(v.abs().sum() > 0 for v in image.values.values())
     assert any(not torch.equal(image.values[l], runs[True].values[l]) for l in image.values)
