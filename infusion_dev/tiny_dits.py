@@ -1,7 +1,7 @@
 """Tiny random-weight DiT models in ComfyUI's own classes, for the tests and benchmarks (never a user's
-model): FLUX.1 (dev and schnell), FLUX.2 (as klein), Chroma, Qwen-Image, MageFlow, Z-Image, Krea 2, HunyuanImage
-2.1, HunyuanVideo 1.5, LTX-Video and Kandinsky 5, each with its family's real tokenizer and text encoder class at
-a tiny width.
+model): FLUX.1 (dev and schnell), FLUX.2 (as klein), Chroma, Chroma Radiance, Qwen-Image, MageFlow, Z-Image,
+Krea 2, HunyuanImage 2.1, HunyuanVideo 1.5, LTX-Video and Kandinsky 5, each with its family's real tokenizer and
+text encoder class at a tiny width.
 
 A tiny Flux is written to a file and loaded from there in a way ComfyUI can repeat (tiny_models.
 load_unet_file; its Train LoRA trains on such a reloaded copy); 0.3.64's detection only knows full-size
@@ -26,8 +26,8 @@ TINY_LLM = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
             "num_key_value_heads": 1}
 TEXT_WIDTH = 64
 
-FAMILIES = ("flux", "flux_schnell", "flux2", "chroma", "qwen_image", "z_image", "krea2", "mage_flow",
-            "hunyuan_image", "hunyuan_video15", "ltxv", "kandinsky5")
+FAMILIES = ("flux", "flux_schnell", "flux2", "chroma", "chroma_radiance", "qwen_image", "z_image", "krea2",
+            "mage_flow", "hunyuan_image", "hunyuan_video15", "ltxv", "kandinsky5")
 
 
 def _fields_of(params: type, values: dict[str, Any]) -> dict[str, Any]:
@@ -163,6 +163,23 @@ def chroma_model(seed: int = SEED + 1) -> Any:
     return _patcher(init_weights(comfy.supported_models.Chroma(config).get_model({}), seed))
 
 
+def chroma_radiance_model(seed: int = SEED + 12) -> Any:
+    """A tiny Chroma Radiance: Chroma's blocks (1 double, 2 single, width 128) on pixels, in patches of 16, with a
+    small NeRF head."""
+    import comfy.ldm.chroma_radiance.model
+    import comfy.supported_models
+
+    values = {"in_channels": 3, "out_channels": 3, "context_in_dim": TEXT_WIDTH, "hidden_size": 128, "mlp_ratio": 4.0,
+              "num_heads": 1, "depth": 1, "depth_single_blocks": 2, "axes_dim": [16, 56, 56], "theta": 10000,
+              "patch_size": 16, "qkv_bias": True, "in_dim": 64, "out_dim": 128, "hidden_dim": 64, "n_layers": 1,
+              "txt_ids_dims": [], "vec_in_dim": None, "nerf_hidden_size": 16, "nerf_mlp_ratio": 2, "nerf_depth": 2,
+              "nerf_max_freqs": 4, "nerf_tile_size": 512, "nerf_final_head_type": "conv",
+              "nerf_embedder_dtype": None, "use_x0": True, "use_sequential_txt_ids": False}
+    config = {"image_model": "chroma_radiance",
+              **_fields_of(comfy.ldm.chroma_radiance.model.ChromaRadianceParams, values)}
+    return _patcher(init_weights(comfy.supported_models.ChromaRadiance(config).get_model({}), seed))
+
+
 def qwen_image_model(seed: int = SEED + 2) -> Any:
     import comfy.supported_models
 
@@ -228,7 +245,8 @@ def kandinsky5_model(seed: int = SEED + 11) -> Any:
     import comfy.supported_models
 
     config = {"image_model": "kandinsky5", "in_visual_dim": 16, "out_visual_dim": 16, "in_text_dim": TEXT_WIDTH,
-              "in_text_dim2": 768, "time_dim": 64, "model_dim": 64, "ff_dim": 128, "visual_embed_dim": (16 + 16 + 1) * 4,
+              "in_text_dim2": 768, "time_dim": 64, "model_dim": 64, "ff_dim": 128,
+              "visual_embed_dim": (16 + 16 + 1) * 4,
               "num_text_blocks": 1, "num_visual_blocks": 2, "axes_dims": (8, 12, 12), "patch_size": (1, 2, 2)}
     return _patcher(init_weights(comfy.supported_models.Kandinsky5(config).get_model({}), seed))
 
@@ -290,7 +308,7 @@ def clip(family: str, seed: int = SEED + 10, t5_width: int = TINY_T5["d_model"])
     import comfy.sd
     from comfy.supported_models_base import ClipTarget
 
-    module, tokenizer, model, options = _TEXT["flux" if family == "flux_schnell" else family]
+    module, tokenizer, model, options = _TEXT[{"flux_schnell": "flux", "chroma_radiance": "chroma"}.get(family, family)]
     module = importlib.import_module(f"comfy.text_encoders.{module}")
     if "t5xxl_model_config" in options:
         options = {**options, "t5xxl_model_config": {**TINY_T5, "d_model": t5_width}}
@@ -329,8 +347,8 @@ def model_and_clip(family: str, folder: str) -> tuple[Any, Any]:
     if family in ("flux", "flux_schnell"):
         model = flux_model(folder, guidance=family == "flux")
     else:
-        model = {"chroma": chroma_model, "qwen_image": qwen_image_model, "z_image": z_image_model,
-                 "flux2": flux2_model, "krea2": krea2_model, "mage_flow": mage_flow_model,
+        model = {"chroma": chroma_model, "chroma_radiance": chroma_radiance_model, "qwen_image": qwen_image_model,
+                 "z_image": z_image_model, "flux2": flux2_model, "krea2": krea2_model, "mage_flow": mage_flow_model,
                  "hunyuan_image": hunyuan_image_model, "hunyuan_video15": hunyuan_video15_model, "ltxv": ltxv_model,
                  "kandinsky5": kandinsky5_model}[family]()
     return model, clip(family)

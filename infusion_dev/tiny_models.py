@@ -48,7 +48,7 @@ def _randn(shape: tuple, gen: torch.Generator) -> torch.Tensor:
 
 def init_weights(module: torch.nn.Module, seed: int = SEED) -> torch.nn.Module:
     """Deterministic random init. ComfyUI allocates weights with torch.empty, so every
-    parameter must be written: matrices/convs/embeddings ~ N(0, 0.02), norm weights 1, biases 0."""
+    parameter must be written: matrices/convs/embeddings ~ N(0, 0.02), norm weights (scales) 1, biases 0."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for mod in module.modules():
@@ -56,7 +56,7 @@ def init_weights(module: torch.nn.Module, seed: int = SEED) -> torch.nn.Module:
             for name, p in mod.named_parameters(recurse=False):
                 if name == "bias":
                     p.zero_()
-                elif is_norm and name == "weight":
+                elif is_norm and name in ("weight", "scale"):  # 0.3.64's Flux RMSNorm: `scale`
                     p.fill_(1.0)
                 elif p.ndim >= 2:
                     p.copy_(_randn(tuple(p.shape), gen).mul_(0.02))

@@ -9,8 +9,9 @@ from __future__ import annotations
 SERVED: dict[str, str] = {
     **dict.fromkeys(("SD15", "SD20", "SD21UnclipL", "SD21UnclipH", "SD15_instructpix2pix", "SD_X4Upscaler", "SDXL",
                      "SDXLRefiner", "SDXL_instructpix2pix", "SSD1B", "Segmind_Vega", "KOALA_700M", "KOALA_1B"), "UNet"),
-    **dict.fromkeys(("Flux", "FluxSchnell", "FluxInpaint", "Flux2", "Chroma", "LongCatImage", "HunyuanImage21",
-                     "HunyuanImage21Refiner", "HunyuanVideo15", "HunyuanVideo15_SR_Distilled"), "Flux"),
+    **dict.fromkeys(("Flux", "FluxSchnell", "FluxInpaint", "Flux2", "Chroma", "ChromaRadiance", "LongCatImage",
+                     "HunyuanImage21", "HunyuanImage21Refiner", "HunyuanVideo15", "HunyuanVideo15_SR_Distilled"),
+                    "Flux"),
     **dict.fromkeys(("QwenImage", "MageFlow"), "Qwen-Image"),
     **dict.fromkeys(("ZImage", "ZImagePixelSpace"), "Lumina 2 / Z-Image"),
     "Krea2": "Krea 2",
@@ -81,8 +82,6 @@ REFUSED: dict[str, tuple[str, str]] = {
                 "layers)", "a label on each block, an image-first text offset, and Llama word positions"),
     "HiDreamO1": ("its text's own attention pass goes around the override, so only image queries could see a concept",
                   "an image-queries-only adapter and word positions for its tokenizer"),
-    "ChromaRadiance": ("its pixel-space Chroma has not been tested with the Flux adapter its transformer shares",
-                       "a tiny Chroma Radiance held to the exact promises"),
     "Lens": ("its text rows follow the image rows, and this pack does not mark words in its gpt-oss tokens",
              "a text-row offset and word positions for its tokenizer"),
     "Lumina2": ("ComfyUI's Lumina 2 reads Gemma-2 tokens, and this pack does not mark words in them (Z-Image, the "

@@ -1,5 +1,5 @@
-"""Flux-style DiTs: FLUX.1 (dev, schnell), FLUX.2, Chroma, HunyuanImage 2.1 and HunyuanVideo 1.5 (ComfyUI's
-comfy.ldm.flux, comfy.ldm.chroma and comfy.ldm.hunyuan_video, built of Flux's blocks).
+"""Flux-style DiTs: FLUX.1 (dev, schnell), FLUX.2, Chroma, Chroma Radiance (on pixels), HunyuanImage 2.1 and
+HunyuanVideo 1.5 (ComfyUI's comfy.ldm.flux, chroma, chroma_radiance and hunyuan_video, built of Flux's blocks).
 
 Double-stream blocks (text and image projected separately, attended jointly) and single-stream blocks
 (one sequence, text first), labelled "double" and "single". Their blocks add to their input tensors in
@@ -20,7 +20,7 @@ from .base import Layers
 from .dit import DiTAdapter
 
 HUNYUAN = "comfy.ldm.hunyuan_video.model"
-MODULES = ("comfy.ldm.flux.model", "comfy.ldm.chroma.model", HUNYUAN)
+MODULES = ("comfy.ldm.flux.model", "comfy.ldm.chroma.model", "comfy.ldm.chroma_radiance.model", HUNYUAN)
 # FLUX.1-dev is guidance-distilled: training gives it guidance 1.0, as kohya's FLUX.1 guide and
 # ai-toolkit train it (3.5, ComfyUI's default, is what it samples at).
 TRAINING_GUIDANCE = 1.0

@@ -369,8 +369,8 @@ def test_a_unet_concept_or_another_dits_concept_is_refused(pack, dit, sd15):
 
 def test_the_previews_latent_is_the_empty_latent_comfyuis_own_nodes_give_the_model(pack, dit):
     """Training's previews sample from an empty latent of the model's own size and frame axis (FLUX.2's latents are
-    1/16 of the picture, LTX-Video's 1/32 with frames): the one Empty Latent Image gives through KSampler, or
-    LTX-Video's own empty latent node (0.3.64's formats carry no downscale ratio)."""
+    1/16 of the picture, LTX-Video's 1/32 with frames, Chroma Radiance's the pixels): the one Empty Latent Image
+    gives through KSampler, or the family's own empty latent node (0.3.64's formats carry no downscale ratio)."""
     import comfy.sample
     import nodes
 
@@ -379,6 +379,9 @@ def test_the_previews_latent_is_the_empty_latent_comfyuis_own_nodes_give_the_mod
     if family == "ltxv":
         from comfy_extras.nodes_lt import EmptyLTXVLatentVideo
         expected = EmptyLTXVLatentVideo.execute(96, 64, 1).result[0]["samples"]
+    elif family == "chroma_radiance":
+        from comfy_extras.nodes_chroma_radiance import EmptyChromaRadianceLatentImage
+        expected = EmptyChromaRadianceLatentImage.execute(width=96, height=64).result[0]["samples"]
     else:
         empty = nodes.EmptyLatentImage().generate(96, 64, 1)[0]
         ratio = (empty["downscale_ratio_spacial"],) if "downscale_ratio_spacial" in empty else ()
@@ -395,10 +398,11 @@ PREDICTIONS = {family: "flow velocity" for family in FAMILIES}
 
 
 def photo_latents(n=2, seed=3, family="flux"):
-    """Latents as the family's VAE gives them: Qwen-Image's and Krea 2's (a video VAE) have one frame."""
+    """Latents as the family's VAE gives them: Qwen-Image's and Krea 2's (a video VAE) have one frame; Chroma Radiance's
+    are pixels."""
     shape = {"qwen_image": (n, 16, 1, 8, 8), "krea2": (n, 16, 1, 8, 8), "flux2": (n, 128, 4, 4),
              "mage_flow": (n, 128, 4, 4), "hunyuan_image": (n, 64, 4, 4), "hunyuan_video15": (n, 32, 1, 4, 4),
-             "ltxv": (n, 128, 1, 4, 4), "kandinsky5": (n, 16, 1, 8, 8)}.get(
+             "ltxv": (n, 128, 1, 4, 4), "kandinsky5": (n, 16, 1, 8, 8), "chroma_radiance": (n, 3, 64, 64)}.get(
         family, (n, 16, 8, 8))
     return {"samples": torch.randn(shape, generator=torch.Generator().manual_seed(seed))}
 
