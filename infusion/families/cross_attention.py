@@ -3,15 +3,19 @@ value space, at the word's rows of the text's values.
 
 Each block runs a self-attention over the image and a cross-attention whose keys and values are the prompt's
 rows (the same rows in every block: the text is not updated between blocks). Both run under one block label
-(Kandinsky 5's) or none (LTX-Video's), so the adapter labels the cross-attention's calls itself: an object
-patch on its forward (ComfyUI's add_object_patch, on the patcher's clone, put in place when ComfyUI loads
-the model and taken away after) runs it with transformer_options labelled ("cross", block index). The
-attention override (dit.JointAttention) then adds r_l to the values at the word's rows, which are the
-prompt's own, first to last. Every query is an image query, so value is the one variant.
+(Kandinsky 5's) or none (LTX-Video's), so the adapter labels the cross-attention's calls itself, through an
+object patch (ComfyUI's add_object_patch, on the patcher's clone, put in place when ComfyUI loads the model and
+taken away after): the module's class becomes a subclass whose forward runs the class's own with
+transformer_options labelled ("cross", block index). A class holds no module, so a model ComfyUI reloads or
+copies under the same patches (0.33's non-dynamic delegate, Train LoRA's copy) runs its own cross-attentions; a
+patch on the bound `forward` would run the module it was made from. The attention override (dit.JointAttention)
+then adds r_l to the values at the word's rows, which are the prompt's own, first to last. Every query is an
+image query, so value is the one variant.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+import functools
+from typing import Any
 
 import torch
 
@@ -22,21 +26,21 @@ from .dit import DiTAdapter, DiTResidual
 CROSS = "cross"  # the block_type of the labelled calls, the block name of the layers
 
 
-class CrossLabel:
-    """An object patch on a cross-attention's forward: its attention calls labelled ("cross", `index`) on a copy
-    of transformer_options, then whatever ran there before (the module's forward, or another pack's patch)."""
+@functools.cache
+def labelled(base: type, index: int) -> type:
+    """`base` (a cross-attention module's class) with its attention calls labelled ("cross", `index`), on a copy of
+    transformer_options."""
+    class Labelled(base):
+        unlabelled = base
 
-    def __init__(self, index: int, previous: Callable):
-        self.index, self.previous = index, previous
+        def forward(self, *args: Any, **kwargs: Any) -> Any:
+            options = kwargs.get("transformer_options")
+            if options is not None:
+                kwargs["transformer_options"] = {**options, "block_type": CROSS, "block_index": index}
+            return super().forward(*args, **kwargs)
 
-    def __deepcopy__(self, memo):
-        return self
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        options = kwargs.get("transformer_options")
-        if options is not None:
-            kwargs["transformer_options"] = {**options, "block_type": CROSS, "block_index": self.index}
-        return self.previous(*args, **kwargs)
+    Labelled.__name__ = Labelled.__qualname__ = f"{base.__name__}Labelled{index}"
+    return Labelled
 
 
 class CrossAttentionAdapter(DiTAdapter):
@@ -63,8 +67,7 @@ class CrossAttentionAdapter(DiTAdapter):
     def install(self, patcher: Any, residual: DiTResidual) -> None:
         super().install(patcher, residual)
         for i in range(len(self.blocks(patcher.get_model_object("diffusion_model")))):
-            key = f"diffusion_model.{self.blocks_name}.{i}.{self.attention_name}.forward"
-            # Another clone's label may be in place on the shared model: what it wraps is what runs there.
+            key = f"diffusion_model.{self.blocks_name}.{i}.{self.attention_name}.__class__"
+            # Another clone's label may be in place on the shared model: the class it labels is the one that runs.
             current = patcher.get_model_object(key)
-            patcher.add_object_patch(key, CrossLabel(i, current.previous if isinstance(current, CrossLabel)
-                                                     else current))
+            patcher.add_object_patch(key, labelled(current.__dict__.get("unlabelled", current), i))

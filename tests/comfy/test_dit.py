@@ -257,13 +257,12 @@ def test_a_cross_attention_concept_adds_its_vector_to_the_texts_values_at_the_wo
     """LTX-Video and Kandinsky 5: the calls labelled "cross" are exactly the text cross-attentions (keys of the
     prompt's rows), one a block; in the first block the self-attention's values are the base model's and the
     cross-attention's differ by r_0 at the word's rows of the prompt that says it, and nowhere else. Another
-    pack's object patch on the cross-attention's forward still runs, under the label."""
+    pack's object patch on the cross-attention's class (a subclass) still runs, under the label."""
     model, clip = h.tiny_dit(family)
     concept = random_concept(pack, model)
-    dm = model.get_model_object("diffusion_model")
-    blocks = len(P(pack, "infusion.families").adapter_for(model).blocks(dm))
-    first_block_key = f"diffusion_model.{P(pack, 'infusion.families').adapter_for(model).blocks_name}.0." + (
-        "attn2.forward" if family == "ltxv" else "cross_attention.forward")
+    adapter = P(pack, "infusion.families").adapter_for(model)
+    blocks = len(adapter.blocks(model.get_model_object("diffusion_model")))
+    first_block_key = f"diffusion_model.{adapter.blocks_name}.0.{adapter.attention_name}.__class__"
     other_pack = []
 
     def run(strength):
@@ -278,7 +277,12 @@ def test_a_cross_attention_concept_adds_its_vector_to_the_texts_values_at_the_wo
         base = model.clone()
         base.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = record
         original = base.get_model_object(first_block_key)
-        base.add_object_patch(first_block_key, lambda *a, **kw: other_pack.append(1) or original(*a, **kw))
+
+        class OtherPacks(original):
+            def forward(self, *args, **kwargs):
+                other_pack.append(kwargs["transformer_options"].get("block_type"))
+                return super().forward(*args, **kwargs)
+        base.add_object_patch(first_block_key, OtherPacks)
         applied, word_clip = apply(base, clip, concept, strength)
         first_step(applied, word_clip, WORD_PROMPT)
         return calls
@@ -290,7 +294,7 @@ def test_a_cross_attention_concept_adds_its_vector_to_the_texts_values_at_the_wo
     calls = 1 if negative == context else 2
     assert [c[1] for c in cross] == list(range(blocks)) * calls
     assert sorted(c[2] for c in cross) == sorted([context] * blocks + [negative] * blocks * (calls - 1))
-    assert other_pack  # the other pack's patch ran under the label
+    assert other_pack and set(other_pack) == {"cross"}  # the other pack's patch ran, under the label
     tokens = clip.tokenize(WORD_PROMPT)
     word_rows = P(pack, "infusion.word_positions").word_positions(clip.tokenizer, tokens, ["dog"]).words["dog"]
     cross_0 = next(i for i, c in enumerate(moved) if c[0] == "cross" and c[2] == context)
@@ -302,6 +306,26 @@ def test_a_cross_attention_concept_adds_its_vector_to_the_texts_values_at_the_wo
     r = concept.values[P(pack, "infusion.concept").LayerId("cross", 0)]
     for b, j in changed:
         torch.testing.assert_close(change[b, j], r.to(change))
+
+
+@pytest.mark.parametrize("family", [f for f in CROSS_ATTENTION if f in FAMILIES
+                                    and h.comfyui_has("comfy/model_patcher.py", "model_override")])
+def test_a_model_comfyui_copies_under_the_same_patches_runs_its_own_cross_attentions(pack, family):
+    """ComfyUI builds a new model under a patcher's patches (0.33's non-dynamic delegate reloads it, Train LoRA
+    deep-copies it; both through clone's model_override): the concept's labels then act on the new model's own
+    cross-attentions, so it draws what the concept applied to that model draws (a label holding the module it was
+    made from would run the old one)."""
+    from infusion_dev import tiny_dits
+
+    model, clip = h.tiny_dit(family)
+    concept = random_concept(pack, model)
+    applied, word_clip = apply(model, clip, concept)
+    other = getattr(tiny_dits, f"{family}_model")(seed=7)  # the same layout, other weights
+    reloaded = applied.clone(model_override=other.get_clone_model_override())
+    assert reloaded.model is other.model
+    expected = sample(apply(other, clip, concept)[0], word_clip, WORD_PROMPT)
+    assert torch.equal(sample(reloaded, word_clip, WORD_PROMPT), expected)
+    assert not torch.equal(expected, sample(other, word_clip, WORD_PROMPT))
 
 
 @pytest.mark.parametrize("first", [0, 2])
