@@ -3,7 +3,8 @@
 Which tokenizer's tokens become the model's context, and which of their rows it keeps, depends on the
 text encoder; ComfyUI's tokens say which (their keys):
 - CLIP (SD1.x "l", SD2.x "h", SDXL "g" and "l" at the same positions): every row, in 77-token chunks;
-- T5-XXL ("t5xxl": Flux, with "l" for its pooled vector; Chroma): every row;
+- T5-XXL ("t5xxl": Flux, with "l" for its pooled vector; Chroma; LTX-Video) and Pile-T5 ("pile_t5xl":
+  AuraFlow, read through ComfyUI's own SentencePiece wrapper): every row;
 - Qwen2.5-VL ("qwen25_7b": Qwen-Image) and Qwen3-VL ("qwen3vl_4b": Krea 2): the rows from the user
   turn's text on (ComfyUI's text encoders drop the system prompt and "<|im_start|>user\\n" of the template);
 - Qwen3 ("qwen3_4b", "qwen3_8b": Z-Image, FLUX.2 klein): every row, template included.
@@ -23,7 +24,7 @@ from .tokens import WordPositions, find_word, flat_ids
 
 CLIP_KEYS = ("l", "h", "g")
 TEMPLATE_DROPPED = ("qwen25_7b", "qwen3vl_4b")  # Qwen-Image, Krea 2
-CONTEXT_KEYS = ("t5xxl", *TEMPLATE_DROPPED, "qwen3_4b", "qwen3_8b")
+CONTEXT_KEYS = ("t5xxl", "pile_t5xl", *TEMPLATE_DROPPED, "qwen3_4b", "qwen3_8b")
 _IM_START, _USER, _NEWLINE = 151644, 872, 198  # Qwen's <|im_start|>, "user", "\n"
 
 
@@ -37,8 +38,8 @@ def context_key(tokens: Mapping[str, Any]) -> str:
     if clip:
         return clip[0]
     raise ValueError(f"this CLIP's text encoder ({', '.join(tokens)}) is not one Infusion can mark the class word "
-                     "for; supported: CLIP (SD1.x, SD2.x, SDXL), T5-XXL (Flux, Chroma), Qwen2.5-VL (Qwen-Image), "
-                     "Qwen3 (Z-Image, FLUX.2 klein), Qwen3-VL (Krea 2)")
+                     "for; supported: CLIP (SD1.x, SD2.x, SDXL), T5-XXL (Flux, Chroma, LTX-Video), Pile-T5 (AuraFlow), "
+                     "Qwen2.5-VL (Qwen-Image, Kandinsky 5), Qwen3 (Z-Image, FLUX.2 klein), Qwen3-VL (Krea 2)")
 
 
 def _sd_tokenizer(tokenizer: Any, key: str) -> Any:
@@ -116,11 +117,26 @@ def _kind(sdt: Any) -> str:
     raise ValueError(f"Infusion cannot read the tokens of this tokenizer ({type(sdt.tokenizer).__name__})")
 
 
+def _processor(sdt: Any) -> Any:
+    """The sentencepiece processor behind ComfyUI's own SentencePiece wrapper (Pile-T5's), which has none of
+    the transformers tokenizers' token tables; None for those."""
+    return None if hasattr(sdt.tokenizer, "convert_ids_to_tokens") else sdt.tokenizer.tokenizer
+
+
 @lru_cache(maxsize=8)
 def _separators(sdt: Any) -> frozenset[int]:
     """Special and added tokens (<|im_start|>, </s>, padding): they stand between words."""
-    tok = sdt.tokenizer
+    tok, processor = sdt.tokenizer, _processor(sdt)
+    if processor is not None:
+        return frozenset(i for i in range(processor.get_piece_size()) if processor.is_control(i))
     return frozenset(tok.all_special_ids) | frozenset(getattr(tok, "added_tokens_decoder", {}) or {})
+
+
+def _pieces(sdt: Any, ids: Sequence[int]) -> list[str | None]:
+    processor = _processor(sdt)
+    if processor is None:
+        return sdt.tokenizer.convert_ids_to_tokens(list(ids))
+    return [processor.id_to_piece(i) if 0 <= i < processor.get_piece_size() else None for i in ids]
 
 
 def _piece_text(piece: str, kind: str) -> str:
@@ -132,7 +148,7 @@ def _piece_text(piece: str, kind: str) -> str:
 
 def _token_texts(sdt: Any, ids: Sequence) -> list[str]:
     kind, separators = _kind(sdt), _separators(sdt)
-    pieces = sdt.tokenizer.convert_ids_to_tokens([i if isinstance(i, int) else 0 for i in ids])
+    pieces = _pieces(sdt, [i if isinstance(i, int) else 0 for i in ids])
     return [" " if not isinstance(i, int) or i in separators or piece is None else _piece_text(piece, kind)
             for i, piece in zip(ids, pieces)]
 

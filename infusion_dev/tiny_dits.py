@@ -1,6 +1,6 @@
 """Tiny random-weight DiT models in ComfyUI's own classes, for the tests and benchmarks (never a user's
 model): FLUX.1 (dev and schnell), FLUX.2 (as klein), Chroma, Chroma Radiance, Qwen-Image, MageFlow, Z-Image,
-Krea 2, HunyuanImage 2.1, HunyuanVideo 1.5, LTX-Video and Kandinsky 5, each with its family's real tokenizer and
+Krea 2, HunyuanImage 2.1, HunyuanVideo 1.5, LTX-Video, Kandinsky 5 and AuraFlow, each with its family's real tokenizer and
 text encoder class at a tiny width.
 
 A tiny Flux is written to a file and loaded from there in a way ComfyUI can repeat (tiny_models.
@@ -27,7 +27,7 @@ TINY_LLM = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
 TEXT_WIDTH = 64
 
 FAMILIES = ("flux", "flux_schnell", "flux2", "chroma", "chroma_radiance", "qwen_image", "z_image", "krea2",
-            "mage_flow", "hunyuan_image", "hunyuan_video15", "ltxv", "kandinsky5")
+            "mage_flow", "hunyuan_image", "hunyuan_video15", "ltxv", "kandinsky5", "aura_flow")
 
 
 def _fields_of(params: type, values: dict[str, Any]) -> dict[str, Any]:
@@ -251,6 +251,23 @@ def kandinsky5_model(seed: int = SEED + 11) -> Any:
     return _patcher(init_weights(comfy.supported_models.Kandinsky5(config).get_model({}), seed))
 
 
+def aura_flow_model(seed: int = SEED + 13) -> Any:
+    """A tiny AuraFlow: 1 double and 2 single blocks of width 128 (2 heads of 64), with its 8 register rows, on SDXL's
+    latents, reading a Pile-T5 of AuraFlow's own width 2048 (ComfyUI names the model AuraFlow by that width)."""
+    import comfy.supported_models
+
+    config = {"cond_seq_dim": 2048, "dim": 128, "n_heads": 2, "global_conddim": 128, "n_layers": 3,
+              "n_double_layers": 1, "max_seq": 16 * 16}
+    model = init_weights(comfy.supported_models.AuraFlow(config).get_model({}), seed)
+    # Its blocks gate attention and MLP by the timestep's modulations, which weights of 0.02 leave near 0 (the
+    # prompt then moved the output by 1e-8): those are drawn 10 times larger, gates of a trained model's order.
+    with torch.no_grad():
+        for name, p in model.diffusion_model.named_parameters():
+            if p.ndim == 2 and (name.startswith(("t_embedder.", "modF.")) or ".mod" in name):
+                p.mul_(10.0)
+    return _patcher(model)
+
+
 def z_image_model(seed: int = SEED + 3) -> Any:
     import comfy.supported_models
 
@@ -294,6 +311,8 @@ _TEXT = {
     "hunyuan_image": ("hunyuan_image", "HunyuanImageTokenizer", None, {}),
     "hunyuan_video15": ("hunyuan_video", "HunyuanVideo15Tokenizer", None, {}),
     "ltxv": ("lt", "LTXVT5Tokenizer", None, {"t5xxl_model_config": TINY_T5}),
+    # Pile-T5 at AuraFlow's width (2048: its 32k-row embedding is most of this encoder's 66 M numbers).
+    "aura_flow": ("aura_t5", "AuraT5Tokenizer", "AuraT5Model", {"pile_t5xl_model_config": {**TINY_T5, "d_model": 2048}}),
     "kandinsky5": ("kandinsky5", "Kandinsky5Tokenizer", None, {"clip_l_model_config": TINY_CLIP_L}),
     # klein reads three of Qwen3's layers (9, 18, 27), side by side: 28 tiny layers, a 3 x 64 wide context.
     "flux2": ("flux", "KleinTokenizer", None, {"qwen3_4b_model_config": {**TINY_LLM, "num_hidden_layers": 28}}),
@@ -350,5 +369,5 @@ def model_and_clip(family: str, folder: str) -> tuple[Any, Any]:
         model = {"chroma": chroma_model, "chroma_radiance": chroma_radiance_model, "qwen_image": qwen_image_model,
                  "z_image": z_image_model, "flux2": flux2_model, "krea2": krea2_model, "mage_flow": mage_flow_model,
                  "hunyuan_image": hunyuan_image_model, "hunyuan_video15": hunyuan_video15_model, "ltxv": ltxv_model,
-                 "kandinsky5": kandinsky5_model}[family]()
+                 "kandinsky5": kandinsky5_model, "aura_flow": aura_flow_model}[family]()
     return model, clip(family)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .aura_flow import AuraFlowAdapter
 from .base import FamilyAdapter
 from .catalog import refusal
 from .flux import FluxAdapter
@@ -14,10 +15,10 @@ from .qwen_image import QwenImageAdapter
 from .unet import UNetAdapter
 
 ADAPTERS: tuple[FamilyAdapter, ...] = (UNetAdapter(), FluxAdapter(), QwenImageAdapter(), LuminaAdapter(),
-                                       Krea2Adapter(), LTXVAdapter(), Kandinsky5Adapter())
+                                       Krea2Adapter(), LTXVAdapter(), Kandinsky5Adapter(), AuraFlowAdapter())
 SUPPORTED = ("UNet models with cross-attention (SD1.x, SD2.x, SDXL and its distilled variants), Flux (FLUX.1 dev "
              "and schnell, FLUX.2), Chroma, HunyuanImage 2.1, HunyuanVideo 1.5, Qwen-Image, MageFlow, Z-Image, Krea 2, "
-             "LTX-Video and Kandinsky 5 (every family: docs/families.md)")
+             "LTX-Video, Kandinsky 5 and AuraFlow (every family: docs/families.md)")
 
 
 def model_family(model: Any) -> str:

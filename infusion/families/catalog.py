@@ -16,6 +16,7 @@ SERVED: dict[str, str] = {
     **dict.fromkeys(("ZImage", "ZImagePixelSpace"), "Lumina 2 / Z-Image"),
     "Krea2": "Krea 2",
     "LTXV": "LTX-Video",
+    "AuraFlow": "AuraFlow",
     **dict.fromkeys(("Kandinsky5", "Kandinsky5Image"), "Kandinsky 5"),
 }
 
@@ -49,8 +50,6 @@ REFUSED: dict[str, tuple[str, str]] = {
             "rows; its blocks are labelled only through block patches, which ComfyUI recomputes under gradient "
             "checkpointing, and SD3.5 Medium's image-only attention shares their labels",
             "an SD3 adapter: word rows across both text encoders and a checkpoint-safe block label"),
-    "AuraFlow": ("this pack does not mark words in its Pile-T5 tokens, whose rows follow 8 register rows in the "
-                 "joint sequence", "word positions for its tokenizer and an adapter placing them after the registers"),
     **dict.fromkeys(("PixArtAlpha", "PixArtSigma"),
                     ("its cross-attention " + _NO_OPTIONS.format("comfy/ldm/pixart"),
                      "patches on each cross-attention's key and value projections")),

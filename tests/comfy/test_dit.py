@@ -328,6 +328,38 @@ def test_a_model_comfyui_copies_under_the_same_patches_runs_its_own_cross_attent
     assert not torch.equal(expected, sample(other, word_clip, WORD_PROMPT))
 
 
+def test_auraflows_concept_acts_at_the_words_rows_after_its_registers(pack):
+    """AuraFlow's joint sequence starts with 8 learnt register rows, then the prompt's: in its first double block the
+    concept changes the values at the word's rows shifted by 8, by r_0, and nowhere else (recorded by an override
+    that runs under the concept's)."""
+    model, clip = h.tiny_dit("aura_flow")
+    concept = random_concept(pack, model)
+    registers = int(model.get_model_object("diffusion_model").register_tokens.shape[1])
+
+    def first_double_values(strength):
+        seen = []
+
+        def record(func, q, k, v, *args, **kwargs):
+            if kwargs["transformer_options"].get("block_type") == "double" and not seen:
+                seen.append(v.transpose(1, 2).flatten(2).clone())  # [batch, rows, heads x width]
+            return func(q, k, v, *args, **kwargs)
+
+        base = model.clone()
+        base.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = record
+        applied, word_clip = apply(base, clip, concept, strength)
+        first_step(applied, word_clip, WORD_PROMPT)
+        return seen[0]
+
+    change = first_double_values(1.0) - first_double_values(0.0)
+    word_rows = P(pack, "infusion.word_positions").word_positions(clip.tokenizer, clip.tokenize(WORD_PROMPT),
+                                                                   ["dog"]).words["dog"]
+    changed = change.abs().sum(-1).nonzero().tolist()
+    assert registers == 8 and [j for _, j in changed] == [registers + j for j in word_rows]
+    r = concept.values[P(pack, "infusion.concept").LayerId("double", 0)]
+    for b, j in changed:
+        torch.testing.assert_close(change[b, j], r.to(change))
+
+
 @pytest.mark.parametrize("first", [0, 2])
 @pytest.mark.parametrize("heads_first", [True, False])
 def test_the_override_adds_the_residual_to_the_values_at_the_word_only(pack, heads_first, first):
@@ -426,7 +458,8 @@ def photo_latents(n=2, seed=3, family="flux"):
     are pixels."""
     shape = {"qwen_image": (n, 16, 1, 8, 8), "krea2": (n, 16, 1, 8, 8), "flux2": (n, 128, 4, 4),
              "mage_flow": (n, 128, 4, 4), "hunyuan_image": (n, 64, 4, 4), "hunyuan_video15": (n, 32, 1, 4, 4),
-             "ltxv": (n, 128, 1, 4, 4), "kandinsky5": (n, 16, 1, 8, 8), "chroma_radiance": (n, 3, 64, 64)}.get(
+             "ltxv": (n, 128, 1, 4, 4), "kandinsky5": (n, 16, 1, 8, 8), "chroma_radiance": (n, 3, 64, 64),
+             "aura_flow": (n, 4, 8, 8)}.get(
         family, (n, 16, 8, 8))
     return {"samples": torch.randn(shape, generator=torch.Generator().manual_seed(seed))}
 
@@ -630,8 +663,8 @@ def test_full_size_layer_tables_and_file_sizes(pack, name, tmp_path):
 # ------------------------------------------------------------------ the word in T5 and Qwen tokens
 
 @pytest.mark.parametrize("family", [f for f in ("flux", "qwen_image", "z_image", "krea2", "mage_flow",
-                                                 "hunyuan_image", "hunyuan_video15", "ltxv", "kandinsky5")
-                                    if f in FAMILIES])
+                                                 "hunyuan_image", "hunyuan_video15", "ltxv", "kandinsky5",
+                                                 "aura_flow") if f in FAMILIES])
 def test_the_word_is_marked_in_every_piece_and_occurrence_after_the_template(pack, family):
     _, clip = h.tiny_dit(family)
     prompt = P(pack, "infusion.word_positions")
