@@ -5,8 +5,9 @@ text encoder; ComfyUI's tokens say which (their keys):
 - CLIP (SD1.x "l", SD2.x "h", SDXL "g" and "l" at the same positions): every row, in 77-token chunks;
 - T5-XXL ("t5xxl": Flux, with "l" for its pooled vector; Chroma; LTX-Video) and Pile-T5 ("pile_t5xl":
   AuraFlow, read through ComfyUI's own SentencePiece wrapper): every row;
-- Qwen2.5-VL ("qwen25_7b": Qwen-Image) and Qwen3-VL ("qwen3vl_4b": Krea 2): the rows from the user
-  turn's text on (ComfyUI's text encoders drop the system prompt and "<|im_start|>user\\n" of the template);
+- Qwen2.5-VL ("qwen25_7b": Qwen-Image, the Hunyuan models, Kandinsky 5) and Qwen3-VL ("qwen3vl_4b": Krea 2,
+  MageFlow): the rows from the user turn's text on (ComfyUI's text encoders drop the system prompt and
+  "<|im_start|>user\\n" of the template);
 - Qwen3 ("qwen3_4b", "qwen3_8b": Z-Image, FLUX.2 klein): every row, template included.
 
 The word is found on the tokens' own text: CLIP's BPE by its word-end marks (tokens.py), the others

@@ -1,7 +1,7 @@
 """Tiny random-weight DiT models in ComfyUI's own classes, for the tests and benchmarks (never a user's
 model): FLUX.1 (dev and schnell), FLUX.2 (as klein), Chroma, Chroma Radiance, Qwen-Image, MageFlow, Z-Image,
-Krea 2, HunyuanImage 2.1, HunyuanVideo 1.5, LTX-Video, Kandinsky 5 and AuraFlow, each with its family's real tokenizer and
-text encoder class at a tiny width.
+Krea 2, HunyuanImage 2.1, HunyuanVideo 1.5, LTX-Video, Kandinsky 5 and AuraFlow, each with its family's real
+tokenizer and text encoder class at a tiny width.
 
 A tiny Flux is written to a file and loaded from there in a way ComfyUI can repeat (tiny_models.
 load_unet_file; its Train LoRA trains on such a reloaded copy); 0.3.64's detection only knows full-size
@@ -312,7 +312,8 @@ _TEXT = {
     "hunyuan_video15": ("hunyuan_video", "HunyuanVideo15Tokenizer", None, {}),
     "ltxv": ("lt", "LTXVT5Tokenizer", None, {"t5xxl_model_config": TINY_T5}),
     # Pile-T5 at AuraFlow's width (2048: its 32k-row embedding is most of this encoder's 66 M numbers).
-    "aura_flow": ("aura_t5", "AuraT5Tokenizer", "AuraT5Model", {"pile_t5xl_model_config": {**TINY_T5, "d_model": 2048}}),
+    "aura_flow": ("aura_t5", "AuraT5Tokenizer", "AuraT5Model",
+                  {"pile_t5xl_model_config": {**TINY_T5, "d_model": 2048}}),
     "kandinsky5": ("kandinsky5", "Kandinsky5Tokenizer", None, {"clip_l_model_config": TINY_CLIP_L}),
     # klein reads three of Qwen3's layers (9, 18, 27), side by side: 28 tiny layers, a 3 x 64 wide context.
     "flux2": ("flux", "KleinTokenizer", None, {"qwen3_4b_model_config": {**TINY_LLM, "num_hidden_layers": 28}}),

@@ -24,8 +24,11 @@ class AuraFlowAdapter(DiTAdapter):
         return registers, registers + context_length
 
     def layers(self, diffusion_model: torch.nn.Module) -> Layers:
-        return {**{LayerId("double", i): (b.attn.w1v.out_features,) * 2 for i, b in enumerate(diffusion_model.double_layers)},
-                **{LayerId("single", i): (b.attn.w1v.out_features,) * 2 for i, b in enumerate(diffusion_model.single_layers)}}
+        # The text rows' values come from w1v in both kinds of block.
+        return {**{LayerId("double", i): (b.attn.w1v.out_features,) * 2
+                   for i, b in enumerate(diffusion_model.double_layers)},
+                **{LayerId("single", i): (b.attn.w1v.out_features,) * 2
+                   for i, b in enumerate(diffusion_model.single_layers)}}
 
     def blocks(self, diffusion_model: torch.nn.Module) -> list[torch.nn.Module]:
         return [*diffusion_model.double_layers, *diffusion_model.single_layers]

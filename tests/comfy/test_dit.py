@@ -1,8 +1,7 @@
-"""Infusion on joint-attention DiTs (FLUX.1 dev and schnell, FLUX.2, Chroma, Qwen-Image, Z-Image, Krea 2), on a
-real ComfyUI:
-tiny random-weight models in ComfyUI's own classes with their families' real tokenizers, the exact
-promises through ComfyUI's sampler, both variants, another pack's attention override alongside, the
-full-size layer tables, training, LoRA and the metrics."""
+"""Infusion on the DiTs (Flux's family, Qwen-Image, MageFlow, Z-Image, Krea 2, the Hunyuan models, AuraFlow; LTX-Video
+and Kandinsky 5 through their cross-attention), on a real ComfyUI: tiny random-weight models in ComfyUI's own classes
+with their families' real tokenizers, the exact promises through ComfyUI's sampler, both variants, another pack's
+attention override alongside, the full-size layer tables, training, LoRA and the metrics."""
 import os
 
 import pytest
