@@ -6,7 +6,7 @@ from typing import Any, Mapping
 
 from .concept import InfusionConcept
 from .families import adapter_for, model_family
-from .families.base import Layers
+from .families.base import FamilyAdapter, Layers
 from .layers import LayerId
 from .residual import ConceptResidual
 from .word_carrier import carry_word_positions
@@ -20,19 +20,17 @@ def model_layers(model: Any) -> tuple[Layers, str]:
     return adapter_for(model).layers(model.get_model_object("diffusion_model")), model_family(model)
 
 
-def check_variant(model: Any, variant: str) -> None:
+def check_variant(adapter: FamilyAdapter, variant: str, family: str) -> None:
     """Refuse a variant the model's family does not have (image-queries where every query is an image's)."""
-    adapter = adapter_for(model)
     if variant not in adapter.variants:
-        raise ValueError(f"the {variant} variant does not apply to {adapter.name} models ({model_family(model)}); "
+        raise ValueError(f"the {variant} variant does not apply to {adapter.name} models ({family}); "
                          f"theirs: {', '.join(adapter.variants)}. Train the concept with one of those")
 
 
 def check_fits(model: Any, concept: InfusionConcept) -> None:
-    check_variant(model, concept.variant)
-    adapter = adapter_for(model)
-    concept.check_fits(adapter.layers(model.get_model_object("diffusion_model")), model_family(model),
-                       adapter.vector_space)
+    adapter, family = adapter_for(model), model_family(model)
+    check_variant(adapter, concept.variant, family)
+    concept.check_fits(adapter.layers(model.get_model_object("diffusion_model")), family, adapter.vector_space)
 
 
 def load_weights(model: Any, **options: Any) -> None:

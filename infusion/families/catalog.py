@@ -1,8 +1,8 @@
 """What the pack does with every model family ComfyUI runs, by ComfyUI's name for it (its config class in
 comfy/supported_models.py): served by an adapter, refused because a concept has nothing to act on there (the model
 reads no prompt, or draws no picture), or refused with the reason it cannot be reached yet and what that would
-take. docs/families.md is this table for users, and a test
-holds every family of the running ComfyUI to one row here."""
+take. docs/families.md is this table for users, and a test holds every family of the running ComfyUI to one row
+here."""
 from __future__ import annotations
 
 # The adapter (its `name`) that serves each family.

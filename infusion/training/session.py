@@ -222,7 +222,7 @@ def _train(model: Any, clip: Any, data: ConceptData, request: TrainingRequest,
     name = check_name(request.name)
     adapter = adapter_for(model)
     layers, family = model_layers(model)
-    check_variant(model, request.variant)
+    check_variant(adapter, request.variant, family)
     # Chosen (or refused) before anything is encoded; what the run's files record.
     settings = replace(request.settings, precision=model_precision(model, request.settings.precision, family))
     request = replace(request, settings=settings)

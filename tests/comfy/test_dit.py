@@ -251,6 +251,22 @@ def test_the_text_layout_is_the_models_own(pack, family):
         assert first == (rows - 7 if video else 0)
 
 
+def word_rows(pack, clip):
+    """The rows of "dog" in WORD_PROMPT's context."""
+    tokens = clip.tokenize(WORD_PROMPT)
+    return list(P(pack, "infusion.word_positions").word_positions(clip.tokenizer, tokens, ["dog"]).words["dog"])
+
+
+def rows_moved_by(pack, change, concept, block):
+    """The (batch, row) pairs where `change` (values [batch, rows, heads x width], with the concept less without
+    it) is not 0, each found equal to the concept's first vector of `block`."""
+    changed = change.abs().sum(-1).nonzero().tolist()
+    r = concept.values[P(pack, "infusion.concept").LayerId(block, 0)]
+    for b, j in changed:
+        torch.testing.assert_close(change[b, j], r.to(change))
+    return changed
+
+
 @pytest.mark.parametrize("family", [f for f in CROSS_ATTENTION if f in FAMILIES])
 def test_a_cross_attention_concept_adds_its_vector_to_the_texts_values_at_the_word_alone(pack, family):
     """LTX-Video and Kandinsky 5: the calls labelled "cross" are exactly the text cross-attentions (keys of the
@@ -294,17 +310,11 @@ def test_a_cross_attention_concept_adds_its_vector_to_the_texts_values_at_the_wo
     assert [c[1] for c in cross] == list(range(blocks)) * calls
     assert sorted(c[2] for c in cross) == sorted([context] * blocks + [negative] * blocks * (calls - 1))
     assert other_pack and set(other_pack) == {"cross"}  # the other pack's patch ran, under the label
-    tokens = clip.tokenize(WORD_PROMPT)
-    word_rows = P(pack, "infusion.word_positions").word_positions(clip.tokenizer, tokens, ["dog"]).words["dog"]
     cross_0 = next(i for i, c in enumerate(moved) if c[0] == "cross" and c[2] == context)
     self_0 = cross_0 - 1  # the block's self-attention, just before
     assert moved[self_0][0] != "cross" and torch.equal(moved[self_0][3], base[self_0][3])
-    change = moved[cross_0][3] - base[cross_0][3]
-    changed = change.abs().sum(-1).nonzero().tolist()
-    assert len({b for b, _ in changed}) == 1 and [j for _, j in changed] == list(word_rows)
-    r = concept.values[P(pack, "infusion.concept").LayerId("cross", 0)]
-    for b, j in changed:
-        torch.testing.assert_close(change[b, j], r.to(change))
+    changed = rows_moved_by(pack, moved[cross_0][3] - base[cross_0][3], concept, "cross")
+    assert len({b for b, _ in changed}) == 1 and [j for _, j in changed] == word_rows(pack, clip)
 
 
 @pytest.mark.parametrize("family", [f for f in CROSS_ATTENTION if f in FAMILIES])
@@ -354,14 +364,8 @@ def test_auraflows_concept_acts_at_the_words_rows_after_its_registers(pack):
         first_step(applied, word_clip, WORD_PROMPT)
         return seen[0]
 
-    change = first_double_values(1.0) - first_double_values(0.0)
-    word_rows = P(pack, "infusion.word_positions").word_positions(clip.tokenizer, clip.tokenize(WORD_PROMPT),
-                                                                   ["dog"]).words["dog"]
-    changed = change.abs().sum(-1).nonzero().tolist()
-    assert registers == 8 and [j for _, j in changed] == [registers + j for j in word_rows]
-    r = concept.values[P(pack, "infusion.concept").LayerId("double", 0)]
-    for b, j in changed:
-        torch.testing.assert_close(change[b, j], r.to(change))
+    changed = rows_moved_by(pack, first_double_values(1.0) - first_double_values(0.0), concept, "double")
+    assert registers == 8 and [j for _, j in changed] == [registers + j for j in word_rows(pack, clip)]
 
 
 @pytest.mark.parametrize("first", [0, 2])
