@@ -47,6 +47,8 @@ LORA_RANK, LORA_LR = 4, 0.003
 # Custom Diffusion (benchmark code: customize.train_custom_diffusion), chosen alike.
 CD_LR = 1e-3
 TABLES = ("known", "new", "collapse", "curve", "steps", "rescale")
+# Asked for by name (--tables pairs): the two-object world's base models, trained apart from the one-object ones.
+EXTRA_TABLES = ("pairs",)
 RIVAL_STEPS = 500  # both rivals' steps, as Infusion's defaults
 # The collapse case: fewer photos (2, all on stripes) and three times every method's steps.
 COLLAPSE_PHOTOS, COLLAPSE_STEPS = 2, 3
@@ -123,6 +125,22 @@ def lora_method(name: str, out: str, **inputs: Any) -> Method:
         save_file({k: v.detach().contiguous() for k, v in lora.items()}, path)
         return patched, clip, sum(v.numel() for v in lora.values()), os.path.getsize(path)
     return Method(name, train)
+
+
+def pairs_table(kind: str, run: str, steps: int) -> str:
+    """Two concepts in one picture (toyworld_pairs.py), on the two-object world's `kind` base model."""
+    from functools import partial
+
+    import toyworld_pairs as tp
+    from infusion_dev.toyworld import pairs, probe
+    from infusion_dev.toyworld.train import load_probe
+
+    setting = {"smoke": tp.PairSetting([0], 1, 2, 1, steps), "quick": tp.PairSetting([0], 4, 4, 2, steps),
+               "full": tp.PairSetting([0, 1, 2], 12, 8, 8, steps)}[run]
+    model, clip = pairs.load(kind)
+    methods = [tp.infusion_pair, partial(tp.lora_pair, rank=LORA_RANK, learning_rate=LORA_LR, checkpointing=kind == "dit"),
+               partial(tp.custom_diffusion_pair, learning_rate=CD_LR)]
+    return tp.pairs_table(model, clip, load_probe(pairs.PROBE_WEIGHTS, probe.HALF_HEADS), setting, methods)
 
 
 def _models_folder() -> str:
@@ -390,7 +408,8 @@ def main() -> None:
     parser.add_argument("--docs", action="store_true", help="also copy the pictures to docs/")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tables", type=lambda v: v.split(","), default=list(TABLES),
-                        help=f"which of {','.join(TABLES)} (comma-separated; default all)")
+                        help=f"which of {','.join(TABLES + EXTRA_TABLES)} (comma-separated; default all but "
+                             f"{','.join(EXTRA_TABLES)})")
     parser.add_argument("--rescale", type=lambda v: v.split(","), default=["layers", "0.1", "10"],
                         help="the rescaled copies of the rescale table: layers (a per layer in [0.1, 10]), 0.1, 10; "
                              "none: only the model as trained")
@@ -454,13 +473,18 @@ def main() -> None:
                                                    {"weight_dtype": args.weight_dtype}))
     probe = load_probe()
     tables = []
-    reference = baseline(model, clip, probe, setting) if set(args.tables) - {"curve", "steps"} else None
+    unknown = set(args.tables) - set(TABLES + EXTRA_TABLES)
+    if unknown:
+        parser.error(f"unknown tables {', '.join(sorted(unknown))} (known: {', '.join(TABLES + EXTRA_TABLES)})")
+    reference = baseline(model, clip, probe, setting) if set(args.tables) - {"curve", "steps", "pairs"} else None
     for key in args.tables:
         if key == "curve":
             tables.append(curves(cz.KNOWN, model, clip, probe, max(1, setting.per_background // 2), setting.seeds[0],
                                  setting.sample_seed, scale, out))
         elif key == "steps":
             tables.append(steps_table(cz.KNOWN, model, clip, probe, setting, scale, out))
+        elif key == "pairs":
+            tables.append(pairs_table(args.model, run, steps(500)))
         elif key == "rescale":
             kinds = [kind for kind in args.rescale if kind not in ("", "none")]
             tables.append(rescale_table(model, clip, probe, setting, reference, kinds, steps(500)))

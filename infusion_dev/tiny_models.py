@@ -125,13 +125,27 @@ def load_unet_file(path: str, new_model: Callable[[], Any], disable_dynamic: boo
     from .comfy_versions import register_reload
 
     model = new_model()
-    missing, unexpected = model.diffusion_model.load_state_dict(comfy.utils.load_torch_file(path), strict=False)
+    # A file saved under one ComfyUI loads under the other: Flux's RMSNorm scales are `.weight` on 0.33 and `.scale`
+    # on 0.3.64 (ComfyUI's own loader renames a checkpoint's `.scale` for 0.33).
+    own = model.diffusion_model.state_dict().keys()
+    state = {_norm_name(k, own): v for k, v in comfy.utils.load_torch_file(path).items()}
+    missing, unexpected = model.diffusion_model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"{path} does not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
     patcher = comfy.model_patcher.ModelPatcher(model, comfy.model_management.get_torch_device(),
                                                comfy.model_management.unet_offload_device())
     register_reload(patcher, load_unet_file, path, new_model)
     return patcher
+
+
+_RENAMED = {"weight": "scale", "scale": "weight"}
+
+
+def _norm_name(key: str, own: Any) -> str:
+    """`key`, or its RMSNorm scale under the other version's name where only that one is the model's."""
+    stem, _, leaf = key.rpartition(".")
+    other = f"{stem}.{_RENAMED.get(leaf, leaf)}"
+    return other if key not in own and "_norm" in stem and other in own else key
 
 
 def load_with_weight_dtype(path: str, weight_dtype: str, model_config: Callable[[], Any]) -> Any:

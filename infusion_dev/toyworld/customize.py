@@ -161,14 +161,18 @@ def train_lora(model: Any, clip: Any, photos: torch.Tensor, captions: Sequence[s
 
 
 def latent_fisher_divergence(base: Any, custom: Any, clip: Any, samples: int = 8, timesteps: int = 10,
-                             seed: int = 0) -> float:
-    """The pack's Infusion Latent Fisher Divergence node on prompts without the class word."""
+                             seed: int = 0, prompts: Sequence[str] | None = None,
+                             reference: torch.Tensor | None = None) -> float:
+    """The pack's Infusion Latent Fisher Divergence node on prompts without the class word (`prompts`, by default
+    the one-object world's), at `reference` latents (by default 16 one-object scenes of the other shapes)."""
     import nodes
     from .sampling import encode
-    conditioning = [c for prompt, _ in other_prompts() for c in encode(clip, prompt)]
-    rng = random.Random(seed)
-    reference = scenes.to_latent(torch.stack([scenes.render(scenes.random_scene(rng, shapes=OTHER_SHAPES))
-                                              for _ in range(16)]))
+    texts = prompts if prompts is not None else [prompt for prompt, _ in other_prompts()]
+    conditioning = [c for prompt in texts for c in encode(clip, prompt)]
+    if reference is None:
+        rng = random.Random(seed)
+        reference = scenes.to_latent(torch.stack([scenes.render(scenes.random_scene(rng, shapes=OTHER_SHAPES))
+                                                  for _ in range(16)]))
     with torch.inference_mode():
         out = nodes.NODE_CLASS_MAPPINGS["InfusionLatentFisherDivergence"].execute(
             base, custom, conditioning, {"samples": reference}, timesteps, samples, seed, "epsilon")
@@ -178,6 +182,12 @@ def latent_fisher_divergence(base: Any, custom: Any, clip: Any, samples: int = 8
 def is_dit(model: Any) -> bool:
     """Whether a toy-world MODEL is the DiT (toyworld/dit.py) rather than the UNet."""
     return hasattr(model.model.diffusion_model, "double_blocks")
+
+
+def fresh_copy(model: Any) -> Any:
+    """A new MODEL over the same weights, loaded again from its file (as ComfyUI's Train LoRA copies a model)."""
+    load, args = model.cached_patcher_init
+    return load(*args)
 
 
 def custom_diffusion_weights(model: Any) -> dict[str, tuple[torch.nn.Parameter, slice | None]]:
@@ -206,9 +216,8 @@ def train_custom_diffusion(model: Any, clip: Any, photos: torch.Tensor, caption:
     from infusion.training.encoding import prepare_latents
     from infusion.training.loop import TrainingSettings, train
     from .sampling import encode
-    from .train import world_model
 
-    custom = world_model("dit" if is_dit(model) else "unet").load()[0]
+    custom = fresh_copy(model)
     settings = TrainingSettings(steps=steps, learning_rate=learning_rate, batch_size=batch_size,
                                 gradient_accumulation=1, seed=seed, flip=False, weight_decay=0.0, precision="fp32",
                                 schedule="constant")  # the rival as measured: a constant rate

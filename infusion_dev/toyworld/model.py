@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .text import WIDTH, sd_clip_model_class
+from .text import WIDTH, ToyTextModel, sd_clip_model_class
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
 BASE_WEIGHTS = os.path.join(WEIGHTS_DIR, "base.safetensors")
@@ -63,13 +63,13 @@ def build_model() -> Any:
                                             comfy.model_management.unet_offload_device())
 
 
-def build_clip() -> Any:
-    """ComfyUI's CLIP object: its SD1 tokenizer, the toy text encoder."""
+def build_clip(text_model: type = ToyTextModel) -> Any:
+    """ComfyUI's CLIP object: its SD1 tokenizer, a toy text encoder (the two-object world's is its own)."""
     import comfy.sd
     import comfy.sd1_clip
     from comfy.supported_models_base import ClipTarget
 
-    return comfy.sd.CLIP(ClipTarget(comfy.sd1_clip.SD1Tokenizer, sd_clip_model_class()))
+    return comfy.sd.CLIP(ClipTarget(comfy.sd1_clip.SD1Tokenizer, sd_clip_model_class(text_model)))
 
 
 def load(path: str = BASE_WEIGHTS) -> tuple[Any, Any]:

@@ -21,12 +21,12 @@ def encode(clip: Any, text: str) -> list:
         return nodes.CLIPTextEncode().encode(clip, text)[0]
 
 
-def sample(model: Any, clip: Any, prompt: str, count: int, seed: int, negative: str = "",
+def sample(model: Any, clip: Any, prompt: str, count: int, seed: int, negative: str = "", width: int = scenes.SIZE,
            **settings: Any) -> torch.Tensor:
-    """`count` samples of one prompt (one KSampler batch, seeded) -> raw latents [count, 4, 16, 16]."""
+    """`count` samples of one prompt (one KSampler batch, seeded) -> raw latents [count, 4, 16, width]."""
     import nodes
     options = {**SAMPLER, **settings}
-    latent = {"samples": torch.zeros(count, 4, scenes.SIZE, scenes.SIZE)}
+    latent = {"samples": torch.zeros(count, 4, scenes.SIZE, width)}
     with torch.inference_mode():
         out = nodes.common_ksampler(model, seed, options["steps"], options["cfg"], options["sampler_name"],
                                     options["scheduler"], encode(clip, prompt), encode(clip, negative), latent)

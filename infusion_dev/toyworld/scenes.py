@@ -93,15 +93,25 @@ def _background(name: str, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def render(scene: Scene) -> torch.Tensor:
     """The scene in world units [-1, 1]: [4, SIZE, SIZE] float32."""
     y, x = _grid()
-    grey = _background(scene.background, y, x)
-    rgb = grey.unsqueeze(0).repeat(3, 1, 1)
+    rgb = _background(scene.background, y, x).unsqueeze(0).repeat(3, 1, 1)
     inside = _shape_mask(scene, y, x)
     colour = torch.tensor(ALL_COLOURS[scene.colour], dtype=rgb.dtype).view(3, 1, 1)
     rgb = torch.where(inside, colour, rgb)
     if scene.mark:
         dot = (x - scene.cx).square() + (y - scene.cy).square() <= 1.3 ** 2
         rgb = torch.where(dot, torch.tensor(-1.0, dtype=rgb.dtype), rgb)
-    pixels = torch.nn.functional.avg_pool2d(rgb.unsqueeze(0), 4).squeeze(0)  # anti-aliasing
+    return _pixels(rgb)
+
+
+def render_background(name: str) -> torch.Tensor:
+    """A background alone, as `render` draws it under a shape: [4, SIZE, SIZE] float32."""
+    y, x = _grid()
+    return _pixels(_background(name, y, x).unsqueeze(0).repeat(3, 1, 1))
+
+
+def _pixels(rgb: torch.Tensor) -> torch.Tensor:
+    """Supersampled RGB -> anti-aliased pixels with the brightness channel."""
+    pixels = torch.nn.functional.avg_pool2d(rgb.unsqueeze(0), 4).squeeze(0)
     return torch.cat([pixels, pixels.mean(0, keepdim=True)]).float()
 
 

@@ -14,6 +14,11 @@ model then read the prompt from 70 padding rows and barely looked at the words, 
 word's row, which is what Infusion learns, had little to act on). It has no trained weights, so
 nothing of it is stored: the base model learns to read it.
 
+The two-object world (pairs.py) mixes with a decaying mean instead (`PairTextModel`): each row carries
+mostly the words just before it, so in "a red triangle and a blue ring" the ring's row holds blue and
+barely red, and the model can bind each colour to its shape by where the words stand (as CLIP's word rows
+are most coloured by their neighbours).
+
 `ToyTextModel` stands where ComfyUI's CLIPTextModel stands inside `comfy.sd1_clip.SDClipModel`, so
 prompt weights, long prompts and ComfyUI's CLIP object (tokenize, encode, clone) work unchanged.
 """
@@ -50,6 +55,7 @@ def token_vectors(vocab: int = VOCAB, width: int = WIDTH) -> torch.Tensor:
 
 class ToyTextModel(torch.nn.Module):
     """The `model_class` of an SDClipModel: embeddings, then the running-mean mixer above."""
+    decay = 1.0  # weight of a word one row further back in a row's mean (1: the plain running mean)
 
     def __init__(self, config: dict, dtype: Any, device: Any, operations: Any):
         super().__init__()
@@ -57,6 +63,15 @@ class ToyTextModel(torch.nn.Module):
         self.embeddings = operations.Embedding(VOCAB, config["hidden_size"], dtype=dtype, device=device)
         with torch.no_grad():
             self.embeddings.weight.copy_(token_vectors(VOCAB, config["hidden_size"]))
+
+    def mean_so_far(self, e: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Row j: the mean of rows 0..j, row i weighted by decay ** (j - i)."""
+        if self.decay == 1.0:
+            return e.cumsum(1) / (rows + 1).to(e.dtype).view(1, -1, 1)
+        back = (rows.view(-1, 1) - rows.view(1, -1)).to(torch.float64)
+        weights = torch.where(back >= 0, self.decay ** back.clamp(min=0), 0.0)
+        weights = (weights / weights.sum(1, keepdim=True)).to(e.dtype)
+        return torch.einsum("ji,bid->bjd", weights, e)
 
     def get_input_embeddings(self) -> torch.nn.Module:
         return self.embeddings
@@ -67,7 +82,7 @@ class ToyTextModel(torch.nn.Module):
         e = embeds if embeds is not None else self.embeddings(input_tokens, out_dtype=dtype)
         e = e.to(dtype)
         rows = torch.arange(e.shape[1], device=e.device)
-        mixed = (e + e.cumsum(1) / (rows + 1).to(e.dtype).view(1, -1, 1)) * 0.5 ** 0.5
+        mixed = (e + self.mean_so_far(e, rows)) * 0.5 ** 0.5
         # SDClipModel counts each prompt's rows up to its first end token (num_tokens); the rest is padding.
         length = torch.tensor(num_tokens if num_tokens is not None else [e.shape[1]] * e.shape[0], device=e.device)
         h = torch.where((rows.view(1, -1) < length.view(-1, 1)).unsqueeze(-1), mixed, e)
@@ -75,13 +90,18 @@ class ToyTextModel(torch.nn.Module):
         return h, h, pooled, pooled  # (last, intermediate, projected pooled, pooled)
 
 
-def sd_clip_model_class() -> type:
-    """ComfyUI's SD1 CLIP model with the toy encoder inside (built on first use: imports ComfyUI)."""
+class PairTextModel(ToyTextModel):
+    """The two-object world's encoder: a row's mean halves the weight of each word further back."""
+    decay = 0.5
+
+
+def sd_clip_model_class(text_model: type = ToyTextModel) -> type:
+    """ComfyUI's SD1 CLIP model with a toy encoder inside (built on first use: imports ComfyUI)."""
     import comfy.sd1_clip
 
     class ToyClipL(comfy.sd1_clip.SDClipModel):
         def __init__(self, device: Any = "cpu", dtype: Any = None, model_options: dict = {}, **kwargs: Any):
-            super().__init__(device=device, dtype=dtype, model_options=model_options, model_class=ToyTextModel,
+            super().__init__(device=device, dtype=dtype, model_options=model_options, model_class=text_model,
                              textmodel_json_config={"hidden_size": WIDTH}, return_projected_pooled=False, **kwargs)
 
     class ToyClip(comfy.sd1_clip.SD1ClipModel):

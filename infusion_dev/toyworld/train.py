@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
+from . import pairs, scenes
 from . import probe as probe_mod
-from . import scenes
 from .model import BASE_WEIGHTS, WEIGHTS_DIR
 from .sampling import HELD_OUT, knowledge
 
@@ -37,23 +37,24 @@ def _save(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str] 
     write_safetensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, path, metadata or {})
 
 
-def load_probe(path: str = PROBE_WEIGHTS) -> probe_mod.Probe:
+def load_probe(path: str = PROBE_WEIGHTS, heads: dict[str, tuple] = probe_mod.HEADS) -> probe_mod.Probe:
     import safetensors.torch
-    probe = probe_mod.Probe()
+    probe = probe_mod.Probe(heads=heads)
     probe.load_state_dict(safetensors.torch.load_file(path))
     return probe.eval()
 
 
-def train_probe(steps: int = 3000, batch: int = 128, seed: int = 0) -> probe_mod.Probe:
+def train_probe(steps: int = 3000, batch: int = 128, seed: int = 0,
+                heads: dict[str, tuple] = probe_mod.HEADS) -> probe_mod.Probe:
     torch.manual_seed(seed)
-    probe = probe_mod.Probe()
+    probe = probe_mod.Probe(heads=heads)
     opt = torch.optim.AdamW(probe.parameters(), lr=2e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
     for step in range(steps):
         rng, g = random.Random(seed * 10**7 + step), torch.Generator().manual_seed(seed * 10**7 + step)
-        world, labels = probe_mod.random_batch(rng, batch)
+        world, labels = probe_mod.random_batch(rng, batch, heads)
         logits = probe(probe_mod.damaged(world, g) if step % 4 else world)
-        loss = sum(torch.nn.functional.cross_entropy(logits[k], labels[k]) for k in probe_mod.HEADS)
+        loss = sum(torch.nn.functional.cross_entropy(logits[k], labels[k]) for k in heads)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -100,8 +101,11 @@ def world_model(name: str) -> Any:
     return {"unet": model, "dit": dit}[name]
 
 
+WORLDS = {"one": (base_scene, scenes.render), "pairs": (pairs.random_pair_scene, pairs.render)}
+
+
 def train_base(work: str, steps: int, batch: int = 48, log_every: int = 50, save_every: int = 250,
-               kind: str = "unet") -> str:
+               kind: str = "unet", world: str = "one") -> str:
     from infusion import compat
     from infusion.families import adapter_for
 
@@ -109,7 +113,7 @@ def train_base(work: str, steps: int, batch: int = 48, log_every: int = 50, save
     os.makedirs(work, exist_ok=True)
     state_path = os.path.join(work, "state.pt")
     torch.use_deterministic_algorithms(True)
-    patcher, clip = tw.build_model(), tw.build_clip()
+    patcher, clip = tw.build_model(), (pairs.build_clip() if world == "pairs" else tw.build_clip())
     unet = patcher.model.diffusion_model
     ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
     opt = torch.optim.AdamW(unet.parameters(), lr=1e-3, weight_decay=0.01)
@@ -127,8 +131,8 @@ def train_base(work: str, steps: int, batch: int = 48, log_every: int = 50, save
     # Fast kernels without a backward off; Flux's blocks add to their inputs in place (made safe here).
     with compat.training_mode(), adapter_for(patcher).training_blocks(unet, False, []):
         _train_steps(patcher, captions, opt, ema, losses, start, steps, batch, log_every, save_every, began,
-                     state_path, pooled=kind == "dit")
-    weights = tw.DIT_WEIGHTS if kind == "dit" else BASE_WEIGHTS
+                     state_path, pooled=kind == "dit", world=WORLDS[world])
+    weights = pairs.WEIGHTS[kind] if world == "pairs" else tw.DIT_WEIGHTS if kind == "dit" else BASE_WEIGHTS
     # fp16: a few MB in git, and what every test and benchmark loads (the fp32 EMA stays in the work folder).
     _save({k: v.half() for k, v in ema.items()}, weights, {"steps": str(steps), "batch": str(batch),
                           "minutes": f"{(time.monotonic() - began) / 60:.1f}",
@@ -138,15 +142,17 @@ def train_base(work: str, steps: int, batch: int = 48, log_every: int = 50, save
 
 def _train_steps(patcher: Any, captions: Captions, opt: Any, ema: dict, losses: list, start: int, steps: int,
                  batch: int, log_every: int, save_every: int, began: float, state_path: str,
-                 pooled: bool) -> None:
-    """The base model's training steps; `pooled`: the model also reads the prompt's pooled vector (Flux's y)."""
+                 pooled: bool, world: tuple) -> None:
+    """The base model's training steps; `pooled`: the model also reads the prompt's pooled vector (Flux's y);
+    `world`: how a scene is drawn at random, and how it is rendered."""
+    draw, render = world
     unet = patcher.model.diffusion_model
     sampling = patcher.model.model_sampling
     for step in range(start, steps):
         rng, g = random.Random(7 * 10**7 + step), torch.Generator().manual_seed(7 * 10**7 + step)
-        chosen = [base_scene(rng) for _ in range(batch)]
+        chosen = [draw(rng) for _ in range(batch)]
         texts = [s.caption(rng) if rng.random() >= EMPTY_PROMPT else "" for s in chosen]
-        x0 = torch.stack([scenes.render(s) for s in chosen])  # world units: the model's own latent space
+        x0 = torch.stack([render(s) for s in chosen])  # world units: the model's own latent space
         sigma = sampling.sigmas[torch.randint(0, len(sampling.sigmas), (batch,), generator=g)]
         x_t = sampling.noise_scaling(sigma, torch.randn(x0.shape, generator=g), x0)
         context, vector = captions(texts)
@@ -184,27 +190,35 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("what", choices=["probe", "base", "check"])
     parser.add_argument("--model", choices=["unet", "dit"], default="unet",
                         help="the toy world's UNet or its Flux-class DiT")
+    parser.add_argument("--world", choices=list(WORLDS), default="one",
+                        help="the one-object world, or the two-object world (pairs.py)")
     parser.add_argument("--work", default=None, help="where the base model's resumable state lives "
-                        "(default benchmarks/out/toyworld_train, or toyworld_train_dit)")
+                        "(default benchmarks/out/toyworld_train[_pairs][_dit])")
     parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    paired = args.world == "pairs"
     if args.what == "probe":
-        probe = train_probe()
+        probe = train_probe(heads=probe_mod.HALF_HEADS if paired else probe_mod.HEADS)
         fresh = probe_mod.accuracy(probe, random.Random(99), 4000)
         damaged = probe_mod.accuracy(probe, random.Random(98), 4000, torch.Generator().manual_seed(98))
         print(f"fresh scenes: {json.dumps(fresh)}\ndamaged scenes: {json.dumps(damaged)}")
-        _save(probe.state_dict(), PROBE_WEIGHTS)
+        _save(probe.state_dict(), pairs.PROBE_WEIGHTS if paired else PROBE_WEIGHTS)
         return
     from ..comfy_harness import start_comfy
     start_comfy(["--use-pytorch-cross-attention"])
     if args.what == "base":
-        suffix = "_dit" if args.model == "dit" else ""
+        suffix = ("_pairs" if paired else "") + ("_dit" if args.model == "dit" else "")
         work = args.work or os.path.join("benchmarks", "out", f"toyworld_train{suffix}")
-        print(f"wrote {train_base(work, args.steps, kind=args.model)}")
-    model, clip = world_model(args.model).load()
-    print(f"held-out prompts, probe reads: {json.dumps(knowledge(model, clip, load_probe()))}")
+        print(f"wrote {train_base(work, args.steps, kind=args.model, world=args.world)}")
+    if paired:
+        model, clip = pairs.load(args.model)
+        known = pairs.knowledge(model, clip, load_probe(pairs.PROBE_WEIGHTS, probe_mod.HALF_HEADS))
+    else:
+        model, clip = world_model(args.model).load()
+        known = knowledge(model, clip, load_probe())
+    print(f"held-out prompts, probe reads: {json.dumps(known)}")
 
 
 if __name__ == "__main__":

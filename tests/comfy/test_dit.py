@@ -96,8 +96,11 @@ def test_two_concepts_on_different_words_combine(pack, dit):
     only_beach = apply(model, clip, beach)
     outputs = [sample(m, c, WORD_PROMPT) for m, c in (with_dog, only_beach, both)]
     assert not torch.equal(outputs[2], outputs[0]) and not torch.equal(outputs[2], outputs[1])
+    # A prompt that says neither word is the base model's, and one that says one word that concept's alone.
     lake = "a photo of a cat on the lake"
     assert torch.equal(sample(both[0], both[1], lake), sample(model, clip, lake))
+    dog_at_lake = "a photo of a dog on the lake"
+    assert torch.equal(sample(both[0], both[1], dog_at_lake), sample(with_dog[0], with_dog[1], dog_at_lake))
     with pytest.raises(ValueError, match="both bound to the word 'dog'"):
         apply(*with_dog, random_concept(pack, model, "dog", seed=3))
 

@@ -1,0 +1,143 @@
+"""The pairs table of benchmarks/toyworld.py: two concepts in one picture, on the two-object world (the columns:
+infusion_dev/toyworld/multi.py). Each concept is trained alone from its 5 photos, per method and training seed;
+then both are applied together as a user combines them:
+  Infusion                      two Apply Infusion nodes chained (as the multi_concept example does)
+  Train LoRA x 2, stacked       both LoRAs loaded at strength 1, and at the best common strength of 0.5, 0.75, 1
+  Custom Diffusion x 2, summed  its authors' merge of two concepts: the fine-tuned deltas added
+"""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+LORA_STRENGTHS = (0.5, 0.75, 1.0)
+
+
+@dataclass
+class PairSetting:
+    seeds: list[int]
+    per_prompt: int  # samples of each pair prompt (8 prompts) and of each alone prompt (4 a concept)
+    lfd_samples: int
+    others_per_prompt: int
+    steps: int  # every method's training steps
+    sample_seed: int = 2000
+
+
+@dataclass
+class Row:
+    name: str
+    runs: list[dict[str, float]] = field(default_factory=list)
+
+
+def measure(model: Any, clip: Any, probe: Any, base: Any, base_features: torch.Tensor,
+            setting: PairSetting) -> dict[str, float]:
+    """Every column but LFD for one customized (MODEL, CLIP); `base`: the base model's pair samples."""
+    from infusion.metrics import feature_wasserstein
+    from infusion_dev.toyworld import multi
+
+    samples = multi.draw_samples(model, clip, probe, multi.pair_prompts(), setting.per_prompt, setting.sample_seed)
+    first, second = multi.CONCEPTS
+    row = {"both": samples.rate(multi.both_right(first, second)),
+           "leakage": samples.rate(multi.leaked(first, second)) - base.rate(multi.leaked(first, second)),
+           "missing": samples.rate(multi.missing_or_fused), "context": samples.rate(multi.in_context),
+           "w2": feature_wasserstein(multi.half_features(probe, samples.all_latents()), base_features).gaussian,
+           "others": multi.other_accuracy(model, clip, probe, setting.others_per_prompt, setting.sample_seed)}
+    for concept in multi.CONCEPTS:
+        alone = multi.draw_samples(model, clip, probe, multi.alone_prompts(concept), setting.per_prompt,
+                                   setting.sample_seed + 100)
+        row[concept.word] = samples.rate(multi.concept_drawn(concept))
+        row[f"gap {concept.word}"] = alone.rate(multi.alone_right(concept)) - row[concept.word]
+    return row
+
+
+def infusion_pair(model: Any, clip: Any, seed: int, setting: PairSetting) -> list[tuple[str, Any, Any]]:
+    from infusion_dev.toyworld import customize as cz
+    from infusion_dev.toyworld import multi
+
+    for concept in multi.CONCEPTS:
+        trained = cz.train_infusion(model, clip, concept.photos(), seed=seed, word=concept.word,
+                                    output_name=f"pairs_{concept.word}_{seed}", steps=setting.steps)
+        model, clip = cz.apply_infusion(model, clip, trained)
+    return [("Infusion, defaults (two Apply Infusion nodes)", model, clip)]
+
+
+def lora_pair(model: Any, clip: Any, seed: int, setting: PairSetting, rank: int, learning_rate: float,
+              checkpointing: bool) -> list[tuple[str, Any, Any]]:
+    from infusion_dev import comfy_versions
+    from infusion_dev.toyworld import customize as cz
+    from infusion_dev.toyworld import multi
+
+    loras = [cz.train_lora(model, clip, c.photos(), [f"a {c.word}"] * 5, seed=seed, rank=rank, steps=setting.steps,
+                           learning_rate=learning_rate, gradient_checkpointing=checkpointing)[1]
+             for c in multi.CONCEPTS]
+    stacked = []
+    for strength in LORA_STRENGTHS:
+        patched = model
+        for lora in loras:
+            patched = comfy_versions.apply_lora(patched, lora, strength)
+        stacked.append((f"ComfyUI Train LoRA x 2, stacked at {strength:g}", patched, clip))
+    return stacked
+
+
+def custom_diffusion_pair(model: Any, clip: Any, seed: int, setting: PairSetting,
+                          learning_rate: float) -> list[tuple[str, Any, Any]]:
+    from infusion_dev.toyworld import customize as cz
+    from infusion_dev.toyworld import multi
+
+    merged = cz.fresh_copy(model)
+    targets = cz.custom_diffusion_weights(merged)
+    base = {name: w.detach().clone() for name, (w, _) in targets.items()}
+    for concept in multi.CONCEPTS:
+        custom, _ = cz.train_custom_diffusion(model, clip, concept.photos(), f"a {concept.word}", setting.steps,
+                                              learning_rate, seed=seed)
+        with torch.no_grad():
+            for name, (w, _) in cz.custom_diffusion_weights(custom).items():
+                targets[name][0].add_(w.detach() - base[name])
+    return [("Custom Diffusion x 2, deltas summed", merged, clip)]
+
+
+def pairs_table(model: Any, clip: Any, probe: Any, setting: PairSetting,
+                methods: list[Callable[..., list[tuple[str, Any, Any]]]]) -> str:
+    """Train and measure every method over the seeds; the markdown table, the base model's row first."""
+    from infusion_dev.toyworld import customize as cz
+    from infusion_dev.toyworld import multi
+
+    base = multi.draw_samples(model, clip, probe, multi.pair_prompts(), setting.per_prompt, setting.sample_seed)
+    base_features = multi.half_features(probe, base.all_latents())
+    base_row = measure(model, clip, probe, base, base_features, setting)
+    no_word = [prompt for prompt, _, _ in multi.other_prompts()]
+    rows: dict[str, Row] = {}
+    for method in methods:
+        for seed in setting.seeds:
+            for name, custom, custom_clip in method(model, clip, seed, setting):
+                run = measure(custom, custom_clip, probe, base, base_features, setting)
+                run["lfd"] = cz.latent_fisher_divergence(model, custom, custom_clip, samples=setting.lfd_samples,
+                                                         prompts=no_word, reference=multi.other_scenes())
+                rows.setdefault(name, Row(name)).runs.append(run)
+                print(f"pairs | {name}, seed {seed}: {run}", flush=True)
+    return _markdown(base_row, list(rows.values()), setting, base.rate(multi.leaked(*multi.CONCEPTS)))
+
+
+def _spread(values: list[float]) -> str:
+    mean = statistics.fmean(values)
+    return f"{mean:.3g}" if len(values) < 2 else f"{mean:.3g} ± {statistics.stdev(values):.2g}"
+
+
+def _markdown(base_row: dict, rows: list[Row], setting: PairSetting, base_leakage: float) -> str:
+    from infusion_dev.toyworld import multi
+    first, second = (c.word for c in multi.CONCEPTS)
+    lines = [f"**Two concepts in one picture**: {multi.TRIANGLE.name} (`{first}`) and {multi.RING.name} "
+             f"(`{second}`), each trained alone; \"a {first} and a {second} on <background>\" ({len(setting.seeds)} "
+             f"training seed(s), {8 * setting.per_prompt} samples a seed; mean ± sd over seeds; leakage above the "
+             f"base model's {base_leakage:.3g})", "",
+             f"| method | both right | {first} | {second} | leakage | missing or fused | gap {first} | gap {second} "
+             "| context | others right | LFD (no word) | W2 to base |", "|" + " --- |" * 12]
+    for name, runs in [("base model", [base_row | {"lfd": 0.0, "w2": 0.0}])] + [(r.name, r.runs) for r in rows]:
+        col = lambda key: _spread([run[key] for run in runs])  # noqa: E731
+        lines.append(f"| {name} | {col('both')} | {col(first)} | {col(second)} | {col('leakage')} | {col('missing')} "
+                     f"| {col('gap ' + first)} | {col('gap ' + second)} | {col('context')} | {col('others')} "
+                     f"| {col('lfd')} | {col('w2')} |")
+    return "\n".join(lines)
