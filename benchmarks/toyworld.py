@@ -127,7 +127,7 @@ def lora_method(name: str, out: str, **inputs: Any) -> Method:
     return Method(name, train)
 
 
-def pairs_table(kind: str, run: str, steps: int) -> str:
+def pairs_table(kind: str, run: str, steps: int) -> tuple[str, list]:
     """Two concepts in one picture (toyworld_pairs.py), on the two-object world's `kind` base model."""
     from functools import partial
 
@@ -484,7 +484,9 @@ def main() -> None:
         elif key == "steps":
             tables.append(steps_table(cz.KNOWN, model, clip, probe, setting, scale, out))
         elif key == "pairs":
-            tables.append(pairs_table(args.model, run, steps(500)))
+            text, grid = pairs_table(args.model, run, steps(500))
+            tables.append(text)
+            grid_png(grid, os.path.join(out, "grid_pairs.png"), heading=lambda bg: f"a triangle and a ring on {bg}")
         elif key == "rescale":
             kinds = [kind for kind in args.rescale if kind not in ("", "none")]
             tables.append(rescale_table(model, clip, probe, setting, reference, kinds, steps(500)))

@@ -33,8 +33,8 @@ class Row:
 
 
 def measure(model: Any, clip: Any, probe: Any, base: Any, base_features: torch.Tensor,
-            setting: PairSetting) -> dict[str, float]:
-    """Every column but LFD for one customized (MODEL, CLIP); `base`: the base model's pair samples."""
+            setting: PairSetting) -> tuple[dict[str, float], Any]:
+    """Every column but LFD for one customized (MODEL, CLIP), and its pair samples; `base`: the base model's."""
     from infusion.metrics import feature_wasserstein
     from infusion_dev.toyworld import multi
 
@@ -50,7 +50,7 @@ def measure(model: Any, clip: Any, probe: Any, base: Any, base_features: torch.T
                                    setting.sample_seed + 100)
         row[concept.word] = samples.rate(multi.concept_drawn(concept))
         row[f"gap {concept.word}"] = alone.rate(multi.alone_right(concept)) - row[concept.word]
-    return row
+    return row, samples
 
 
 def infusion_pair(model: Any, clip: Any, seed: int, setting: PairSetting) -> list[tuple[str, Any, Any]]:
@@ -100,25 +100,30 @@ def custom_diffusion_pair(model: Any, clip: Any, seed: int, setting: PairSetting
 
 
 def pairs_table(model: Any, clip: Any, probe: Any, setting: PairSetting,
-                methods: list[Callable[..., list[tuple[str, Any, Any]]]]) -> str:
-    """Train and measure every method over the seeds; the markdown table, the base model's row first."""
+                methods: list[Callable[..., list[tuple[str, Any, Any]]]]) -> tuple[str, list]:
+    """Train and measure every method over the seeds: the markdown table (the base model's row first), and the
+    grid's rows (each method's first seed: {background: samples of the first pair prompt})."""
     from infusion_dev.toyworld import customize as cz
     from infusion_dev.toyworld import multi
 
     base = multi.draw_samples(model, clip, probe, multi.pair_prompts(), setting.per_prompt, setting.sample_seed)
     base_features = multi.half_features(probe, base.all_latents())
-    base_row = measure(model, clip, probe, base, base_features, setting)
+    base_row, _ = measure(model, clip, probe, base, base_features, setting)
+    first_prompts = {bg: prompt for prompt, bg in multi.pair_prompts()[::2]}
+    grid = [("base model", {bg: base.latents[p] for bg, p in first_prompts.items()})]
     no_word = [prompt for prompt, _, _ in multi.other_prompts()]
     rows: dict[str, Row] = {}
     for method in methods:
         for seed in setting.seeds:
             for name, custom, custom_clip in method(model, clip, seed, setting):
-                run = measure(custom, custom_clip, probe, base, base_features, setting)
+                run, samples = measure(custom, custom_clip, probe, base, base_features, setting)
                 run["lfd"] = cz.latent_fisher_divergence(model, custom, custom_clip, samples=setting.lfd_samples,
                                                          prompts=no_word, reference=multi.other_scenes())
+                if name not in rows:
+                    grid.append((name, {bg: samples.latents[p] for bg, p in first_prompts.items()}))
                 rows.setdefault(name, Row(name)).runs.append(run)
                 print(f"pairs | {name}, seed {seed}: {run}", flush=True)
-    return _markdown(base_row, list(rows.values()), setting, base.rate(multi.leaked(*multi.CONCEPTS)))
+    return _markdown(base_row, list(rows.values()), setting, base.rate(multi.leaked(*multi.CONCEPTS))), grid
 
 
 def _spread(values: list[float]) -> str:

@@ -31,8 +31,9 @@ UNET_CONFIG = {
 }
 
 
-def model_config() -> Any:
-    """ComfyUI's SD15 config with the toy UNet, v-prediction and zero terminal SNR."""
+def model_config(unet: dict = UNET_CONFIG) -> Any:
+    """ComfyUI's SD15 config with a toy UNet (by default the one-object world's), v-prediction and zero terminal
+    SNR."""
     import comfy.model_base
     import comfy.supported_models
 
@@ -43,22 +44,22 @@ def model_config() -> Any:
         def model_type(self, state_dict: dict, prefix: str = "") -> Any:
             return comfy.model_base.ModelType.V_PREDICTION
 
-    return ToyWorld({**UNET_CONFIG, "dtype": torch.float32})
+    return ToyWorld({**unet, "dtype": torch.float32})
 
 
-def new_model() -> Any:
+def new_model(unet: dict = UNET_CONFIG) -> Any:
     """The toy UNet as a ComfyUI BaseModel, its weights not yet set."""
-    return model_config().get_model({})
+    return model_config(unet).get_model({})
 
 
-def build_model() -> Any:
+def build_model(unet: dict = UNET_CONFIG) -> Any:
     """A ModelPatcher over the toy UNet with a fresh deterministic init (for training the base model)."""
     import comfy.model_management
     import comfy.model_patcher
 
     from ..tiny_models import init_weights
 
-    model = init_weights(new_model(), seed=2026)
+    model = init_weights(new_model(unet), seed=2026)
     return comfy.model_patcher.ModelPatcher(model, comfy.model_management.get_torch_device(),
                                             comfy.model_management.unet_offload_device())
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from . import scenes
+from . import model
 from .model import WEIGHTS_DIR
 from .sampling import HELD_OUT as ONE_OBJECT_HELD_OUT
 
@@ -30,6 +31,11 @@ HELD_OUT = frozenset(ONE_OBJECT_HELD_OUT)
 WEIGHTS = {"unet": os.path.join(WEIGHTS_DIR, "pairs_unet.safetensors"),
            "dit": os.path.join(WEIGHTS_DIR, "pairs_dit.safetensors")}
 PROBE_WEIGHTS = os.path.join(WEIGHTS_DIR, "half_probe.safetensors")
+# The one-object world's UNet without attention at its first level (as SDXL's UNet has none there): at 16 x 32
+# that level's self-attention would double the UNet's training time. Its cross-attention reads the prompt at
+# 8 x 16 (each half 8 x 8) and in the middle: 6 layers.
+UNET_CONFIG = {**model.UNET_CONFIG, "transformer_depth": [0, 0, 1, 1, 0, 0],
+               "transformer_depth_output": [0, 0, 0, 1, 1, 1, 0, 0, 0]}
 
 
 @dataclass(frozen=True)
@@ -131,10 +137,20 @@ def build_clip() -> Any:
     return build(PairTextModel)
 
 
+def build_model(kind: str) -> Any:
+    """A ModelPatcher over the two-object world's UNet or DiT, freshly initialised (for training it)."""
+    from . import dit
+    return model.build_model(UNET_CONFIG) if kind == "unet" else dit.build_model()
+
+
 def load(kind: str = "unet") -> tuple[Any, Any]:
     """(MODEL, CLIP) of the two-object world's trained UNet or DiT."""
-    from .train import world_model
+    from functools import partial
+
+    from ..tiny_models import load_unet_file
+    from . import dit
     if not os.path.isfile(WEIGHTS[kind]):
         raise FileNotFoundError(f"no two-object {kind} at {WEIGHTS[kind]}: build it with `python -m "
                                 f"infusion_dev.toyworld.train base --world pairs --model {kind}`")
-    return world_model(kind).load(WEIGHTS[kind])[0], build_clip()
+    new_model = partial(model.new_model, UNET_CONFIG) if kind == "unet" else dit.new_model
+    return load_unet_file(WEIGHTS[kind], new_model), build_clip()

@@ -113,7 +113,8 @@ def train_base(work: str, steps: int, batch: int = 48, log_every: int = 50, save
     os.makedirs(work, exist_ok=True)
     state_path = os.path.join(work, "state.pt")
     torch.use_deterministic_algorithms(True)
-    patcher, clip = tw.build_model(), (pairs.build_clip() if world == "pairs" else tw.build_clip())
+    patcher, clip = (pairs.build_model(kind), pairs.build_clip()) if world == "pairs" else (tw.build_model(),
+                                                                                             tw.build_clip())
     unet = patcher.model.diffusion_model
     ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
     opt = torch.optim.AdamW(unet.parameters(), lr=1e-3, weight_decay=0.01)
