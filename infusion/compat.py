@@ -108,9 +108,9 @@ def latent_shape(latent_format: Any, height: int, width: int) -> tuple[int, ...]
     """The shape of one empty latent of the model's format for a picture of height x width pixels (one frame for
     a video format), as ComfyUI's empty latent nodes make it.
 
-    0.33: the format carries its downscale ratio (8; 16 for FLUX.2, 32 for LTX-Video, 1 for Chroma Radiance's
-    pixels). 0.3.64's carry none: 8, but for the families served there with another."""
-    ratio = getattr(latent_format, "spacial_downscale_ratio", None) or {"LTXV": 32, "ChromaRadiance": 1}.get(
+    0.33: the format carries its downscale ratio (8; 16 for FLUX.2 and Wan 2.2, 32 for LTX-Video, 1 for Chroma
+    Radiance's pixels). 0.3.64's carry none: 8, but for the families served there with another."""
+    ratio = getattr(latent_format, "spacial_downscale_ratio", None) or {"LTXV": 32, "Wan22": 16, "ChromaRadiance": 1}.get(
         type(latent_format).__name__, 8)
     frames = (1,) if getattr(latent_format, "latent_dimensions", 2) == 3 else ()
     return (1, latent_format.latent_channels, *frames, height // ratio, width // ratio)

@@ -3,8 +3,8 @@
 Which tokenizer's tokens become the model's context, and which of their rows it keeps, depends on the
 text encoder; ComfyUI's tokens say which (their keys):
 - CLIP (SD1.x "l", SD2.x "h", SDXL "g" and "l" at the same positions): every row, in 77-token chunks;
-- T5-XXL ("t5xxl": Flux, with "l" for its pooled vector; Chroma; LTX-Video) and Pile-T5 ("pile_t5xl":
-  AuraFlow, read through ComfyUI's own SentencePiece wrapper): every row;
+- T5-XXL ("t5xxl": Flux, with "l" for its pooled vector; Chroma; LTX-Video), Pile-T5 ("pile_t5xl": AuraFlow)
+  and umT5 ("umt5xxl": Wan; these two read through ComfyUI's own SentencePiece wrapper): every row;
 - Qwen2.5-VL ("qwen25_7b": Qwen-Image, the Hunyuan models, Kandinsky 5) and Qwen3-VL ("qwen3vl_4b": Krea 2,
   MageFlow): the rows from the user turn's text on (ComfyUI's text encoders drop the system prompt and
   "<|im_start|>user\\n" of the template);
@@ -25,7 +25,7 @@ from .tokens import WordPositions, find_word, flat_ids
 
 CLIP_KEYS = ("l", "h", "g")
 TEMPLATE_DROPPED = ("qwen25_7b", "qwen3vl_4b")  # Qwen-Image, Krea 2
-CONTEXT_KEYS = ("t5xxl", "pile_t5xl", *TEMPLATE_DROPPED, "qwen3_4b", "qwen3_8b")
+CONTEXT_KEYS = ("t5xxl", "pile_t5xl", "umt5xxl", *TEMPLATE_DROPPED, "qwen3_4b", "qwen3_8b")
 _IM_START, _USER, _NEWLINE = 151644, 872, 198  # Qwen's <|im_start|>, "user", "\n"
 
 
@@ -119,7 +119,7 @@ def _kind(sdt: Any) -> str:
 
 
 def _processor(sdt: Any) -> Any:
-    """The sentencepiece processor behind ComfyUI's own SentencePiece wrapper (Pile-T5's), which has none of
+    """The sentencepiece processor behind ComfyUI's own SentencePiece wrapper (Pile-T5's, umT5's), which has none of
     the transformers tokenizers' token tables; None for those."""
     return None if hasattr(sdt.tokenizer, "convert_ids_to_tokens") else sdt.tokenizer.tokenizer
 

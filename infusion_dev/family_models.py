@@ -51,6 +51,9 @@ _HUNYUAN_15 = {**_HUNYUAN, "in_channels": 65, "out_channels": 32, "patch_size": 
                "meanflow_sum": True}
 _KANDINSKY = {"image_model": "kandinsky5", "model_dim": 1792, "axes_dims": (16, 24, 24), "time_dim": 512,
               "ff_dim": 7168, "visual_embed_dim": 132, "num_text_blocks": 2, "num_visual_blocks": 32}
+# Wan 2.1 14B (text- and image-to-video) and Wan 2.2 5B (text-image-to-video), as ComfyUI's detection reads them.
+_WAN = {"image_model": "wan2.1", "model_type": "t2v", "patch_size": (1, 2, 2), "in_dim": 16, "dim": 5120,
+        "ffn_dim": 13824, "freq_dim": 256, "text_dim": 4096, "out_dim": 16, "num_heads": 40, "num_layers": 40}
 _LTX = {"image_model": "ltxv", "num_layers": 28, "attention_head_dim": 64, "cross_attention_dim": 2048,
         "use_keyframes_abs_pos_embedding": False}
 
@@ -103,6 +106,11 @@ DIT_CONFIGS: dict[str, dict[str, Any]] = {
     "Stable_Cascade_B": {"stable_cascade_stage": "b", "c_hidden": [320, 640, 1280, 1280], "nhead": [-1, -1, 20, 20],
                          "blocks": [[2, 6, 28, 6], [6, 28, 6, 2]], "block_repeat": [[1, 1, 1, 1], [3, 3, 2, 2]]},
     "LTXV": _LTX,
+    "WAN21_T2V": _WAN,
+    "WAN21_I2V": {**_WAN, "model_type": "i2v", "in_dim": 36},
+    "WAN21_FunControl2V": {**_WAN, "model_type": "i2v", "in_dim": 48},
+    "WAN22_T2V": {**_WAN, "in_dim": 48, "out_dim": 48, "dim": 3072, "ffn_dim": 14336, "num_heads": 24,
+                  "num_layers": 30},
     "LTXAV": {**_LTX, "image_model": "ltxav", "num_layers": 48, "attention_head_dim": 128,
               "cross_attention_dim": 4096},
     "MiniMaxH3": {"image_model": "minimax_h3", "num_layers": 50, "token_refiner_num_layers": 2, "hidden_size": 5376,

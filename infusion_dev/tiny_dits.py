@@ -1,7 +1,8 @@
 """Tiny random-weight DiT models in ComfyUI's own classes, for the tests and benchmarks (never a user's
 model): FLUX.1 (dev and schnell), FLUX.2 (as klein), Chroma, Chroma Radiance, Qwen-Image, MageFlow, Z-Image,
-Krea 2, HunyuanImage 2.1, HunyuanVideo 1.5, LTX-Video, Kandinsky 5 and AuraFlow, each with its family's real
-tokenizer and text encoder class at a tiny width.
+Krea 2, HunyuanImage 2.1, HunyuanVideo 1.5, LTX-Video, Kandinsky 5, AuraFlow and Wan 2.1 / 2.2, each with its
+family's real tokenizer and text encoder class at a tiny width (Wan's umT5 with a small SentencePiece vocabulary:
+its real one is stored in the text encoder's file).
 
 A tiny Flux is written to a file and loaded from there in a way ComfyUI can repeat (tiny_models.
 load_unet_file; its Train LoRA trains on such a reloaded copy); 0.3.64's detection only knows full-size
@@ -11,6 +12,7 @@ import is inside a function.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any
 
@@ -25,9 +27,10 @@ TINY_T5 = {"d_model": 64, "d_ff": 128, "d_kv": 32, "num_heads": 2, "num_layers":
 TINY_LLM = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3, "num_attention_heads": 1,
             "num_key_value_heads": 1}
 TEXT_WIDTH = 64
+SPIECE_VOCAB = 512  # the tiny umT5's (tiny_spiece_model)
 
 FAMILIES = ("flux", "flux_schnell", "flux2", "chroma", "chroma_radiance", "qwen_image", "z_image", "krea2",
-            "mage_flow", "hunyuan_image", "hunyuan_video15", "ltxv", "kandinsky5", "aura_flow")
+            "mage_flow", "hunyuan_image", "hunyuan_video15", "ltxv", "kandinsky5", "aura_flow", "wan21", "wan22")
 
 
 def _fields_of(params: type, values: dict[str, Any]) -> dict[str, Any]:
@@ -268,6 +271,39 @@ def aura_flow_model(seed: int = SEED + 13) -> Any:
     return _patcher(model)
 
 
+def _wan(config_class: str, values: dict[str, Any], seed: int) -> Any:
+    import comfy.supported_models
+
+    config = {"image_model": "wan2.1", "model_type": "t2v", "patch_size": (1, 2, 2), "in_dim": 16, "dim": 64,
+              "ffn_dim": 128, "freq_dim": 64, "text_dim": TEXT_WIDTH, "out_dim": 16, "num_heads": 2, "num_layers": 2,
+              **values}
+    model = init_weights(getattr(comfy.supported_models, config_class)(config).get_model({}), seed)
+    # At weights of 0.02 the prompt reaches the picture through five small matrices (text embedding, values, output)
+    # and moved it by 1e-4: those are drawn larger, so the prompt matters as in a trained model.
+    with torch.no_grad():
+        for name, p in model.diffusion_model.named_parameters():
+            if p.ndim == 2 and (name.startswith("text_embedding.") or ".cross_attn.v" in name or ".cross_attn.o" in name):
+                p.mul_(10.0 if name.startswith("text_embedding.") else 5.0)
+    return _patcher(model)
+
+
+def wan21_model(seed: int = SEED + 14) -> Any:
+    """A tiny Wan 2.1 text-to-video: 2 blocks of width 64 (2 heads of 32), each a self-attention and a cross-attention
+    on a 64-wide umT5, on Wan 2.1's 16-channel video latents."""
+    return _wan("WAN21_T2V", {}, seed)
+
+
+def wan21_i2v_model(seed: int = SEED + 15) -> Any:
+    """The tiny Wan 2.1 image-to-video: its cross-attentions also read a CLIP image's 257 rows (1280 wide), through
+    keys and values of their own; the start image's latent and mask join the input channels (36)."""
+    return _wan("WAN21_I2V", {"model_type": "i2v", "in_dim": 36}, seed)
+
+
+def wan22_model(seed: int = SEED + 16) -> Any:
+    """A tiny Wan 2.2 5B (text-image-to-video): Wan 2.1's blocks on Wan 2.2's 48-channel latents."""
+    return _wan("WAN22_T2V", {"in_dim": 48, "out_dim": 48}, seed)
+
+
 def z_image_model(seed: int = SEED + 3) -> Any:
     import comfy.supported_models
 
@@ -315,6 +351,8 @@ _TEXT = {
     "aura_flow": ("aura_t5", "AuraT5Tokenizer", "AuraT5Model",
                   {"pile_t5xl_model_config": {**TINY_T5, "d_model": 2048}}),
     "kandinsky5": ("kandinsky5", "Kandinsky5Tokenizer", None, {"clip_l_model_config": TINY_CLIP_L}),
+    # umT5 with a small SentencePiece vocabulary of its own (the real one is stored in the text encoder's file).
+    "wan21": ("wan", "WanT5Tokenizer", None, {"umt5xxl_model_config": {**TINY_T5, "vocab_size": SPIECE_VOCAB}}),
     # klein reads three of Qwen3's layers (9, 18, 27), side by side: 28 tiny layers, a 3 x 64 wide context.
     "flux2": ("flux", "KleinTokenizer", None, {"qwen3_4b_model_config": {**TINY_LLM, "num_hidden_layers": 28}}),
 }
@@ -328,7 +366,8 @@ def clip(family: str, seed: int = SEED + 10, t5_width: int = TINY_T5["d_model"])
     import comfy.sd
     from comfy.supported_models_base import ClipTarget
 
-    module, tokenizer, model, options = _TEXT[{"flux_schnell": "flux", "chroma_radiance": "chroma"}.get(family, family)]
+    module, tokenizer, model, options = _TEXT[{"flux_schnell": "flux", "chroma_radiance": "chroma",
+                                               "wan22": "wan21"}.get(family, family)]
     module = importlib.import_module(f"comfy.text_encoders.{module}")
     if "t5xxl_model_config" in options:
         options = {**options, "t5xxl_model_config": {**TINY_T5, "d_model": t5_width}}
@@ -341,11 +380,35 @@ def clip(family: str, seed: int = SEED + 10, t5_width: int = TINY_T5["d_model"])
     encoder = {"flux2": lambda: module.klein_te(),
                "hunyuan_image": lambda: module.te(byt5=False),
                "hunyuan_video15": lambda: importlib.import_module("comfy.text_encoders.hunyuan_image").te(byt5=False),
-               "ltxv": lambda: module.ltxv_te(), "kandinsky5": lambda: module.te(),
-               }.get(family, lambda: getattr(module, model))()
-    out = comfy.sd.CLIP(ClipTarget(getattr(module, tokenizer), encoder), model_options=dict(options))
+               "ltxv": lambda: module.ltxv_te(), "kandinsky5": lambda: module.te(), "wan21": lambda: module.te(),
+               "wan22": lambda: module.te()}.get(family, lambda: getattr(module, model))()
+    data = {"spiece_model": tiny_spiece_model()} if family in ("wan21", "wan22") else {}
+    out = comfy.sd.CLIP(ClipTarget(getattr(module, tokenizer), encoder), tokenizer_data=data, model_options=dict(options))
     init_weights(out.cond_stage_model, seed)
     return out
+
+
+_WORDS = ("dog", "cat", "beach", "lake", "city", "teddy bear", "car", "field", "flowers", "trees", "barn", "sky", "fox",
+          "sunglasses", "photo", "bed", "water", "road", "house", "garden", "mountain", "river", "forest", "street")
+_CORPUS = tuple(f"{a} the {w} {b} the {v}." for w in _WORDS for v in _WORDS[::-1]
+                for a, b in (("a photo of", "on"), ("The", "and"), ("an image of", "near"))) + (
+    "Hot dogs, blurry, low quality! A Dog, and another dog? jumps over the lazy XYZ 0123456789 jvkqw",)
+
+
+@functools.cache
+def tiny_spiece_model() -> bytes:
+    """A SentencePiece model with umT5's special ids (pad 0, end 1, unknown 2) and a few hundred pieces learnt from
+    prompts of a few words (byte-pair merges: umT5's own is a unigram model of 256k pieces, which a few prompts cannot
+    train): words it has no piece for are spelt in pieces, as T5 spells rare words."""
+    import io
+
+    import sentencepiece
+
+    out = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(_CORPUS), model_writer=out, vocab_size=SPIECE_VOCAB, model_type="bpe",
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, num_threads=1, character_coverage=1.0, hard_vocab_limit=False, minloglevel=2)
+    return out.getvalue()
 
 
 def flux_vae(seed: int = SEED + 20) -> Any:
@@ -370,5 +433,6 @@ def model_and_clip(family: str, folder: str) -> tuple[Any, Any]:
         model = {"chroma": chroma_model, "chroma_radiance": chroma_radiance_model, "qwen_image": qwen_image_model,
                  "z_image": z_image_model, "flux2": flux2_model, "krea2": krea2_model, "mage_flow": mage_flow_model,
                  "hunyuan_image": hunyuan_image_model, "hunyuan_video15": hunyuan_video15_model, "ltxv": ltxv_model,
-                 "kandinsky5": kandinsky5_model, "aura_flow": aura_flow_model}[family]()
+                 "kandinsky5": kandinsky5_model, "aura_flow": aura_flow_model, "wan21": wan21_model,
+                 "wan22": wan22_model}[family]()
     return model, clip(family)

@@ -16,6 +16,7 @@ SERVED: dict[str, str] = {
     **dict.fromkeys(("ZImage", "ZImagePixelSpace"), "Lumina 2 / Z-Image"),
     "Krea2": "Krea 2",
     "LTXV": "LTX-Video",
+    **dict.fromkeys(("WAN21_T2V", "WAN21_I2V", "WAN21_FunControl2V", "WAN22_T2V"), "Wan"),
     "AuraFlow": "AuraFlow",
     **dict.fromkeys(("Kandinsky5", "Kandinsky5Image"), "Kandinsky 5"),
 }
@@ -41,8 +42,8 @@ NOTHING_TO_ACT_ON: dict[str, str] = {
 
 _NO_LABELS = "its attention calls carry no block labels and it offers no block patches, so no layer can be told apart"
 _NO_OPTIONS = "calls its attention without transformer_options ({}), so no composable hook reaches the values"
-_WAN = ("this pack does not mark words in its umT5 tokens, and its image-to-video models read the image's rows in "
-        "the same cross-attention call as the prompt's")
+_WAN = ("a Wan variant: {}; the Wan adapter serves Wan 2.1 / 2.2 text-, image- and text-image-to-video, and this "
+        "variant has no test here, so it is refused rather than served untested")
 
 # Text-to-image and text-to-video families not reached yet: (why, what it would take).
 REFUSED: dict[str, tuple[str, str]] = {
@@ -93,11 +94,16 @@ REFUSED: dict[str, tuple[str, str]] = {
                  "has no backward, so it cannot train", "a text-row offset, and a rotary kernel with a backward"),
     "Ideogram4": (_NO_LABELS + "; this pack does not mark words in its Qwen3-VL-8B tokens",
                   "a label on each layer and word positions for its tokenizer"),
-    **dict.fromkeys(("WAN21_T2V", "WAN22_T2V", "WAN21_CausalAR_T2V", "WAN21_I2V", "WAN21_FunControl2V", "WAN21_Vace",
-                     "WAN21_Camera", "WAN22_Camera", "WAN22_S2V", "WAN21_HuMo", "WAN22_Animate", "WAN_Animate2",
-                     "WAN21_FlowRVS", "WAN21_SCAIL", "WAN21_SCAIL2", "WAN22_WanDancer"),
-                    (_WAN, "umT5 word positions and an adapter on the cross-attention form LTX-Video uses, "
-                           "leaving the image's rows alone")),
+    **{family: (_WAN.format(f"its model ({model}) adds blocks or inputs of its own to Wan's"),
+                "a tiny model of its layout in the tests")
+       for family, model in (("WAN21_CausalAR_T2V", "CausalWanModel, frame by frame"), ("WAN21_Vace", "VaceWanModel"),
+                             ("WAN21_Camera", "CameraWanModel"), ("WAN22_Camera", "CameraWanModel"),
+                             ("WAN22_S2V", "WanModel_S2V, with audio"), ("WAN21_HuMo", "HumoWanModel"),
+                             ("WAN22_Animate", "AnimateWanModel"), ("WAN_Animate2", "WanAnimate2Model"),
+                             ("WAN21_SCAIL", "SCAILWanModel"), ("WAN21_SCAIL2", "SCAIL2WanModel"),
+                             ("WAN22_WanDancer", "WanDancerModel"))},
+    "WAN21_FlowRVS": (_WAN.format("Wan's model as an image-to-image flow, which starts from the input video rather "
+                                  "than from noise"), "a test of that flow"),
 }
 
 

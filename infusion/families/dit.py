@@ -76,9 +76,11 @@ class JointAttention:
             return self.previous(func, *args, **kwargs)
         return func(*args, **kwargs)
 
-    def _acting(self, options: dict, values: torch.Tensor) -> list[tuple[DiTResidual, int, tuple]]:
+    def _acting(self, options: dict, values: torch.Tensor, heads_first: bool) -> list[tuple[DiTResidual, int, tuple]]:
         positions, text = options.get(BATCH_KEY), options.get(TEXT_KEY)
         if positions is None or text is None or options.get("block_type") is None:
+            return []
+        if values.shape[2 if heads_first else 1] < text[1]:  # not the prompt's call (Wan's CLIP image rows)
             return []
         key = (options["block_type"], options.get("block_index"))
         out = []
@@ -94,10 +96,10 @@ class JointAttention:
     def __call__(self, func: Callable, *args: Any, **kwargs: Any) -> Any:
         options = kwargs.get("transformer_options") or {}
         q, k, v = args[:3]
-        acting = self._acting(options, v)
+        heads_first = bool(kwargs.get("skip_reshape", False))
+        acting = self._acting(options, v, heads_first)
         if not acting:
             return self._next(func, *args, **kwargs)
-        heads_first = bool(kwargs.get("skip_reshape", False))
         every = v
         for residual, i, rows in acting:
             if not residual.image_queries_only:

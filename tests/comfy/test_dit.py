@@ -1,5 +1,5 @@
-"""Infusion on the DiTs (Flux's family, Qwen-Image, MageFlow, Z-Image, Krea 2, the Hunyuan models, AuraFlow; LTX-Video
-and Kandinsky 5 through their cross-attention), on a real ComfyUI: tiny random-weight models in ComfyUI's own classes
+"""Infusion on the DiTs (Flux's family, Qwen-Image, MageFlow, Z-Image, Krea 2, the Hunyuan models, AuraFlow; LTX-Video,
+Kandinsky 5 and Wan 2.1 / 2.2 through their cross-attention), on a real ComfyUI: tiny random-weight models in ComfyUI's own classes
 with their families' real tokenizers, the exact promises through ComfyUI's sampler, both variants, another pack's
 attention override alongside, the full-size layer tables, training, LoRA and the metrics."""
 import os
@@ -11,7 +11,7 @@ from infusion_dev import comfy_harness as h
 from infusion_dev import comfy_versions, family_models
 
 FAMILIES = h.dit_families()
-CROSS_ATTENTION = ("ltxv", "kandinsky5")  # the prompt read by a cross-attention: every query is an image query
+CROSS_ATTENTION = ("ltxv", "kandinsky5", "wan21", "wan22")  # the prompt read by a cross-attention: every query is an image query
 WORD_PROMPT = "a photo of a Dog on the beach"
 NO_WORD = "a photo of a cat on the beach"
 NEGATIVE = "blurry, low quality"
@@ -320,6 +320,48 @@ def test_a_cross_attention_concept_adds_its_vector_to_the_texts_values_at_the_wo
     assert len({b for b, _ in changed}) == 1 and [j for _, j in changed] == word_rows(pack, clip)
 
 
+@pytest.mark.skipif("wan21" not in FAMILIES, reason="no Wan in this ComfyUI")
+def test_wan_image_to_video_leaves_the_images_values_alone(pack):
+    """Wan 2.1 image-to-video: each cross-attention also attends to the CLIP image's 257 rows, through keys and values
+    of their own, in a call of its own under the same label; that call's values stay the base model's bit for bit,
+    and the prompt's move at the word's rows alone."""
+    from types import SimpleNamespace
+
+    from infusion_dev import tiny_dits
+    with h.executor_mode():
+        model = tiny_dits.wan21_i2v_model()
+    _, clip = h.tiny_dit("wan21")
+    concept = random_concept(pack, model)
+    image = SimpleNamespace(penultimate_hidden_states=torch.randn(1, 257, 1280,
+                                                                  generator=torch.Generator().manual_seed(4)))
+
+    def with_image(conditioning):
+        return [[c, {**extra, "clip_vision_output": image}] for c, extra in conditioning]
+
+    def run(strength):
+        calls = []
+
+        def record(func, q, k, v, *args, **kwargs):
+            if kwargs["transformer_options"].get("block_type") == "cross":
+                calls.append((k.shape[1], v.clone()))
+            return func(q, k, v, *args, **kwargs)
+
+        base = model.clone()
+        base.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = record
+        applied, word_clip = apply(base, clip, concept, strength)
+        h.first_step(applied, with_image(h.encode(word_clip, WORD_PROMPT)), with_image(h.encode(word_clip, NEGATIVE)),
+                     h.dit_latent(applied), scheduler="simple")
+        return calls
+
+    base, moved = run(0.0), run(1.0)
+    image_calls = [i for i, (keys, _) in enumerate(moved) if keys == 257]
+    text_calls = [i for i, (keys, _) in enumerate(moved) if keys == h.encode(clip, WORD_PROMPT)[0][0].shape[1]]
+    assert len(image_calls) == len(text_calls) == 2 and len(moved) == 4  # one of each a block
+    assert all(torch.equal(moved[i][1], base[i][1]) for i in image_calls)
+    changed = rows_moved_by(pack, moved[text_calls[0]][1] - base[text_calls[0]][1], concept, "cross")
+    assert len({b for b, _ in changed}) == 1 and [j for _, j in changed] == word_rows(pack, clip)
+
+
 @pytest.mark.parametrize("family", [f for f in CROSS_ATTENTION if f in FAMILIES])
 def test_a_model_comfyui_copies_under_the_same_patches_runs_its_own_cross_attentions(pack, family):
     """ComfyUI builds a new model under a patcher's patches (0.33's non-dynamic delegate reloads it, Train LoRA
@@ -435,8 +477,8 @@ def test_a_unet_concept_or_another_dits_concept_is_refused(pack, dit, sd15):
 
 
 def test_the_previews_latent_is_the_empty_latent_comfyuis_own_nodes_give_the_model(pack, dit):
-    """Training's previews sample from an empty latent of the model's own size and frame axis (FLUX.2's latents are
-    1/16 of the picture, LTX-Video's 1/32 with frames, Chroma Radiance's the pixels): the one Empty Latent Image
+    """Training's previews sample from an empty latent of the model's own size and frame axis (FLUX.2's and Wan 2.2's
+    latents are 1/16 of the picture, LTX-Video's 1/32 with frames, Chroma Radiance's the pixels): the one Empty Latent Image
     gives through KSampler, or the family's own empty latent node (0.3.64's formats carry no downscale ratio)."""
     import comfy.sample
     import nodes
@@ -446,6 +488,14 @@ def test_the_previews_latent_is_the_empty_latent_comfyuis_own_nodes_give_the_mod
     if family == "ltxv":
         from comfy_extras.nodes_lt import EmptyLTXVLatentVideo
         expected = EmptyLTXVLatentVideo.execute(96, 64, 1).result[0]["samples"]
+    elif family == "wan21":
+        from comfy_extras.nodes_hunyuan import EmptyHunyuanLatentVideo  # what Wan 2.1's own workflows start from
+        node = EmptyHunyuanLatentVideo
+        expected = (node.execute(96, 64, 1) if hasattr(node, "execute") else node().generate(96, 64, 1))
+        expected = (expected.result if hasattr(expected, "result") else expected)[0]["samples"]
+    elif family == "wan22":
+        from comfy_extras.nodes_wan import Wan22ImageToVideoLatent
+        expected = Wan22ImageToVideoLatent.execute(None, 96, 64, 1, 1).result[0]["samples"]
     elif family == "chroma_radiance":
         from comfy_extras.nodes_chroma_radiance import EmptyChromaRadianceLatentImage
         expected = EmptyChromaRadianceLatentImage.execute(width=96, height=64).result[0]["samples"]
@@ -470,7 +520,7 @@ def photo_latents(n=2, seed=3, family="flux"):
     shape = {"qwen_image": (n, 16, 1, 8, 8), "krea2": (n, 16, 1, 8, 8), "flux2": (n, 128, 4, 4),
              "mage_flow": (n, 128, 4, 4), "hunyuan_image": (n, 64, 4, 4), "hunyuan_video15": (n, 32, 1, 4, 4),
              "ltxv": (n, 128, 1, 4, 4), "kandinsky5": (n, 16, 1, 8, 8), "chroma_radiance": (n, 3, 64, 64),
-             "aura_flow": (n, 4, 8, 8)}.get(
+             "aura_flow": (n, 4, 8, 8), "wan21": (n, 16, 1, 8, 8), "wan22": (n, 48, 1, 4, 4)}.get(
         family, (n, 16, 8, 8))
     return {"samples": torch.randn(shape, generator=torch.Generator().manual_seed(seed))}
 
@@ -653,7 +703,9 @@ def full_size(name):
 
 FULL_SIZE = {"Flux": (57, 3072, "double.18", "single.37"), "QwenImage": (60, 3072, "double.59", None),
              "ZImage": (30, 3840, "double.29", None), "LTXV": (28, 2048, "cross.27", None),
-             "Kandinsky5": (32, 1792, "cross.31", None), "Kandinsky5Image": (50, 2560, "cross.49", None)}
+             "Kandinsky5": (32, 1792, "cross.31", None), "Kandinsky5Image": (50, 2560, "cross.49", None),
+             "WAN21_T2V": (40, 5120, "cross.39", None), "WAN21_I2V": (40, 5120, "cross.39", None),
+             "WAN22_T2V": (30, 3072, "cross.29", None)}
 NEWER = {"ZImage": "z_image", "Kandinsky5": "kandinsky5", "Kandinsky5Image": "kandinsky5"}  # not on 0.3.64
 
 
@@ -675,7 +727,7 @@ def test_full_size_layer_tables_and_file_sizes(pack, name, tmp_path):
 
 @pytest.mark.parametrize("family", [f for f in ("flux", "qwen_image", "z_image", "krea2", "mage_flow",
                                                  "hunyuan_image", "hunyuan_video15", "ltxv", "kandinsky5",
-                                                 "aura_flow") if f in FAMILIES])
+                                                 "aura_flow", "wan21") if f in FAMILIES])
 def test_the_word_is_marked_in_every_piece_and_occurrence_after_the_template(pack, family):
     _, clip = h.tiny_dit(family)
     prompt = P(pack, "infusion.word_positions")
