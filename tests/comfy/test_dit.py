@@ -362,6 +362,50 @@ def test_wan_image_to_video_leaves_the_images_values_alone(pack):
     assert len({b for b, _ in changed}) == 1 and [j for _, j in changed] == word_rows(pack, clip)
 
 
+@pytest.mark.skipif("wan21" not in FAMILIES, reason="no Wan in this ComfyUI")
+def test_a_wan_concept_holds_in_every_frame_and_trains_from_a_clip(pack, tmp_models_dir):
+    """A clip of 9 frames (3 latent frames): a prompt without the word and strength 0 are the base model's in every
+    frame, bit for bit; the word changes every frame; the concept's change of a layer's output is linear in the
+    strength. Training reads short clips as it reads photos (one-frame clips)."""
+    model, clip = h.tiny_dit("wan21")
+    concept = random_concept(pack, model)
+    clip_latent = {"samples": torch.zeros(1, 16, 3, 8, 8)}
+
+    def frames(m, c, prompt):
+        return h.sample(m, h.encode(c, prompt), h.encode(c, NEGATIVE), clip_latent, scheduler="simple")["samples"]
+
+    applied, word_clip = apply(model, clip, concept)
+    base, with_word = frames(model, clip, WORD_PROMPT), frames(applied, word_clip, WORD_PROMPT)
+    assert all(not torch.equal(with_word[:, :, f], base[:, :, f]) for f in range(3))
+    assert torch.equal(frames(applied, word_clip, NO_WORD), frames(model, clip, NO_WORD))
+    assert torch.equal(frames(apply(model, clip, concept, 0.0)[0], word_clip, WORD_PROMPT), base)
+
+    def first_layer(strength):
+        """The first block's cross-attention output (its input is the base model's at any strength)."""
+        outputs = []
+
+        def record(func, *args, **kwargs):
+            out = func(*args, **kwargs)
+            if kwargs["transformer_options"].get("block_type") == "cross" and not outputs:
+                outputs.append(out)
+            return out
+
+        recorded = model.clone()
+        recorded.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = record
+        h.first_step(apply(recorded, clip, concept, strength)[0], h.encode(word_clip, WORD_PROMPT),
+                     h.encode(word_clip, NEGATIVE), clip_latent, scheduler="simple")
+        return outputs[0]
+
+    # The attention is a weighted sum of the values: s * r_l there moves the layer's output linearly in s.
+    out = {s: first_layer(s) for s in (0.0, 0.5, 1.0)}
+    assert not torch.equal(out[1.0], out[0.0])
+    torch.testing.assert_close(out[1.0] - out[0.0], 2 * (out[0.5] - out[0.0]), rtol=1e-4, atol=1e-6)
+    clips = {"samples": torch.randn(2, 16, 3, 8, 8, generator=torch.Generator().manual_seed(5))}
+    trained = h.run_node(h.train_node(pack), model.clone(), clip, latents=clips, output_name="wan_clip",
+                         **TRAIN).result[0]
+    assert all(v.abs().sum() > 0 for v in trained.values.values())
+
+
 @pytest.mark.parametrize("family", [f for f in CROSS_ATTENTION if f in FAMILIES])
 def test_a_model_comfyui_copies_under_the_same_patches_runs_its_own_cross_attentions(pack, family):
     """ComfyUI builds a new model under a patcher's patches (0.33's non-dynamic delegate reloads it, Train LoRA
