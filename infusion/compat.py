@@ -104,16 +104,19 @@ def _unload(base_model: Any) -> None:
             mm.current_loaded_models.pop(i).model_unload()
 
 
-def latent_shape(latent_format: Any, height: int, width: int) -> tuple[int, ...]:
-    """The shape of one empty latent of the model's format for a picture of height x width pixels (one frame for
-    a video format), as ComfyUI's empty latent nodes make it.
+def latent_shape(latent_format: Any, height: int, width: int, frames: int = 1) -> tuple[int, ...]:
+    """The shape of one empty latent of the model's format for `frames` pictures of height x width pixels (a video
+    format's frame axis: (frames - 1) // its temporal ratio + 1; an image format has none), as ComfyUI's empty
+    latent nodes make it.
 
-    0.33: the format carries its downscale ratio (8; 16 for FLUX.2 and Wan 2.2, 32 for LTX-Video, 1 for Chroma
-    Radiance's pixels). 0.3.64's carry none: 8, but for the families served there with another."""
-    ratio = getattr(latent_format, "spacial_downscale_ratio", None) or {"LTXV": 32, "Wan22": 16, "ChromaRadiance": 1}.get(
-        type(latent_format).__name__, 8)
-    frames = (1,) if getattr(latent_format, "latent_dimensions", 2) == 3 else ()
-    return (1, latent_format.latent_channels, *frames, height // ratio, width // ratio)
+    0.33: the format carries its downscale ratios (8; 16 for FLUX.2 and Wan 2.2, 32 for LTX-Video, 1 for Chroma
+    Radiance's pixels; in time 4, LTX-Video 8). 0.3.64's carry none: those of the families served there."""
+    name = type(latent_format).__name__
+    ratio = getattr(latent_format, "spacial_downscale_ratio", None) or {"LTXV": 32, "Wan22": 16,
+                                                                        "ChromaRadiance": 1}.get(name, 8)
+    temporal = getattr(latent_format, "temporal_downscale_ratio", None) or {"LTXV": 8}.get(name, 4)
+    axis = ((frames - 1) // temporal + 1,) if getattr(latent_format, "latent_dimensions", 2) == 3 else ()
+    return (1, latent_format.latent_channels, *axis, height // ratio, width // ratio)
 
 
 def labels_blocks(diffusion_model: Any) -> bool:

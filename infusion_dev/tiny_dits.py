@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import os
 from typing import Any
 
@@ -423,6 +424,18 @@ def flux_vae(seed: int = SEED + 20) -> Any:
     vae = comfy.sd.VAE(sd=sd, config={"params": params})
     vae.latent_channels = 16  # ComfyUI reads it off the weights only for the layouts it detects
     return vae
+
+
+def wan_vae(seed: int = SEED + 21) -> Any:
+    """Wan 2.1's VAE (ComfyUI's own WanVAE: 16 channels, 8x down, 4 frames a latent frame) at width 8, which 0.33 reads
+    off the weights; 0.3.64 builds it at its released width (96) whatever the weights say."""
+    import comfy.ldm.wan.vae
+    import comfy.sd
+
+    width = 8 if "decoder.head.0.gamma" in inspect.getsource(comfy.sd.VAE.__init__) else 96
+    model = comfy.ldm.wan.vae.WanVAE(dim=width, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                                     temperal_downsample=[False, True, True], dropout=0.0)
+    return comfy.sd.VAE(sd=init_weights(model, seed).state_dict())
 
 
 def model_and_clip(family: str, folder: str) -> tuple[Any, Any]:

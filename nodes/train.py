@@ -190,7 +190,7 @@ def _per_photo_inputs() -> list:
 
 def _newer_inputs() -> list:
     """Inputs added since the first release (saved workflows keep their widgets' order): how photos are
-    fitted, the previews' height, and captions as texts (ComfyUI's dataset nodes)."""
+    fitted, the previews' height, captions as texts (ComfyUI's dataset nodes), and a video model's preview length."""
     return [
         io.Combo.Input("crop", options=list(CROPS), default=BUCKETS,
                        tooltip="buckets: each photo trains at about the resolution's area in the aspect nearest "
@@ -204,6 +204,10 @@ def _newer_inputs() -> list:
                         tooltip="Optional: each photo's caption as text, in the photos' order (the texts of "
                                 "ComfyUI's Load Image-Text (from Folder)); one text is used for every photo. Each "
                                 "must say the class word (or {} for it); an empty text uses the templates."),
+        io.Int.Input("sample_frames", default=1, min=1, max=257,
+                     tooltip="Video models (Wan, LTX-Video, ...): frames of each preview clip, shown side by side "
+                             "(Wan draws 1, 5, 9, ... frames: 4 a latent frame); 1 = a still. Image models draw "
+                             "one picture."),
     ]
 
 
@@ -266,8 +270,8 @@ class TrainInfusion(io.ComfyNode):
     def _train(cls, model, clip, word, output_name, steps, learning_rate, batch_size, gradient_accumulation,
                resolution, seed, templates, flip, save_every, resume, variant, precision, gradient_checkpointing,
                sample_prompts, sample_every, sample_steps, sample_cfg, sample_sampler, sample_scheduler, sample_seed,
-               sample_size, crop=BUCKETS, sample_height=0, vae=None, photos=None, latents=None, captions=None,
-               masks=None, texts=None) -> io.NodeOutput:
+               sample_size, crop=BUCKETS, sample_height=0, sample_frames=1, vae=None, photos=None, latents=None,
+               captions=None, masks=None, texts=None) -> io.NodeOutput:
         import comfy.model_management
         import comfy.utils
 
@@ -276,7 +280,7 @@ class TrainInfusion(io.ComfyNode):
                                     precision=precision, save_every=save_every)
         previews = PreviewSettings(prompts=parse_prompts(sample_prompts), every=sample_every, steps=sample_steps,
                                    cfg=sample_cfg, sampler=sample_sampler, scheduler=sample_scheduler,
-                                   seed=sample_seed, size=sample_size, height=sample_height)
+                                   seed=sample_seed, size=sample_size, height=sample_height, frames=sample_frames)
         request = TrainingRequest(word=word, name=output_name, folder=_models_folder(), settings=settings,
                                   templates=parse_templates(templates), resolution=resolution, variant=variant,
                                   gradient_checkpointing=gradient_checkpointing, resume=resume,

@@ -45,11 +45,15 @@ def _bucket(latents: torch.Tensor, weights: torch.Tensor | None, mirrored: torch
 def encode_photos(vae: Any, model: Any, photos: Sequence[torch.Tensor], masks: Sequence[torch.Tensor] | None,
                   sizes: Sequence[tuple[int, int]], mirrored: bool) -> PhotoBuckets:
     """Fit each photo [H, W, 3] to its training size (`sizes`, from buckets.place), encode each bucket's photos
-    (and their mirror images when flips are on) with the VAE, and bring the latents into the model's space
-    (ComfyUI's process_latent_in)."""
+    (and their mirror images when flips are on) with the VAE, each a one-frame clip for a video VAE, and bring the
+    latents into the model's space (ComfyUI's process_latent_in)."""
 
     def encode(images: torch.Tensor) -> torch.Tensor:
-        return model.model.process_latent_in(vae.encode(images).float()).cpu()
+        if getattr(vae, "latent_dim", 2) == 3:  # a video VAE (Wan's, Qwen-Image's) reads a batch as one clip's frames
+            encoded = torch.cat([vae.encode(image[None]) for image in images])  # each photo a one-frame clip
+        else:
+            encoded = vae.encode(images)
+        return model.model.process_latent_in(encoded.float()).cpu()
 
     groups, buckets = group_by_size(sizes), []
     for members in groups:

@@ -1,7 +1,8 @@
 """Sample previews while a concept trains: the concept as trained so far, drawn by ComfyUI's own sampler.
 
 At step 0 (the base model) and every `every` steps, each prompt is sampled with a fixed seed (so the
-columns compare), decoded with the VAE and saved as output/infusion/<name>/samples/step<N>_<prompt>.png.
+columns compare), decoded with the VAE and saved as output/infusion/<name>/samples/step<N>_<prompt>.png (a video
+model's clip of `frames` frames: its frames side by side).
 The grid (one row per prompt, one column per step sampled) is read back from those files, so a resumed
 run continues the previews where they stopped. Sampling never touches the training's random draws:
 the concept is bit-identical with previews on or off. ComfyUI is imported inside functions only.
@@ -37,11 +38,14 @@ class PreviewSettings:
     seed: int = 0
     size: int = 0  # the width (and the height, unless `height`); 0: the training resolution
     height: int = 0  # 0: as tall as wide
+    frames: int = 1  # a video model's clip length; its frames side by side in the preview
 
     def __post_init__(self) -> None:
         if self.every < 0 or self.steps < 1 or min(self.size, self.height) < 0 or self.size % 8 or self.height % 8:
             raise ValueError("sample_every must be >= 0, sample_steps >= 1, sample_size and sample_height "
                              "multiples of 8 (0 = the training resolution's square)")
+        if self.frames < 1:
+            raise ValueError("sample_frames must be at least 1 (1: a still)")
         if self.every and not self.prompts:
             raise ValueError("no sample prompts: give one per line (each with the class word or {}), or set "
                              "sample_every to 0 to turn previews off")
@@ -87,7 +91,7 @@ class Previewer:
 
         model = self.model if concept is None else apply_concept(self.model, concept)
         latent_format = self.model.model.latent_format
-        latent = torch.zeros(compat.latent_shape(latent_format, self.height, self.width))
+        latent = torch.zeros(compat.latent_shape(latent_format, self.height, self.width, self.settings.frames))
         noise = comfy.sample.prepare_noise(latent, self.settings.seed)
 
         def callback(*_: Any) -> None:
@@ -99,9 +103,9 @@ class Previewer:
             samples = comfy.sample.sample(model, noise, self.settings.steps, self.settings.cfg, self.settings.sampler,
                                           self.settings.scheduler, positive, self.negative, latent,
                                           callback=callback, disable_pbar=True, seed=self.settings.seed)
-            decoded = self.vae.decode(samples)
-            pixels = decoded.reshape(-1, *decoded.shape[-3:])[0]
-            image = Image.fromarray((pixels.clamp(0, 1).cpu().float().numpy() * 255).round().astype(np.uint8))
+            decoded = self.vae.decode(samples)  # [1, H, W, 3], or a video VAE's [1, frames, H, W, 3]
+            strip = torch.cat(list(decoded.reshape(-1, *decoded.shape[-3:])), dim=1)  # its frames side by side
+            image = Image.fromarray((strip.clamp(0, 1).cpu().float().numpy() * 255).round().astype(np.uint8))
             image.save(self.path(step, i))
             images.append(image)
         return images
@@ -117,8 +121,11 @@ class Previewer:
             if match:
                 found.setdefault(int(match[1]), set()).add(int(match[2]) - 1)
         steps = [s for s in sorted(found) if found[s] >= set(range(len(self.positive)))]
-        tiles = [[np.asarray(Image.open(self.path(s, p)).convert("RGB").resize((self.width, self.height)),
-                             dtype=np.float32) / 255.0 for s in steps] for p in range(len(self.positive))]
+        # A clip's preview is its frames side by side: as many tiles wide as the first image holds frames.
+        width, height = Image.open(self.path(steps[0], 0)).size if steps else (self.width, self.height)
+        size = (self.width * max(1, round(width * self.height / (height * self.width))), self.height)
+        tiles = [[np.asarray(Image.open(self.path(s, p)).convert("RGB").resize(size), dtype=np.float32) / 255.0
+                  for s in steps] for p in range(len(self.positive))]
         return rearrange(torch.from_numpy(np.array(tiles)), "row col h w c -> 1 (row h) (col w) c")
 
 

@@ -406,6 +406,49 @@ def test_a_wan_concept_holds_in_every_frame_and_trains_from_a_clip(pack, tmp_mod
     assert all(v.abs().sum() > 0 for v in trained.values.values())
 
 
+@pytest.mark.skipif("wan21" not in FAMILIES, reason="no Wan in this ComfyUI")
+def test_photos_train_a_video_model_each_as_a_one_frame_clip(pack):
+    """A video VAE (Wan's, Qwen-Image's) reads a batch of images as one clip's frames: the photos of a bucket are
+    encoded each as a clip of one frame, as VAE Encode encodes one photo."""
+    from infusion_dev import tiny_dits
+    model, _ = h.tiny_dit("wan21")
+    g = torch.Generator().manual_seed(6)
+    photos = [torch.rand(64, 64, 3, generator=g) for _ in range(3)]
+    with h.executor_mode():
+        vae = tiny_dits.wan_vae()
+        latents = P(pack, "infusion.training.encoding").encode_photos(vae, model, photos, None, [(64, 64)] * 3,
+                                                                       False).buckets[0].latents
+        alone = model.model.process_latent_in(vae.encode(photos[1][None]).float())
+    assert tuple(latents.shape) == (3, 16, 1, 8, 8)
+    assert torch.equal(latents[1:2], alone)
+
+
+@pytest.mark.skipif("wan21" not in FAMILIES, reason="no Wan in this ComfyUI")
+def test_a_video_models_previews_are_clips_of_the_frames_asked_for(pack, tmp_models_dir):
+    """sample_frames 5 on Wan: each preview samples a 2-frame latent (Wan: 4 frames a latent frame, and the first),
+    and shows the 5 frames its VAE decodes side by side."""
+    class FramesVAE:
+        """A video VAE's decode ([1, frames, H, W, 3]), each frame one flat grey: frame k of 4 at k / 4."""
+
+        def __init__(self):
+            self.latents = []
+
+        def decode(self, latent):
+            self.latents.append(tuple(latent.shape))
+            frames, height, width = (latent.shape[2] - 1) * 4 + 1, latent.shape[3] * 8, latent.shape[4] * 8
+            return torch.linspace(0, 1, frames).view(1, frames, 1, 1, 1).expand(1, frames, height, width, 3).clone()
+
+    model, clip = h.tiny_dit("wan21")
+    vae = FramesVAE()
+    grid = train(pack, model.clone(), clip, "wan_previews", "wan21", vae=vae, steps=1, sample_every=1,
+                 sample_steps=1, sample_size=64, sample_frames=5, sample_prompts="a {}")[4]
+    assert set(vae.latents) == {(1, 16, 2, 8, 8)}
+    assert tuple(grid.shape) == (1, 64, 2 * 5 * 64, 3)  # one prompt; the base model and step 1, 5 frames each
+    tile = grid[0, :, : 5 * 64]
+    means = [float(tile[:, k * 64:(k + 1) * 64].mean()) for k in range(5)]
+    assert means == pytest.approx([k / 4 for k in range(5)], abs=1 / 255)
+
+
 @pytest.mark.parametrize("family", [f for f in CROSS_ATTENTION if f in FAMILIES])
 def test_a_model_comfyui_copies_under_the_same_patches_runs_its_own_cross_attentions(pack, family):
     """ComfyUI builds a new model under a patcher's patches (0.33's non-dynamic delegate reloads it, Train LoRA
