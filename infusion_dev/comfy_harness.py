@@ -389,7 +389,8 @@ def tiny_custom() -> tuple[Any, Any]:
 # The model files an example workflow names, by loader: (models/ folder, which widgets hold file names).
 LOADER_FILES = {"CheckpointLoaderSimple": ("checkpoints", (0,)), "LoadInfusion": ("infusion", (0,)),
                 "CLIPVisionLoader": ("clip_vision", (0,)), "UNETLoader": ("diffusion_models", (0,)),
-                "DualCLIPLoader": ("text_encoders", (0, 1)), "VAELoader": ("vae", (0,))}
+                "DualCLIPLoader": ("text_encoders", (0, 1)), "CLIPLoader": ("text_encoders", (0,)),
+                "VAELoader": ("vae", (0,))}
 
 
 def model_files(workflow: dict) -> list[tuple[str, str]]:

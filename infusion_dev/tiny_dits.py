@@ -435,7 +435,14 @@ def wan_vae(seed: int = SEED + 21) -> Any:
     width = 8 if "decoder.head.0.gamma" in inspect.getsource(comfy.sd.VAE.__init__) else 96
     model = comfy.ldm.wan.vae.WanVAE(dim=width, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
                                      temperal_downsample=[False, True, True], dropout=0.0)
-    return comfy.sd.VAE(sd=init_weights(model, seed).state_dict())
+    init_weights(model, seed)
+    # Weights of 0.02 through its ~40 convolutions would leave nothing of the latent in the pixels: scaled to keep
+    # each layer's output at its input's size.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim >= 2:
+                p.mul_(1.0 / (0.02 * p[0].numel() ** 0.5))
+    return comfy.sd.VAE(sd=model.state_dict())
 
 
 def model_and_clip(family: str, folder: str) -> tuple[Any, Any]:

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 import torch
@@ -270,12 +271,12 @@ def test_train_command_in_a_fresh_process(comfy_path, smoke, tmp_path):
     assert f"concept:    {path}" in done.stdout and load_concept(str(path)).word == "dog"
 
 
-# ------------------------------------------------------------------ the Flux example, end to end
+# ------------------------------------------------------------------ the Flux and video examples, end to end
 
-class _TinyFlux:
-    """Test-only stand-ins for the Flux example's three loaders: the tiny FLUX.1 dev (tests' tiny_dit),
-    its CLIP (CLIP-L and T5 at tiny widths) and a 16-channel VAE. ComfyUI's own loaders detect only
-    full-size Flux files; everything downstream runs as a user's graph does."""
+class _TinyLoader:
+    """Test-only stand-ins for a DiT example's three loaders: a tiny model of the family (tests' tiny_dit), its CLIP
+    (the family's text encoders at tiny widths) and a VAE of its latents. ComfyUI's own loaders detect only
+    full-size files; everything downstream runs as a user's graph does."""
     CATEGORY = "tests"
     FUNCTION = "load"
 
@@ -284,50 +285,79 @@ class _TinyFlux:
         return {"required": {}}
 
 
-def _tiny_flux_loaders():
-    from infusion_dev import tiny_dits
-
-    model, clip = h.tiny_dit("flux")
-    vae = tiny_dits.flux_vae()
+def _tiny_loaders(family: str, vae: Any, clip_loader: str) -> dict[str, type]:
+    model, clip = h.tiny_dit(family)
     made = {}
-    for name, kind, value in (("UNETLoader", "MODEL", model), ("DualCLIPLoader", "CLIP", clip),
-                              ("VAELoader", "VAE", vae)):
-        made[name] = type(f"TinyFlux{kind.title()}", (_TinyFlux,), {"RETURN_TYPES": (kind,),
-                                                                    "load": lambda self, v=value: (v,)})
+    for name, kind, value in (("UNETLoader", "MODEL", model), (clip_loader, "CLIP", clip), ("VAELoader", "VAE", vae)):
+        made[name] = type(f"Tiny{family.title()}{kind.title()}", (_TinyLoader,),
+                          {"RETURN_TYPES": (kind,), "load": lambda self, v=value: (v,)})
     return made
 
 
-def _flux_prompt(smoke, loaders, bypass=(), text=None):
-    prompt, definitions = smoke_mod.smoke_prompt("flux_concept", bypass)
+# The examples at smoke size: a clip of 5 frames (2 of Wan's latent frames) at 32 x 32 and one-frame previews (0.3.64
+# builds Wan's VAE at its released width, whatever the weights: each 64 x 64 frame takes it a second), and 2 sampling
+# steps (UniPC draws its one step from the noise alone).
+SMOKE_INPUTS = {"EmptySD3LatentImage": {"width": smoke_mod.IMAGE_SIZE, "height": smoke_mod.IMAGE_SIZE},
+                "EmptyHunyuanLatentVideo": {"width": 32, "height": 32, "length": 5},
+                "TrainInfusion": {"sample_frames": 1}, "KSampler": {"steps": 2}}
+
+
+def _example_prompt(example, smoke, loaders, bypass=(), text=None):
+    prompt, definitions = smoke_mod.smoke_prompt(example, bypass)
     if text is not None:
         set_prompt(prompt, definitions, text)
     for node_id, node in prompt.items():
         if node["class_type"] in loaders:
             node["class_type"], node["inputs"] = loaders[node["class_type"]].__name__, {}
-        elif node["class_type"] == "EmptySD3LatentImage":
-            node["inputs"].update(width=smoke_mod.IMAGE_SIZE, height=smoke_mod.IMAGE_SIZE)
+        elif node["class_type"] in SMOKE_INPUTS:
+            node["inputs"].update(SMOKE_INPUTS[node["class_type"]])
         elif node["class_type"] == "LoadConceptPhotos":
             node["inputs"]["folder"] = smoke.photos["dog"]
     return prompt
 
 
-def test_the_flux_example_trains_and_generates_and_leaves_other_prompts_exact(smoke, monkeypatch):
+def _run_example(example, smoke, loaders, monkeypatch):
+    """The example's concept and decoded output, and a function drawing it with another prompt (and bypasses)."""
     import nodes
-    loaders = _tiny_flux_loaders()
     for kind in loaders.values():
         monkeypatch.setitem(nodes.NODE_CLASS_MAPPINGS, kind.__name__, kind)
-    prompt = _flux_prompt(smoke, loaders)
+    prompt = _example_prompt(example, smoke, loaders)
     result = smoke.runner.run_or_raise(prompt)
     train_id = smoke_mod.nodes_of(prompt, "TrainInfusion")[0]
-    concept = load_concept(result.output(train_id, 3))
-    assert concept.family == "Flux" and concept.vector_space == "value" and len(concept.values) == 4
-    image = result.output(smoke_mod.nodes_of(prompt, "VAEDecode")[0])
-    assert image.shape == (1, smoke_mod.IMAGE_SIZE, smoke_mod.IMAGE_SIZE, 3) and torch.isfinite(image).all()
 
     def drawn(text, bypass=()):
-        p = _flux_prompt(smoke, loaders, bypass, text)
+        p = _example_prompt(example, smoke, loaders, bypass, text)
         return smoke.runner.run_or_raise(p).output(smoke_mod.nodes_of(p, "VAEDecode")[0])
+    return (load_concept(result.output(train_id, 3)), result.output(train_id, 4),
+            result.output(smoke_mod.nodes_of(prompt, "VAEDecode")[0]), drawn)
+
+
+def test_the_flux_example_trains_and_generates_and_leaves_other_prompts_exact(smoke, monkeypatch):
+    from infusion_dev import tiny_dits
+    concept, _, image, drawn = _run_example("flux_concept", smoke, _tiny_loaders("flux", tiny_dits.flux_vae(),
+                                                                                 "DualCLIPLoader"), monkeypatch)
+    assert concept.family == "Flux" and concept.vector_space == "value" and len(concept.values) == 4
+    assert image.shape == (1, smoke_mod.IMAGE_SIZE, smoke_mod.IMAGE_SIZE, 3) and torch.isfinite(image).all()
     no_word = "a photo of a red car in the city"
     assert torch.equal(drawn(no_word), drawn(no_word, ("ApplyInfusion",)))
     with_word = "a photo of a dog in the city"
+    assert not torch.equal(drawn(with_word), drawn(with_word, ("ApplyInfusion",)))
+
+
+def test_the_video_example_trains_from_photos_and_draws_clips_that_keep_other_prompts_exact(smoke, monkeypatch):
+    """video_concept on a tiny Wan 2.1 (with its VAE): the concept trains from the photos and the example draws a clip
+    of 5 frames; a prompt without the word is Wan's, bit for bit, in every frame (its previews' clips:
+    test_dit.py)."""
+    from infusion_dev import tiny_dits
+    with h.executor_mode():
+        vae = tiny_dits.wan_vae()
+    concept, previews, frames, drawn = _run_example("video_concept", smoke, _tiny_loaders("wan21", vae, "CLIPLoader"),
+                                                    monkeypatch)
+    assert concept.family == "WAN21_T2V" and len(concept.values) == 2
+    size = smoke_mod.IMAGE_SIZE
+    assert previews.shape[1:] == (2 * size, 2 * size, 3)  # 2 prompts; the base model and the end
+    assert frames.shape == (5, 32, 32, 3) and torch.isfinite(frames).all()
+    no_word = "a red car driving through the city"
+    assert torch.equal(drawn(no_word), drawn(no_word, ("ApplyInfusion",)))
+    with_word = "a dog running through the city"
     assert not torch.equal(drawn(with_word), drawn(with_word, ("ApplyInfusion",)))
