@@ -319,7 +319,7 @@ EXAMPLES = examples.example_names()
 
 def test_the_examples_are_shipped_where_comfyui_serves_templates():
     assert EXAMPLES == ["blend_concepts", "flux_concept", "generate_with_concept", "measure_overfitting", "multi_concept",
-                        "train_concept", "train_from_dataset"]
+                        "train_concept", "train_from_dataset", "video_concept"]
     assert os.path.basename(examples.WORKFLOWS_DIR) == "workflows"
 
 
