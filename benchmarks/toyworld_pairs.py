@@ -2,7 +2,7 @@
 infusion_dev/toyworld/multi.py). Each concept is trained alone from its 5 photos, per method and training seed;
 then both are applied together as a user combines them:
   Infusion                      two Apply Infusion nodes chained (as the multi_concept example does)
-  Train LoRA x 2, stacked       both LoRAs loaded at strength 1, and at the best common strength of 0.5, 0.75, 1
+  Train LoRA x 2, stacked       both LoRAs loaded together at a common strength of 0.5, 0.75 and 1 (a row each)
   Custom Diffusion x 2, summed  its authors' merge of two concepts: the fine-tuned deltas added
 """
 from __future__ import annotations
