@@ -50,6 +50,7 @@ class PairConcept:
 TRIANGLE = PairConcept("a green triangle", "triangle", "green")
 RING = PairConcept("a yellow ring", "ring", "yellow")
 CONCEPTS = (TRIANGLE, RING)
+OTHER_SHAPES = tuple(s for s in scenes.SHAPES if s not in (TRIANGLE.word, RING.word))  # shapes neither word names
 
 
 def pair_prompts(first: PairConcept = TRIANGLE, second: PairConcept = RING) -> list[tuple[str, str]]:
@@ -120,11 +121,10 @@ def in_context(readings: tuple, background: str) -> bool:
 def other_prompts(count: int = 8) -> list[tuple[str, set[tuple[str, str]], str]]:
     """Pair prompts that say neither word: two objects of the other shapes, each its own colour."""
     rng = random.Random(12)
-    others = [s for s in scenes.SHAPES if s not in (TRIANGLE.word, RING.word)]
     chosen = []
     while len(chosen) < count:
         (c1, c2), bg = rng.sample(list(scenes.COLOURS), 2), rng.choice(scenes.BACKGROUNDS)
-        s1, s2 = rng.choice(others), rng.choice(others)
+        s1, s2 = rng.choice(OTHER_SHAPES), rng.choice(OTHER_SHAPES)
         chosen.append((f"a {c1} {s1} and a {c2} {s2} on {bg}", {(c1, s1), (c2, s2)}, bg))
     return chosen
 
@@ -132,11 +132,10 @@ def other_prompts(count: int = 8) -> list[tuple[str, set[tuple[str, str]], str]]
 def other_scenes(count: int = 16, seed: int = 0) -> torch.Tensor:
     """Pair scenes of neither concept's shape, as raw latents: LFD's reference latents."""
     rng = random.Random(seed)
-    others = tuple(s for s in scenes.SHAPES if s not in (TRIANGLE.word, RING.word))
     chosen = []
     while len(chosen) < count:
         scene = pairs.random_pair_scene(rng, pair_share=1.0)
-        if all(o.shape in others for o in scene.objects):
+        if all(o.shape in OTHER_SHAPES for o in scene.objects):
             chosen.append(pairs.render(scene))
     return scenes.to_latent(torch.stack(chosen))
 
