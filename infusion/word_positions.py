@@ -8,7 +8,9 @@ text encoder; ComfyUI's tokens say which (their keys):
 - Qwen2.5-VL ("qwen25_7b": Qwen-Image, the Hunyuan models, Kandinsky 5) and Qwen3-VL ("qwen3vl_4b": Krea 2,
   MageFlow): the rows from the user turn's text on (ComfyUI's text encoders drop the system prompt and
   "<|im_start|>user\\n" of the template);
-- Qwen3 ("qwen3_4b", "qwen3_8b": Z-Image, FLUX.2 klein): every row, template included.
+- Qwen3 ("qwen3_4b", "qwen3_8b": Z-Image, FLUX.2 klein): every row, template included;
+- SD3's three ("l", "g", "t5xxl"): CLIP-L's and CLIP-G's rows side by side (the same positions), then T5-XXL's,
+  each part there only when its text encoder is loaded (SD3 runs without T5, or on T5 alone).
 
 The word is found on the tokens' own text: CLIP's BPE by its word-end marks (tokens.py), the others
 (SentencePiece, byte-level BPE) by decoding each token to its characters and matching the word there as
@@ -26,6 +28,7 @@ from .tokens import WordPositions, find_word, flat_ids
 CLIP_KEYS = ("l", "h", "g")
 TEMPLATE_DROPPED = ("qwen25_7b", "qwen3vl_4b")  # Qwen-Image, Krea 2
 CONTEXT_KEYS = ("t5xxl", "pile_t5xl", "umt5xxl", *TEMPLATE_DROPPED, "qwen3_4b", "qwen3_8b")
+SD3_KEYS = frozenset(("l", "g", "t5xxl"))
 _IM_START, _USER, _NEWLINE = 151644, 872, 198  # Qwen's <|im_start|>, "user", "\n"
 
 
@@ -41,6 +44,17 @@ def context_key(tokens: Mapping[str, Any]) -> str:
     raise ValueError(f"this CLIP's text encoder ({', '.join(tokens)}) is not one Infusion can mark the class word "
                      "for; supported: CLIP (SD1.x, SD2.x, SDXL), T5-XXL (Flux, Chroma, LTX-Video), Pile-T5 (AuraFlow), "
                      "Qwen2.5-VL (Qwen-Image, Kandinsky 5), Qwen3 (Z-Image, FLUX.2 klein), Qwen3-VL (Krea 2)")
+
+
+def context_parts(tokens: Mapping[str, Any], text_encoder: Any = None) -> tuple[str, ...]:
+    """The tokenizers whose rows make the model's context, in their order there. SD3's encoder (its CLIP's
+    cond_stage_model) says which of its parts are loaded; without it, all are taken to be."""
+    if set(tokens) != SD3_KEYS:
+        return (context_key(tokens),)
+    loaded = lambda *names: text_encoder is None or any(getattr(text_encoder, n, None) is not None  # noqa: E731
+                                                         for n in names)
+    parts = tuple(key for key, names in (("g", ("clip_l", "clip_g")), ("t5xxl", ("t5xxl",))) if loaded(*names))
+    return parts or ("g",)  # no encoder at all: 77 rows of zeros, where no word stands
 
 
 def _sd_tokenizer(tokenizer: Any, key: str) -> Any:
@@ -189,12 +203,16 @@ def _finder(sdt: Any, ids: Sequence) -> Callable[[str], list[int]]:
     return lambda word: find_word_in_text(texts, word)
 
 
-def word_positions(tokenizer: Any, tokens: Mapping[str, list], words: Iterable[str]) -> WordPositions:
-    """Where each of `words` stands in the model's context, from ComfyUI tokens ({key: [chunks]})."""
-    key = context_key(tokens)
-    sdt = _sd_tokenizer(tokenizer, key)
-    ids = flat_ids(tokens[key])
-    dropped = _dropped_rows(key, ids)
-    find = _finder(sdt, ids)
-    found = {w: tuple(j - dropped for j in find(w) if j >= dropped) for w in words}
-    return WordPositions(length=len(ids) - dropped, words={w: p for w, p in found.items() if p})
+def word_positions(tokenizer: Any, tokens: Mapping[str, list], words: Iterable[str],
+                   text_encoder: Any = None) -> WordPositions:
+    """Where each of `words` stands in the model's context, from ComfyUI tokens ({key: [chunks]}) and the CLIP's
+    text encoder (its cond_stage_model: which of SD3's encoders are loaded)."""
+    length, found = 0, {w: [] for w in words}
+    for key in context_parts(tokens, text_encoder):
+        ids = flat_ids(tokens[key])
+        dropped = _dropped_rows(key, ids)
+        find = _finder(_sd_tokenizer(tokenizer, key), ids)
+        for w in found:
+            found[w].extend(length + j - dropped for j in find(w) if j >= dropped)
+        length += len(ids) - dropped
+    return WordPositions(length=length, words={w: tuple(p) for w, p in found.items() if p})

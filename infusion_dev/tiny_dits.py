@@ -1,6 +1,6 @@
 """Tiny random-weight DiT models in ComfyUI's own classes, for the tests and benchmarks (never a user's
 model): FLUX.1 (dev and schnell), FLUX.2 (as klein), Chroma, Chroma Radiance, Qwen-Image, MageFlow, Z-Image,
-Krea 2, HunyuanImage 2.1, HunyuanVideo 1.5, LTX-Video, Kandinsky 5, AuraFlow and Wan 2.1 / 2.2, each with its
+Krea 2, HunyuanImage 2.1, HunyuanVideo 1.5, LTX-Video, Kandinsky 5, AuraFlow, Wan 2.1 / 2.2 and SD3.5, each with its
 family's real tokenizer and text encoder class at a tiny width (Wan's umT5 with a small SentencePiece vocabulary:
 its real one is stored in the text encoder's file).
 
@@ -31,7 +31,7 @@ TEXT_WIDTH = 64
 SPIECE_VOCAB = 512  # the tiny umT5's (tiny_spiece_model)
 
 FAMILIES = ("flux", "flux_schnell", "flux2", "chroma", "chroma_radiance", "qwen_image", "z_image", "krea2",
-            "mage_flow", "hunyuan_image", "hunyuan_video15", "ltxv", "kandinsky5", "aura_flow", "wan21", "wan22")
+            "mage_flow", "hunyuan_image", "hunyuan_video15", "ltxv", "kandinsky5", "aura_flow", "wan21", "wan22", "sd3")
 
 
 def _fields_of(params: type, values: dict[str, Any]) -> dict[str, Any]:
@@ -272,6 +272,24 @@ def aura_flow_model(seed: int = SEED + 13) -> Any:
     return _patcher(model)
 
 
+def sd3_model(seed: int = SEED + 17) -> Any:
+    """A tiny SD3.5 Medium: 2 joint blocks of width 128 (2 heads of 64; SD3 ties both to the depth), the first with
+    SD3.5 Medium's image-only second attention, on 16-channel latents, reading the 4096-wide context that SD3's text
+    encoders make (CLIP-L and CLIP-G rows side by side, padded, then T5's rows) and their 2048-wide pooled vector."""
+    import comfy.supported_models
+
+    config = {"in_channels": 16, "patch_size": 2, "out_channels": 16, "depth": 2, "input_size": None,
+              "adm_in_channels": 2048, "context_embedder_config": {"target": "torch.nn.Linear",
+                                                                   "params": {"in_features": 4096, "out_features": 128}},
+              "num_patches": 64 * 64, "pos_embed_max_size": 64, "pos_embed_scaling_factor": None, "qk_norm": "rms",
+              "x_block_self_attn_layers": [0]}
+    model = init_weights(comfy.supported_models.SD3(config).get_model({}), seed)
+    with torch.no_grad():  # a buffer, which init_weights leaves as torch.empty made it
+        pos_embed = model.diffusion_model.pos_embed
+        pos_embed.copy_(torch.randn(pos_embed.shape, generator=torch.Generator().manual_seed(seed)) * 0.02)
+    return _patcher(model)
+
+
 def _wan(config_class: str, values: dict[str, Any], seed: int) -> Any:
     import comfy.supported_models
 
@@ -354,6 +372,9 @@ _TEXT = {
     "kandinsky5": ("kandinsky5", "Kandinsky5Tokenizer", None, {"clip_l_model_config": TINY_CLIP_L}),
     # umT5 with a small SentencePiece vocabulary of its own (the real one is stored in the text encoder's file).
     "wan21": ("wan", "WanT5Tokenizer", None, {"umt5xxl_model_config": {**TINY_T5, "vocab_size": SPIECE_VOCAB}}),
+    # SD3 pads CLIP-L and CLIP-G's rows to T5-XXL's width, 4096: T5 keeps it (its 32k-row embedding is most of it).
+    "sd3": ("sd3_clip", "SD3Tokenizer", None, {"clip_l_model_config": TINY_CLIP_L, "clip_g_model_config": TINY_CLIP_L,
+                                               "t5xxl_model_config": {**TINY_T5, "d_model": 4096}}),
     # klein reads three of Qwen3's layers (9, 18, 27), side by side: 28 tiny layers, a 3 x 64 wide context.
     "flux2": ("flux", "KleinTokenizer", None, {"qwen3_4b_model_config": {**TINY_LLM, "num_hidden_layers": 28}}),
 }
@@ -362,6 +383,19 @@ _TEXT = {
 def clip(family: str, seed: int = SEED + 10, t5_width: int = TINY_T5["d_model"]) -> Any:
     """The family's CLIP object: its real tokenizer and text encoder classes, tiny widths (a T5's output:
     `t5_width`, FLUX.1's 4096 for a full-size model)."""
+    if family == "sd3" and seed == SEED + 10:
+        return _sd3_clip().clone()
+    return _clip(family, seed, t5_width)
+
+
+@functools.cache
+def _sd3_clip() -> Any:
+    """SD3's CLIP, built once a process (its 4096-wide T5 takes seconds to build); each caller gets a clone, as
+    ComfyUI's nodes share one loaded CLIP."""
+    return _clip("sd3", SEED + 10, TINY_T5["d_model"])
+
+
+def _clip(family: str, seed: int, t5_width: int) -> Any:
     import importlib
 
     import comfy.sd
@@ -370,7 +404,7 @@ def clip(family: str, seed: int = SEED + 10, t5_width: int = TINY_T5["d_model"])
     module, tokenizer, model, options = _TEXT[{"flux_schnell": "flux", "chroma_radiance": "chroma",
                                                "wan22": "wan21"}.get(family, family)]
     module = importlib.import_module(f"comfy.text_encoders.{module}")
-    if "t5xxl_model_config" in options:
+    if "t5xxl_model_config" in options and family != "sd3":
         options = {**options, "t5xxl_model_config": {**TINY_T5, "d_model": t5_width}}
     if family == "qwen_image":
         options = {"qwen25_7b_class": _tiny_qwen_lm()}
@@ -382,7 +416,7 @@ def clip(family: str, seed: int = SEED + 10, t5_width: int = TINY_T5["d_model"])
                "hunyuan_image": lambda: module.te(byt5=False),
                "hunyuan_video15": lambda: importlib.import_module("comfy.text_encoders.hunyuan_image").te(byt5=False),
                "ltxv": lambda: module.ltxv_te(), "kandinsky5": lambda: module.te(), "wan21": lambda: module.te(),
-               "wan22": lambda: module.te()}.get(family, lambda: getattr(module, model))()
+               "wan22": lambda: module.te(), "sd3": lambda: module.sd3_clip()}.get(family, lambda: getattr(module, model))()
     data = {"spiece_model": tiny_spiece_model()} if family in ("wan21", "wan22") else {}
     out = comfy.sd.CLIP(ClipTarget(getattr(module, tokenizer), encoder), tokenizer_data=data, model_options=dict(options))
     init_weights(out.cond_stage_model, seed)
@@ -454,5 +488,5 @@ def model_and_clip(family: str, folder: str) -> tuple[Any, Any]:
                  "z_image": z_image_model, "flux2": flux2_model, "krea2": krea2_model, "mage_flow": mage_flow_model,
                  "hunyuan_image": hunyuan_image_model, "hunyuan_video15": hunyuan_video15_model, "ltxv": ltxv_model,
                  "kandinsky5": kandinsky5_model, "aura_flow": aura_flow_model, "wan21": wan21_model,
-                 "wan22": wan22_model}[family]()
+                 "wan22": wan22_model, "sd3": sd3_model}[family]()
     return model, clip(family)

@@ -34,7 +34,7 @@ class InfusionCLIP(comfy.sd.CLIP):
         return out
 
     def _positions(self, tokens):
-        return word_positions(self.tokenizer, tokens, self.infusion_words)
+        return word_positions(self.tokenizer, tokens, self.infusion_words, self.cond_stage_model)
 
     def encode_from_tokens(self, tokens, *args: Any, **kwargs: Any):
         out = super().encode_from_tokens(tokens, *args, **kwargs)

@@ -12,15 +12,16 @@ from .krea2 import Krea2Adapter
 from .ltxv import LTXVAdapter
 from .lumina import LuminaAdapter
 from .qwen_image import QwenImageAdapter
+from .sd3 import SD3Adapter
 from .unet import UNetAdapter
 from .wan import WanAdapter
 
 ADAPTERS: tuple[FamilyAdapter, ...] = (UNetAdapter(), FluxAdapter(), QwenImageAdapter(), LuminaAdapter(),
                                        Krea2Adapter(), LTXVAdapter(), Kandinsky5Adapter(), AuraFlowAdapter(),
-                                       WanAdapter())
+                                       WanAdapter(), SD3Adapter())
 SUPPORTED = ("UNet models with cross-attention (SD1.x, SD2.x, SDXL and its distilled variants), Flux (FLUX.1 dev "
              "and schnell, FLUX.2), Chroma, HunyuanImage 2.1, HunyuanVideo 1.5, Qwen-Image, MageFlow, Z-Image, Krea 2, "
-             "LTX-Video, Wan 2.1 / 2.2, Kandinsky 5 and AuraFlow (every family: docs/families.md)")
+             "LTX-Video, Wan 2.1 / 2.2, Kandinsky 5, AuraFlow and SD3 / SD3.5 (every family: docs/families.md)")
 
 
 def model_family(model: Any) -> str:

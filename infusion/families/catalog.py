@@ -18,6 +18,7 @@ SERVED: dict[str, str] = {
     "LTXV": "LTX-Video",
     **dict.fromkeys(("WAN21_T2V", "WAN21_I2V", "WAN21_FunControl2V", "WAN22_T2V"), "Wan"),
     "AuraFlow": "AuraFlow",
+    "SD3": "SD3",
     **dict.fromkeys(("Kandinsky5", "Kandinsky5Image"), "Kandinsky 5"),
 }
 
@@ -47,10 +48,6 @@ _WAN = ("a Wan variant: {}; the Wan adapter serves Wan 2.1 / 2.2 text-, image- a
 
 # Text-to-image and text-to-video families not reached yet: (why, what it would take).
 REFUSED: dict[str, tuple[str, str]] = {
-    "SD3": ("its context is the CLIP-L/G rows followed by the T5 rows, and the pack marks a word in one tokenizer's "
-            "rows; its blocks are labelled only through block patches, which ComfyUI recomputes under gradient "
-            "checkpointing, and SD3.5 Medium's image-only attention shares their labels",
-            "an SD3 adapter: word rows across both text encoders and a checkpoint-safe block label"),
     **dict.fromkeys(("PixArtAlpha", "PixArtSigma"),
                     ("its cross-attention " + _NO_OPTIONS.format("comfy/ldm/pixart"),
                      "patches on each cross-attention's key and value projections")),

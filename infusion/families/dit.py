@@ -17,6 +17,7 @@ family here: the prompt's rows, and any the model joins to them (the adapter's `
 """
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -29,7 +30,8 @@ from .base import FamilyAdapter
 from .unet import call_copies, replaced_forwards
 
 OVERRIDE_KEY = "optimized_attention_override"  # ComfyUI's, in transformer_options
-# transformer_options entry: (the prompt's rows, the rows text takes in the joint sequence, the prompt's first there)
+# transformer_options entry: (the prompt's rows, the rows text takes in the joint sequence, the prompt's first there,
+# the joint sequence's rows where the model also attends over the image alone under the same label, else None)
 TEXT_KEY = "infusion_text"
 TEXT_WRAPPER_KEY = "infusion_text_rows"
 
@@ -49,9 +51,10 @@ class DiTResidual(ConceptResidual):
 def add_to_values(values: torch.Tensor, rows: tuple[torch.Tensor, torch.Tensor], vector: torch.Tensor,
                   heads_first: bool) -> torch.Tensor:
     """`values` with `vector` (heads x head width) added at the (batch, token) rows. Layouts: [batch, heads,
-    tokens, head width] (`heads_first`, ComfyUI's skip_reshape) or [batch, tokens, heads x head width]."""
+    tokens, head width] (`heads_first`, ComfyUI's skip_reshape), [batch, tokens, heads x head width], or [batch,
+    tokens, heads, head width] (SD3's values, which ComfyUI's attention reshapes as the others)."""
     if not heads_first:
-        return add_at_rows(values, rows, vector)
+        return add_at_rows(values, rows, vector.view(values.shape[2:]) if values.ndim == 4 else vector)
     per_head = vector.view(values.shape[1], values.shape[3])
     return add_at_rows(values.transpose(1, 2), rows, per_head).transpose(1, 2)
 
@@ -80,7 +83,9 @@ class JointAttention:
         positions, text = options.get(BATCH_KEY), options.get(TEXT_KEY)
         if positions is None or text is None or options.get("block_type") is None:
             return []
-        if values.shape[2 if heads_first else 1] < text[1]:  # not the prompt's call (Wan's CLIP image rows)
+        rows_here = values.shape[2 if heads_first else 1]
+        # Not the prompt's call: Wan's CLIP image rows, SD3.5 Medium's attention over the image alone.
+        if rows_here < text[1] or (text[3] is not None and rows_here != text[3]):
             return []
         key = (options["block_type"], options.get("block_index"))
         out = []
@@ -145,10 +150,10 @@ class JointAttention:
         return torch.cat(outputs, dim=2 if kwargs.get("skip_output_reshape", False) else 1)
 
 
-def carry_text_rows(text_layout: Callable[[int, dict], tuple[int, int]]) -> Callable:
+def carry_text_rows(text_layout: Callable[[torch.Tensor, int, dict], tuple[int, int, int | None]]) -> Callable:
     """APPLY_MODEL wrapper: the prompt's context length (and where text sits in the joint sequence, given the
-    model call's inputs) handed to the attention override of this model call; and the concepts' override put
-    back on top of whatever holds the slot now. A node applied after the concepts that sets the
+    model call's latent and other inputs) handed to the attention override of this model call; and the concepts'
+    override put back on top of whatever holds the slot now. A node applied after the concepts that sets the
     slot itself (ComfyUI's ModelAttentionBackend, the sage / flash attention nodes of other packs) replaces the
     override without calling it; re-asserted here, at every model call, the concepts act and then call that
     node's attention."""
@@ -156,13 +161,29 @@ def carry_text_rows(text_layout: Callable[[int, dict], tuple[int, int]]) -> Call
                 *args, **kwargs):
         if c_crossattn is not None and transformer_options is not None:
             length = int(c_crossattn.shape[1])
-            first, rows = text_layout(length, kwargs)
-            transformer_options = {**transformer_options, TEXT_KEY: (length, rows, first)}
+            transformer_options = {**transformer_options, TEXT_KEY: (length, *text_layout(x, length, kwargs))}
             residuals, current = transformer_options.get(RESIDUALS_KEY), transformer_options.get(OVERRIDE_KEY)
             if residuals and not isinstance(current, JointAttention):
                 transformer_options[OVERRIDE_KEY] = JointAttention(residuals, current)
         return executor(x, t, c_concat, c_crossattn, control, transformer_options, *args, **kwargs)
     return wrapper
+
+
+@functools.cache
+def labelled(base: type, block_type: str, index: int) -> type:
+    """`base` (a module's class) with its attention calls labelled (`block_type`, `index`), on a copy of
+    transformer_options: a recomputation under gradient checkpointing then sees this call's label."""
+    class Labelled(base):
+        unlabelled = base
+
+        def forward(self, *args: Any, **kwargs: Any) -> Any:
+            options = kwargs.get("transformer_options")
+            if options is not None:
+                kwargs["transformer_options"] = {**options, "block_type": block_type, "block_index": index}
+            return super().forward(*args, **kwargs)
+
+    Labelled.__name__ = Labelled.__qualname__ = f"{base.__name__}Labelled{index}"
+    return Labelled
 
 
 class BlockLabel:
@@ -199,11 +220,24 @@ class DiTAdapter(FamilyAdapter):
         the model joins to them) for a context of `context_length` rows and the model call's other `inputs`."""
         return 0, context_length
 
+    def image_rows(self, diffusion_model: torch.nn.Module, x: torch.Tensor) -> int | None:
+        """The image's rows in the joint sequence for latent `x`, where the model also attends over the image
+        alone under the prompt's label (the override then acts only on calls of text and image rows); None where
+        it does not."""
+        return None
+
     def blocks(self, diffusion_model: torch.nn.Module) -> list[torch.nn.Module]:
         raise NotImplementedError
 
     def labelled_blocks(self, diffusion_model: torch.nn.Module) -> list[tuple[str, int, str]]:
         """(block patch name, index, block_type) of each block whose attention a BlockLabel labels."""
+        return []
+
+    def labelled_modules(self, diffusion_model: torch.nn.Module) -> list[tuple[str, str, int]]:
+        """(module path, block_type, index) of each module whose attention calls the adapter labels through its
+        class (an object patch, put in place when ComfyUI loads the model and taken away after): a class holds no
+        module, so a model ComfyUI reloads or copies under the same patches (0.33's non-dynamic delegate, Train
+        LoRA's copy) labels its own modules."""
         return []
 
     def residual(self, concept: InfusionConcept, **options: Any) -> DiTResidual:
@@ -221,12 +255,23 @@ class DiTAdapter(FamilyAdapter):
         dm = patcher.get_model_object("diffusion_model")
         if not patcher.get_wrappers(WrappersMP.APPLY_MODEL, TEXT_WRAPPER_KEY):
             patcher.add_wrapper_with_key(WrappersMP.APPLY_MODEL, TEXT_WRAPPER_KEY,
-                                         carry_text_rows(lambda n, inputs: self.text_layout(dm, n, inputs)))
+                                         carry_text_rows(lambda x, n, inputs: self._text_rows(dm, x, n, inputs)))
         replaced = options.get("patches_replace", {}).get("dit", {})
         for name, i, block_type in self.labelled_blocks(dm):
             previous = replaced.get((name, i))
             if not isinstance(previous, BlockLabel):
                 patcher.set_model_patch_replace(BlockLabel(block_type, i, previous), "dit", name, i)
+        for path, block_type, i in self.labelled_modules(dm):
+            key = f"diffusion_model.{path}.__class__"
+            # Another clone's label may be in place on the shared model: the class it labels is the one that runs.
+            current = patcher.get_model_object(key)
+            patcher.add_object_patch(key, labelled(current.__dict__.get("unlabelled", current), block_type, i))
+
+    def _text_rows(self, diffusion_model: torch.nn.Module, x: torch.Tensor, context_length: int,
+                   inputs: Mapping[str, Any]) -> tuple[int, int, int | None]:
+        first, rows = self.text_layout(diffusion_model, context_length, inputs)
+        image = self.image_rows(diffusion_model, x)
+        return rows, first, None if image is None else rows + image
 
     def applied(self, patcher: Any) -> list[DiTResidual]:
         return list(patcher.model_options.get("transformer_options", {}).get(RESIDUALS_KEY, ()))

@@ -203,7 +203,7 @@ def encode_captions(clip: Any, word: str, captions: Sequence[str], origins: Sequ
     out = []
     for i, text in enumerate(captions):
         tokens = clip.tokenize(text)
-        positions = word_positions(clip.tokenizer, tokens, [word])
+        positions = word_positions(clip.tokenizer, tokens, [word], clip.cond_stage_model)
         if word not in positions.words:
             origin = origins[i] if i < len(origins) and origins[i] else "the caption template"
             raise ValueError(f"{origin} '{text}' does not contain the class word '{word}' as a whole word (CLIP "

@@ -1,5 +1,5 @@
 """Infusion on the DiTs (Flux's family, Qwen-Image, MageFlow, Z-Image, Krea 2, the Hunyuan models, AuraFlow; LTX-Video,
-Kandinsky 5 and Wan 2.1 / 2.2 through their cross-attention), on a real ComfyUI: tiny random-weight models in ComfyUI's own classes
+Kandinsky 5 and Wan 2.1 / 2.2 through their cross-attention; SD3 / SD3.5), on a real ComfyUI: tiny random-weight models in ComfyUI's own classes
 with their families' real tokenizers, the exact promises through ComfyUI's sampler, both variants, another pack's
 attention override alongside, the full-size layer tables, training, LoRA and the metrics."""
 import os
@@ -362,6 +362,67 @@ def test_wan_image_to_video_leaves_the_images_values_alone(pack):
     assert len({b for b, _ in changed}) == 1 and [j for _, j in changed] == word_rows(pack, clip)
 
 
+def test_sd35_mediums_attention_over_the_image_alone_is_left_alone(pack):
+    """SD3.5 Medium's first blocks also attend over the image alone, a second call under the joint call's label (the
+    tiny SD3's first block): that call's values stay the base model's bit for bit, and the joint call's move by r_0
+    at the word's rows alone."""
+    model, clip = h.tiny_dit("sd3")
+    concept = random_concept(pack, model)
+
+    def run(strength):
+        calls = []
+
+        def record(func, q, k, v, *args, **kwargs):
+            if kwargs["transformer_options"].get("block_index") == 0:
+                calls.append((k.shape[1], v.clone()))
+            return func(q, k, v, *args, **kwargs)
+
+        base = model.clone()
+        base.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = record
+        applied, word_clip = apply(base, clip, concept, strength)
+        # At 256 px the image's rows outnumber the prompt's, as at every size SD3.5 Medium draws.
+        h.first_step(applied, h.encode(word_clip, WORD_PROMPT), h.encode(word_clip, NEGATIVE), latent,
+                     scheduler="simple")
+        return calls
+
+    latent = h.dit_latent(model, pixels=256)
+    base, moved = run(0.0), run(1.0)
+    text, image = h.encode(clip, WORD_PROMPT)[0][0].shape[1], latent["samples"][0, 0].numel() // 4
+    assert image > text
+    assert [keys for keys, _ in moved] == [text + image, image]
+    assert torch.equal(moved[1][1], base[1][1])
+    changed = rows_moved_by(pack, (moved[0][1] - base[0][1]).flatten(2), concept, "double")
+    assert len({b for b, _ in changed}) == 1 and [j for _, j in changed] == word_rows(pack, clip)
+
+
+def test_sd3s_word_stands_in_its_clip_rows_and_in_its_t5_rows(pack):
+    """SD3's context is CLIP-L's and CLIP-G's rows side by side, then T5-XXL's, each part there only when its encoder
+    is loaded (SD3 runs without T5, or on T5 alone): the word is marked in each part, and the rows counted are the
+    rows the encoder hands the model in each configuration."""
+    prompt = P(pack, "infusion.word_positions")
+    _, clip = h.tiny_dit("sd3")
+    encoder = clip.cond_stage_model
+    tokens = clip.tokenize("A Dog, and another dog.")
+    clip_rows, t5_rows = len(tokens["g"][0]), len(tokens["t5xxl"][0])
+    t5_ids = [t[0] for t in tokens["t5xxl"][0]]
+    t5_dogs = [j for j, piece in enumerate(clip.tokenizer.t5xxl.tokenizer.convert_ids_to_tokens(t5_ids))
+               if piece.lower() == "\u2581dog"]
+    assert len(t5_dogs) == 2
+    parts = {"both": ((), [2, 6, *(clip_rows + j for j in t5_dogs)], clip_rows + t5_rows),
+             "CLIP": (("t5xxl",), [2, 6], clip_rows), "T5": (("clip_l", "clip_g"), t5_dogs, t5_rows)}
+    for name, (unloaded, rows, length) in parts.items():
+        held = {n: getattr(encoder, n) for n in unloaded}
+        try:
+            for n in unloaded:
+                setattr(encoder, n, None)  # as ComfyUI's SD3 CLIP holds an encoder it was not given
+            positions = prompt.word_positions(clip.tokenizer, tokens, ["dog"], encoder)
+            context = clip.encode_from_tokens_scheduled(tokens)[0][0]
+        finally:
+            for n, module in held.items():
+                setattr(encoder, n, module)
+        assert list(positions.words["dog"]) == rows and positions.length == length == context.shape[1], name
+
+
 @pytest.mark.skipif("wan21" not in FAMILIES, reason="no Wan in this ComfyUI")
 def test_a_wan_concept_holds_in_every_frame_and_trains_from_a_clip(pack, tmp_models_dir):
     """A clip of 9 frames (3 latent frames): a prompt without the word and strength 0 are the base model's in every
@@ -449,11 +510,11 @@ def test_a_video_models_previews_are_clips_of_the_frames_asked_for(pack, tmp_mod
     assert means == pytest.approx([k / 4 for k in range(5)], abs=1 / 255)
 
 
-@pytest.mark.parametrize("family", [f for f in CROSS_ATTENTION if f in FAMILIES])
+@pytest.mark.parametrize("family", [f for f in (*CROSS_ATTENTION, "sd3") if f in FAMILIES])
 def test_a_model_comfyui_copies_under_the_same_patches_runs_its_own_cross_attentions(pack, family):
     """ComfyUI builds a new model under a patcher's patches (0.33's non-dynamic delegate reloads it, Train LoRA
-    deep-copies it; both through clone's model_override): the concept's labels then act on the new model's own
-    cross-attentions, so it draws what the concept applied to that model draws (a label holding the module it was
+    deep-copies it; both through clone's model_override): the concept's labels (on the cross-attentions' classes,
+    SD3's joint blocks') then act on the new model's own modules, so it draws what the concept applied to that model draws (a label holding the module it was
     made from would run the old one)."""
     import inspect
 
@@ -521,7 +582,7 @@ def test_the_override_adds_the_residual_to_the_values_at_the_word_only(pack, hea
     positions = residual_mod.BatchPositions({"a": tokens.WordPositions(length=prompt, words={"dog": (1,)}),
                                              "b": tokens.WordPositions(length=prompt, words={})})
     options = {"block_type": "double", "block_index": 0, "uuids": ["a", "b"], residual_mod.BATCH_KEY: positions,
-               dit.TEXT_KEY: (prompt, text, first)}
+               dit.TEXT_KEY: (prompt, text, first, None)}
     r = torch.randn(heads * width, generator=g)
 
     def call(variant, strength=1.0):
@@ -655,9 +716,10 @@ def test_training_draws_noise_levels_from_the_models_own_schedule(pack, dit, tmp
     assert seen.unique().numel() >= 8  # 32 draws spread over the schedule, not one noise level
 
 
-@pytest.mark.parametrize("family", [f for f in ("flux", "qwen_image", "ltxv") if f in FAMILIES])
+@pytest.mark.parametrize("family", [f for f in ("flux", "qwen_image", "ltxv", "sd3") if f in FAMILIES])
 def test_gradient_checkpointing_and_the_image_queries_variant_train(pack, family):
-    """Flux's blocks (and LTX-Video's) add to their inputs in place; with and without recomputation the concept is
+    """Flux's blocks (and LTX-Video's) add to their inputs in place, and a recomputation must see each block's own
+    label (SD3's, which ComfyUI would recompute under a block patch); with and without recomputation the concept is
     the same."""
     model, clip = h.tiny_dit(family)
     runs = {on: train(pack, model.clone(), clip, f"ckpt_{family}_{on}", family, gradient_checkpointing=on)[0]
@@ -691,7 +753,7 @@ def test_backpropagation_through_flux_blocks_matches_finite_differences(pack, ch
     g = torch.Generator().manual_seed(0)
     x, context = torch.randn(1, 16, 4, 4, generator=g).double(), torch.randn(1, 5, 64, generator=g).double()
     pooled = torch.randn(1, 768, generator=g).double()
-    options = {**patcher.model_options["transformer_options"], "uuids": ["a"], dit.TEXT_KEY: (5, 5, 0),
+    options = {**patcher.model_options["transformer_options"], "uuids": ["a"], dit.TEXT_KEY: (5, 5, 0, None),
                residual_mod.BATCH_KEY: residual_mod.BatchPositions({"a": tokens.WordPositions(5, {"dog": (1, 2)})})}
 
     def loss():
@@ -792,7 +854,7 @@ FULL_SIZE = {"Flux": (57, 3072, "double.18", "single.37"), "QwenImage": (60, 307
              "ZImage": (30, 3840, "double.29", None), "LTXV": (28, 2048, "cross.27", None),
              "Kandinsky5": (32, 1792, "cross.31", None), "Kandinsky5Image": (50, 2560, "cross.49", None),
              "WAN21_T2V": (40, 5120, "cross.39", None), "WAN21_I2V": (40, 5120, "cross.39", None),
-             "WAN22_T2V": (30, 3072, "cross.29", None)}
+             "WAN22_T2V": (30, 3072, "cross.29", None), "SD3": (24, 1536, "double.23", None)}
 NEWER = {"ZImage": "z_image", "Kandinsky5": "kandinsky5", "Kandinsky5Image": "kandinsky5"}  # not on 0.3.64
 
 
