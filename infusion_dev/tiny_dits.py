@@ -383,19 +383,6 @@ _TEXT = {
 def clip(family: str, seed: int = SEED + 10, t5_width: int = TINY_T5["d_model"]) -> Any:
     """The family's CLIP object: its real tokenizer and text encoder classes, tiny widths (a T5's output:
     `t5_width`, FLUX.1's 4096 for a full-size model)."""
-    if family == "sd3" and seed == SEED + 10:
-        return _sd3_clip().clone()
-    return _clip(family, seed, t5_width)
-
-
-@functools.cache
-def _sd3_clip() -> Any:
-    """SD3's CLIP, built once a process (its 4096-wide T5 takes seconds to build); each caller gets a clone, as
-    ComfyUI's nodes share one loaded CLIP."""
-    return _clip("sd3", SEED + 10, TINY_T5["d_model"])
-
-
-def _clip(family: str, seed: int, t5_width: int) -> Any:
     import importlib
 
     import comfy.sd
