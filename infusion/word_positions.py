@@ -8,7 +8,8 @@ text encoder; ComfyUI's tokens say which (their keys):
 - Qwen2.5-VL ("qwen25_7b": Qwen-Image, the Hunyuan models, Kandinsky 5) and Qwen3-VL ("qwen3vl_4b": Krea 2,
   MageFlow): the rows from the user turn's text on (ComfyUI's text encoders drop the system prompt and
   "<|im_start|>user\\n" of the template);
-- Qwen3 ("qwen3_4b", "qwen3_8b": Z-Image, FLUX.2 klein): every row, template included;
+- Qwen3 ("qwen3_4b", "qwen3_8b": Z-Image, FLUX.2 klein) and Qwen3-VL-8B ("qwen3vl_8b": Ideogram 4): every row,
+  template included;
 - SD3's three ("l", "g", "t5xxl"): CLIP-L's and CLIP-G's rows side by side (the same positions), then T5-XXL's,
   each part there only when its text encoder is loaded (SD3 runs without T5, or on T5 alone).
 
@@ -27,7 +28,7 @@ from .tokens import WordPositions, find_word, flat_ids
 
 CLIP_KEYS = ("l", "h", "g")
 TEMPLATE_DROPPED = ("qwen25_7b", "qwen3vl_4b")  # Qwen-Image, Krea 2
-CONTEXT_KEYS = ("t5xxl", "pile_t5xl", "umt5xxl", *TEMPLATE_DROPPED, "qwen3_4b", "qwen3_8b")
+CONTEXT_KEYS = ("t5xxl", "pile_t5xl", "umt5xxl", *TEMPLATE_DROPPED, "qwen3_4b", "qwen3_8b", "qwen3vl_8b")
 SD3_KEYS = frozenset(("l", "g", "t5xxl"))
 _IM_START, _USER, _NEWLINE = 151644, 872, 198  # Qwen's <|im_start|>, "user", "\n"
 
@@ -43,7 +44,7 @@ def context_key(tokens: Mapping[str, Any]) -> str:
         return clip[0]
     raise ValueError(f"this CLIP's text encoder ({', '.join(tokens)}) is not one Infusion can mark the class word "
                      "for; supported: CLIP (SD1.x, SD2.x, SDXL), T5-XXL (Flux, Chroma, LTX-Video), Pile-T5 (AuraFlow), "
-                     "Qwen2.5-VL (Qwen-Image, Kandinsky 5), Qwen3 (Z-Image, FLUX.2 klein), Qwen3-VL (Krea 2)")
+                     "Qwen2.5-VL (Qwen-Image, Kandinsky 5), Qwen3 (Z-Image, FLUX.2 klein), Qwen3-VL (Krea 2, Ideogram 4)")
 
 
 def context_parts(tokens: Mapping[str, Any], text_encoder: Any = None) -> tuple[str, ...]:

@@ -419,8 +419,8 @@ def comfyui_has(path: str, text: str = "") -> bool:
 
 
 def dit_families() -> list[str]:
-    """The tiny DiT families this ComfyUI has and the pack reaches there (read off its tree: Z-Image and Kandinsky 5
-    came after 0.3.64, and 0.3.64's HunyuanImage puts the image before the text)."""
+    """The tiny DiT families this ComfyUI has and the pack reaches there (read off its tree: Z-Image, Kandinsky 5
+    and Ideogram 4 came after 0.3.64, and 0.3.64's HunyuanImage puts the image before the text)."""
     from .tiny_dits import FAMILIES
     has = {"z_image": comfyui_has("comfy/text_encoders/z_image.py"),
            "flux2": comfyui_has("comfy/text_encoders/flux.py", "class KleinTokenizer"),
@@ -428,7 +428,8 @@ def dit_families() -> list[str]:
            "mage_flow": comfyui_has("comfy/text_encoders/mage_flow.py"),
            "hunyuan_image": comfyui_has("comfy/ldm/hunyuan_video/model.py", '"block_type"'),
            "hunyuan_video15": comfyui_has("comfy/ldm/hunyuan_video/model.py", "cond_type_embedding"),
-           "kandinsky5": comfyui_has("comfy/ldm/kandinsky5/model.py")}
+           "kandinsky5": comfyui_has("comfy/ldm/kandinsky5/model.py"),
+           "ideogram4": comfyui_has("comfy/ldm/ideogram4/model.py")}
     return [f for f in FAMILIES if has.get(f, True)]
 
 

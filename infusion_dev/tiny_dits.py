@@ -1,6 +1,6 @@
 """Tiny random-weight DiT models in ComfyUI's own classes, for the tests and benchmarks (never a user's
 model): FLUX.1 (dev and schnell), FLUX.2 (as klein), Chroma, Chroma Radiance, Qwen-Image, MageFlow, Z-Image,
-Krea 2, HunyuanImage 2.1, HunyuanVideo 1.5, LTX-Video, Kandinsky 5, AuraFlow, Wan 2.1 / 2.2 and SD3.5, each with its
+Krea 2, HunyuanImage 2.1, HunyuanVideo 1.5, LTX-Video, Kandinsky 5, AuraFlow, Wan 2.1 / 2.2, SD3.5 and Ideogram 4, each with its
 family's real tokenizer and text encoder class at a tiny width (Wan's umT5 with a small SentencePiece vocabulary:
 its real one is stored in the text encoder's file).
 
@@ -31,7 +31,8 @@ TEXT_WIDTH = 64
 SPIECE_VOCAB = 512  # the tiny umT5's (tiny_spiece_model)
 
 FAMILIES = ("flux", "flux_schnell", "flux2", "chroma", "chroma_radiance", "qwen_image", "z_image", "krea2",
-            "mage_flow", "hunyuan_image", "hunyuan_video15", "ltxv", "kandinsky5", "aura_flow", "wan21", "wan22", "sd3")
+            "mage_flow", "hunyuan_image", "hunyuan_video15", "ltxv", "kandinsky5", "aura_flow", "wan21", "wan22", "sd3",
+            "ideogram4")
 
 
 def _fields_of(params: type, values: dict[str, Any]) -> dict[str, Any]:
@@ -290,6 +291,18 @@ def sd3_model(seed: int = SEED + 17) -> Any:
     return _patcher(model)
 
 
+def ideogram4_model(seed: int = SEED + 18) -> Any:
+    """A tiny Ideogram 4: 2 single-stream blocks of width 64 (2 heads of 32), reading 13 layers of a 64-wide text
+    encoder side by side, on FLUX.2's 128-channel latents."""
+    import comfy.supported_models
+
+    config = comfy.supported_models.Ideogram4({"image_model": "ideogram4", "in_channels": 128, "num_layers": 2})
+    # Its class writes the released widths over any given: the tiny ones go on after.
+    config.unet_config.update({"num_attention_heads": 2, "attention_head_dim": 32, "intermediate_size": 128,
+                               "adaln_dim": 64, "llm_features_dim": 13 * TEXT_WIDTH, "mrope_section": [6, 5, 5]})
+    return _patcher(init_weights(config.get_model({}), seed))
+
+
 def _wan(config_class: str, values: dict[str, Any], seed: int) -> Any:
     import comfy.supported_models
 
@@ -375,6 +388,7 @@ _TEXT = {
     # SD3 pads CLIP-L and CLIP-G's rows to T5-XXL's width, 4096: T5 keeps it (its 32k-row embedding is most of it).
     "sd3": ("sd3_clip", "SD3Tokenizer", None, {"clip_l_model_config": TINY_CLIP_L, "clip_g_model_config": TINY_CLIP_L,
                                                "t5xxl_model_config": {**TINY_T5, "d_model": 4096}}),
+    "ideogram4": ("ideogram4", "Ideogram4Tokenizer", None, {}),
     # klein reads three of Qwen3's layers (9, 18, 27), side by side: 28 tiny layers, a 3 x 64 wide context.
     "flux2": ("flux", "KleinTokenizer", None, {"qwen3_4b_model_config": {**TINY_LLM, "num_hidden_layers": 28}}),
 }
@@ -399,11 +413,13 @@ def clip(family: str, seed: int = SEED + 10, t5_width: int = TINY_T5["d_model"])
         options = {**options, ("qwen3vl_4b_class" if family == "mage_flow" else "qwen25_7b_class"): _tiny_qwen_lm()}
     elif family == "krea2":  # Krea 2 reads 12 layers of Qwen3-VL, up to its 36th
         options = {"qwen3vl_4b_class": _tiny_qwen_lm(36, list(module.KREA2_TAP_LAYERS))}
+    elif family == "ideogram4":  # Ideogram 4 reads 13 layers of Qwen3-VL-8B, up to its 36th
+        options = {"qwen3vl_8b_class": _tiny_qwen_lm(36, list(module.IDEOGRAM4_TAP_LAYERS))}
     encoder = {"flux2": lambda: module.klein_te(),
                "hunyuan_image": lambda: module.te(byt5=False),
                "hunyuan_video15": lambda: importlib.import_module("comfy.text_encoders.hunyuan_image").te(byt5=False),
                "ltxv": lambda: module.ltxv_te(), "kandinsky5": lambda: module.te(), "wan21": lambda: module.te(),
-               "wan22": lambda: module.te(), "sd3": lambda: module.sd3_clip()}.get(family, lambda: getattr(module, model))()
+               "wan22": lambda: module.te(), "sd3": lambda: module.sd3_clip(), "ideogram4": lambda: module.te()}.get(family, lambda: getattr(module, model))()
     data = {"spiece_model": tiny_spiece_model()} if family in ("wan21", "wan22") else {}
     out = comfy.sd.CLIP(ClipTarget(getattr(module, tokenizer), encoder), tokenizer_data=data, model_options=dict(options))
     init_weights(out.cond_stage_model, seed)
@@ -475,5 +491,5 @@ def model_and_clip(family: str, folder: str) -> tuple[Any, Any]:
                  "z_image": z_image_model, "flux2": flux2_model, "krea2": krea2_model, "mage_flow": mage_flow_model,
                  "hunyuan_image": hunyuan_image_model, "hunyuan_video15": hunyuan_video15_model, "ltxv": ltxv_model,
                  "kandinsky5": kandinsky5_model, "aura_flow": aura_flow_model, "wan21": wan21_model,
-                 "wan22": wan22_model, "sd3": sd3_model}[family]()
+                 "wan22": wan22_model, "sd3": sd3_model, "ideogram4": ideogram4_model}[family]()
     return model, clip(family)

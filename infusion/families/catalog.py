@@ -19,6 +19,7 @@ SERVED: dict[str, str] = {
     **dict.fromkeys(("WAN21_T2V", "WAN21_I2V", "WAN21_FunControl2V", "WAN22_T2V"), "Wan"),
     "AuraFlow": "AuraFlow",
     "SD3": "SD3",
+    "Ideogram4": "Ideogram 4",
     **dict.fromkeys(("Kandinsky5", "Kandinsky5Image"), "Kandinsky 5"),
 }
 
@@ -89,8 +90,6 @@ REFUSED: dict[str, tuple[str, str]] = {
               "a label on each joint attention call and Qwen3-VL-8B word positions"),
     "JoyImage": ("its text rows come last in the joint sequence, and its image rotary kernel (comfy_kitchen rms_rope) "
                  "has no backward, so it cannot train", "a text-row offset, and a rotary kernel with a backward"),
-    "Ideogram4": (_NO_LABELS + "; this pack does not mark words in its Qwen3-VL-8B tokens",
-                  "a label on each layer and word positions for its tokenizer"),
     **{family: (_WAN.format(f"its model ({model}) adds blocks or inputs of its own to Wan's"),
                 "a tiny model of its layout in the tests")
        for family, model in (("WAN21_CausalAR_T2V", "CausalWanModel, frame by frame"), ("WAN21_Vace", "VaceWanModel"),
