@@ -15,11 +15,12 @@ def _as_encoded(c: Mapping[str, Any]) -> WordPositions:
     """The positions with the conditioning's real token length as the tiling period.
 
     ConditioningConcat appends another prompt's rows after the encoded ones and keeps the first
-    prompt's dict: its positions stay valid, but the tensor is longer than the tokens were.
+    prompt's dict: its positions stay valid, but the tensor is longer than the tokens were. (Positions that
+    count more rows than the tensor's, HiDream's Llama rows besides its T5 rows, are kept.)
     """
     positions = c[CONDITIONING_KEY]
     cross_attn = c.get("cross_attn")
-    if cross_attn is None or cross_attn.shape[1] == positions.length:
+    if cross_attn is None or cross_attn.shape[1] <= positions.length:
         return positions
     return replace(positions, length=cross_attn.shape[1])
 

@@ -11,7 +11,9 @@ text encoder; ComfyUI's tokens say which (their keys):
 - Qwen3 ("qwen3_4b", "qwen3_8b": Z-Image, FLUX.2 klein) and Qwen3-VL-8B ("qwen3vl_8b": Ideogram 4): every row,
   template included;
 - SD3's three ("l", "g", "t5xxl"): CLIP-L's and CLIP-G's rows side by side (the same positions), then T5-XXL's,
-  each part there only when its text encoder is loaded (SD3 runs without T5, or on T5 alone).
+  each part there only when its text encoder is loaded (SD3 runs without T5, or on T5 alone);
+- HiDream's four ("l", "g", "t5xxl", "llama"): T5-XXL's 128 rows, then Llama 3.1's rows twice (its last layer's,
+  and each block's own layer's); CLIP's give only the pooled vector.
 
 The word is found on the tokens' own text: CLIP's BPE by its word-end marks (tokens.py), the others
 (SentencePiece, byte-level BPE) by decoding each token to its characters and matching the word there as
@@ -30,6 +32,7 @@ CLIP_KEYS = ("l", "h", "g")
 TEMPLATE_DROPPED = ("qwen25_7b", "qwen3vl_4b")  # Qwen-Image, Krea 2
 CONTEXT_KEYS = ("t5xxl", "pile_t5xl", "umt5xxl", *TEMPLATE_DROPPED, "qwen3_4b", "qwen3_8b", "qwen3vl_8b")
 SD3_KEYS = frozenset(("l", "g", "t5xxl"))
+HIDREAM_KEYS = SD3_KEYS | {"llama"}
 _IM_START, _USER, _NEWLINE = 151644, 872, 198  # Qwen's <|im_start|>, "user", "\n"
 
 
@@ -50,6 +53,8 @@ def context_key(tokens: Mapping[str, Any]) -> str:
 def context_parts(tokens: Mapping[str, Any], text_encoder: Any = None) -> tuple[str, ...]:
     """The tokenizers whose rows make the model's context, in their order there. SD3's encoder (its CLIP's
     cond_stage_model) says which of its parts are loaded; without it, all are taken to be."""
+    if set(tokens) == HIDREAM_KEYS:
+        return "t5xxl", "llama", "llama"
     if set(tokens) != SD3_KEYS:
         return (context_key(tokens),)
     loaded = lambda *names: text_encoder is None or any(getattr(text_encoder, n, None) is not None  # noqa: E731
@@ -135,8 +140,9 @@ def _kind(sdt: Any) -> str:
 
 def _processor(sdt: Any) -> Any:
     """The sentencepiece processor behind ComfyUI's own SentencePiece wrapper (Pile-T5's, umT5's), which has none of
-    the transformers tokenizers' token tables; None for those."""
-    return None if hasattr(sdt.tokenizer, "convert_ids_to_tokens") else sdt.tokenizer.tokenizer
+    the transformers tokenizers' token tables; None for other tokenizers."""
+    inner = getattr(sdt.tokenizer, "tokenizer", None)
+    return inner if hasattr(inner, "id_to_piece") else None
 
 
 @lru_cache(maxsize=8)
@@ -145,14 +151,25 @@ def _separators(sdt: Any) -> frozenset[int]:
     tok, processor = sdt.tokenizer, _processor(sdt)
     if processor is not None:
         return frozenset(i for i in range(processor.get_piece_size()) if processor.is_control(i))
-    return frozenset(tok.all_special_ids) | frozenset(getattr(tok, "added_tokens_decoder", {}) or {})
+    if hasattr(tok, "all_special_ids"):
+        return frozenset(tok.all_special_ids) | frozenset(getattr(tok, "added_tokens_decoder", {}) or {})
+    # ComfyUI's own byte-level BPE (0.33's Llama 3 tokenizer) names no special ids: Llama 3's are written <|...|>.
+    return frozenset(i for piece, i in tok.get_vocab().items() if re.fullmatch(r"<\|[^|]*\|>", piece))
+
+
+@lru_cache(maxsize=8)
+def _vocab_pieces(sdt: Any) -> dict[int, str]:
+    return {i: piece for piece, i in sdt.tokenizer.get_vocab().items()}
 
 
 def _pieces(sdt: Any, ids: Sequence[int]) -> list[str | None]:
-    processor = _processor(sdt)
-    if processor is None:
-        return sdt.tokenizer.convert_ids_to_tokens(list(ids))
-    return [processor.id_to_piece(i) if 0 <= i < processor.get_piece_size() else None for i in ids]
+    tok, processor = sdt.tokenizer, _processor(sdt)
+    if processor is not None:
+        return [processor.id_to_piece(i) if 0 <= i < processor.get_piece_size() else None for i in ids]
+    if hasattr(tok, "convert_ids_to_tokens"):
+        return tok.convert_ids_to_tokens(list(ids))
+    pieces = _vocab_pieces(sdt)
+    return [pieces.get(i) for i in ids]
 
 
 def _piece_text(piece: str, kind: str) -> str:

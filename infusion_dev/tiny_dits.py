@@ -1,6 +1,6 @@
 """Tiny random-weight DiT models in ComfyUI's own classes, for the tests and benchmarks (never a user's
 model): FLUX.1 (dev and schnell), FLUX.2 (as klein), Chroma, Chroma Radiance, Qwen-Image, MageFlow, Z-Image,
-Krea 2, HunyuanImage 2.1, HunyuanVideo 1.5, LTX-Video, Kandinsky 5, AuraFlow, Wan 2.1 / 2.2, SD3.5 and Ideogram 4, each with its
+Krea 2, HunyuanImage 2.1, HunyuanVideo 1.5, LTX-Video, Kandinsky 5, AuraFlow, Wan 2.1 / 2.2, SD3.5, Ideogram 4 and HiDream, each with its
 family's real tokenizer and text encoder class at a tiny width (Wan's umT5 with a small SentencePiece vocabulary:
 its real one is stored in the text encoder's file).
 
@@ -32,7 +32,7 @@ SPIECE_VOCAB = 512  # the tiny umT5's (tiny_spiece_model)
 
 FAMILIES = ("flux", "flux_schnell", "flux2", "chroma", "chroma_radiance", "qwen_image", "z_image", "krea2",
             "mage_flow", "hunyuan_image", "hunyuan_video15", "ltxv", "kandinsky5", "aura_flow", "wan21", "wan22", "sd3",
-            "ideogram4")
+            "ideogram4", "hidream")
 
 
 def _fields_of(params: type, values: dict[str, Any]) -> dict[str, Any]:
@@ -303,6 +303,20 @@ def ideogram4_model(seed: int = SEED + 18) -> Any:
     return _patcher(init_weights(config.get_model({}), seed))
 
 
+def hidream_model(seed: int = SEED + 19) -> Any:
+    """A tiny HiDream-I1: 1 double-stream and 2 single-stream blocks of width 64 (2 heads of 32), each with 2 experts,
+    on FLUX.1's latents, reading a 64-wide T5 and the three layers of a 64-wide Llama (one a block), and CLIP-L and
+    CLIP-G's 2048-wide pooled vector."""
+    import comfy.supported_models
+
+    config = {"image_model": "hidream", "patch_size": 2, "in_channels": 16, "out_channels": 16, "num_layers": 1,
+              "num_single_layers": 2, "attention_head_dim": 32, "num_attention_heads": 2,
+              "caption_channels": [TEXT_WIDTH, TEXT_WIDTH], "text_emb_dim": 2048, "num_routed_experts": 2,
+              "num_activated_experts": 1, "axes_dims_rope": [8, 12, 12], "max_resolution": [64, 64],
+              "llama_layers": [0, 1, 2]}
+    return _patcher(init_weights(comfy.supported_models.HiDream(config).get_model({}), seed))
+
+
 def _wan(config_class: str, values: dict[str, Any], seed: int) -> Any:
     import comfy.supported_models
 
@@ -389,6 +403,9 @@ _TEXT = {
     "sd3": ("sd3_clip", "SD3Tokenizer", None, {"clip_l_model_config": TINY_CLIP_L, "clip_g_model_config": TINY_CLIP_L,
                                                "t5xxl_model_config": {**TINY_T5, "d_model": 4096}}),
     "ideogram4": ("ideogram4", "Ideogram4Tokenizer", None, {}),
+    "hidream": ("hidream", "HiDreamTokenizer", None, {"clip_l_model_config": TINY_CLIP_L,
+                                                      "clip_g_model_config": TINY_CLIP_L, "t5xxl_model_config": TINY_T5,
+                                                      "llama_model_config": TINY_LLM}),
     # klein reads three of Qwen3's layers (9, 18, 27), side by side: 28 tiny layers, a 3 x 64 wide context.
     "flux2": ("flux", "KleinTokenizer", None, {"qwen3_4b_model_config": {**TINY_LLM, "num_hidden_layers": 28}}),
 }
@@ -419,9 +436,11 @@ def clip(family: str, seed: int = SEED + 10, t5_width: int = TINY_T5["d_model"])
                "hunyuan_image": lambda: module.te(byt5=False),
                "hunyuan_video15": lambda: importlib.import_module("comfy.text_encoders.hunyuan_image").te(byt5=False),
                "ltxv": lambda: module.ltxv_te(), "kandinsky5": lambda: module.te(), "wan21": lambda: module.te(),
-               "wan22": lambda: module.te(), "sd3": lambda: module.sd3_clip(), "ideogram4": lambda: module.te()}.get(family, lambda: getattr(module, model))()
+               "wan22": lambda: module.te(), "sd3": lambda: module.sd3_clip(), "ideogram4": lambda: module.te(),
+               "hidream": lambda: module.hidream_clip()}.get(family, lambda: getattr(module, model))()
     data = {"spiece_model": tiny_spiece_model()} if family in ("wan21", "wan22") else {}
-    out = comfy.sd.CLIP(ClipTarget(getattr(module, tokenizer), encoder), tokenizer_data=data, model_options=dict(options))
+    tokenizer = _hidream_tokenizer() if family == "hidream" else getattr(module, tokenizer)
+    out = comfy.sd.CLIP(ClipTarget(tokenizer, encoder), tokenizer_data=data, model_options=dict(options))
     init_weights(out.cond_stage_model, seed)
     return out
 
@@ -447,6 +466,75 @@ def tiny_spiece_model() -> bytes:
         sentence_iterator=iter(_CORPUS), model_writer=out, vocab_size=SPIECE_VOCAB, model_type="bpe",
         pad_id=0, eos_id=1, unk_id=2, bos_id=-1, num_threads=1, character_coverage=1.0, hard_vocab_limit=False, minloglevel=2)
     return out.getvalue()
+
+
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"
+                r"\s+(?!\S)|\s+")
+LLAMA3_SPECIAL = {"<|begin_of_text|>": 128000, "<|end_of_text|>": 128001, "<|eot_id|>": 128009}
+
+
+@functools.cache
+def tiny_llama3_tokenizer() -> str:
+    """A folder holding a Llama 3 tokenizer.json in Llama 3's form (byte-level BPE after Llama 3's split pattern, its
+    special ids, its start token) with a few hundred pieces learnt from prompts of a few words: ComfyUI's own copy of
+    the real one (9 MB) is not in the trees here."""
+    import json
+    import tempfile
+
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.train_from_iterator(_CORPUS, trainers.BpeTrainer(
+        vocab_size=600, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    data = json.loads(tokenizer.to_str())
+    # Merges as "a b" strings (ComfyUI's own reader takes that form only); the special tokens at Llama 3's ids.
+    data["model"]["merges"] = [m if isinstance(m, str) else " ".join(m) for m in data["model"]["merges"]]
+    data["added_tokens"] = [{"id": i, "content": c, "single_word": False, "lstrip": False, "rstrip": False,
+                             "normalized": False, "special": True} for c, i in LLAMA3_SPECIAL.items()]
+    start = {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}}
+    data["post_processor"] = {"type": "TemplateProcessing", "single": [start, {"Sequence": {"id": "A", "type_id": 0}}],
+                              "pair": [start, {"Sequence": {"id": "A", "type_id": 0}},
+                                       {"Sequence": {"id": "B", "type_id": 1}}],
+                              "special_tokens": {"<|begin_of_text|>": {"id": "<|begin_of_text|>", "ids": [128000],
+                                                                       "tokens": ["<|begin_of_text|>"]}}}
+    folder = tempfile.mkdtemp(prefix="tiny_llama3_")
+    with open(os.path.join(folder, "tokenizer.json"), "w", encoding="utf-8") as f:
+        json.dump(data, f)
+    with open(os.path.join(folder, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+        json.dump({"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>", "add_bos_token": True}, f)
+    return folder
+
+
+def _hidream_tokenizer() -> type:
+    """HiDream's tokenizer with the tiny Llama 3 tokenizer; read by ComfyUI's own Llama 3 tokenizer class where it has
+    one (0.33), else by transformers' fast tokenizer as the file says (0.3.64's LlamaTokenizerFast, under transformers
+    5, reads a tokenizer.json as SentencePiece pieces)."""
+    import comfy.sd1_clip
+    import comfy.sdxl_clip
+    import comfy.text_encoders.hidream
+    import comfy.text_encoders.hunyuan_video
+    import comfy.text_encoders.sd3_clip
+    import transformers
+
+    reader = comfy.text_encoders.hunyuan_video.LlamaTokenizerFast
+    reader = reader if reader.__module__.startswith("comfy.") else transformers.PreTrainedTokenizerFast
+
+    class TinyHiDreamTokenizer(comfy.text_encoders.hidream.HiDreamTokenizer):
+        def __init__(self, embedding_directory=None, tokenizer_data={}):  # HiDream's four, as ComfyUI sets them
+            directory, data = embedding_directory, tokenizer_data
+            self.clip_l = comfy.sd1_clip.SDTokenizer(embedding_directory=directory, tokenizer_data=data)
+            self.clip_g = comfy.sdxl_clip.SDXLClipGTokenizer(embedding_directory=directory, tokenizer_data=data)
+            self.t5xxl = comfy.text_encoders.sd3_clip.T5XXLTokenizer(embedding_directory=directory, min_length=128,
+                                                                     max_length=128, tokenizer_data=data)
+            self.llama = comfy.sd1_clip.SDTokenizer(
+                tiny_llama3_tokenizer(), embedding_directory=directory, pad_with_end=False, embedding_size=4096,
+                embedding_key="llama", tokenizer_class=reader, has_start_token=True, has_end_token=False,
+                pad_to_max_length=False, max_length=99999999, pad_token=128009, min_length=128, tokenizer_data=data)
+    return TinyHiDreamTokenizer
 
 
 def flux_vae(seed: int = SEED + 20) -> Any:
@@ -491,5 +579,6 @@ def model_and_clip(family: str, folder: str) -> tuple[Any, Any]:
                  "z_image": z_image_model, "flux2": flux2_model, "krea2": krea2_model, "mage_flow": mage_flow_model,
                  "hunyuan_image": hunyuan_image_model, "hunyuan_video15": hunyuan_video15_model, "ltxv": ltxv_model,
                  "kandinsky5": kandinsky5_model, "aura_flow": aura_flow_model, "wan21": wan21_model,
-                 "wan22": wan22_model, "sd3": sd3_model, "ideogram4": ideogram4_model}[family]()
+                 "wan22": wan22_model, "sd3": sd3_model, "ideogram4": ideogram4_model,
+                 "hidream": hidream_model}[family]()
     return model, clip(family)

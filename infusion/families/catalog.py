@@ -20,6 +20,7 @@ SERVED: dict[str, str] = {
     "AuraFlow": "AuraFlow",
     "SD3": "SD3",
     "Ideogram4": "Ideogram 4",
+    "HiDream": "HiDream",
     **dict.fromkeys(("Kandinsky5", "Kandinsky5Image"), "Kandinsky 5"),
 }
 
@@ -76,8 +77,6 @@ REFUSED: dict[str, tuple[str, str]] = {
     "PixelDiTT2I": (_NO_LABELS + "; this pack does not mark words in its Gemma-2 tokens",
                     "a label on each layer and Gemma-2 word positions"),
     "PiD": ("a latent decoder on PixelDiT's body: " + _NO_LABELS, "a label on each layer"),
-    "HiDream": ("its blocks carry no labels, and its text rows follow the image in three parts (T5, then its Llama "
-                "layers)", "a label on each block, an image-first text offset, and Llama word positions"),
     "HiDreamO1": ("its text's own attention pass goes around the override, so only image queries could see a concept",
                   "an image-queries-only adapter and word positions for its tokenizer"),
     "Lens": ("its text rows follow the image rows, and this pack does not mark words in its gpt-oss tokens",

@@ -30,8 +30,7 @@ from .base import FamilyAdapter
 from .unet import call_copies, replaced_forwards
 
 OVERRIDE_KEY = "optimized_attention_override"  # ComfyUI's, in transformer_options
-# transformer_options entry: (the prompt's rows, the rows text takes in the joint sequence, the prompt's first there,
-# the joint sequence's rows where the model also attends over the image alone under the same label, else None)
+# transformer_options entry: DiTAdapter.text_rows of the model call
 TEXT_KEY = "infusion_text"
 TEXT_WRAPPER_KEY = "infusion_text_rows"
 
@@ -150,9 +149,9 @@ class JointAttention:
         return torch.cat(outputs, dim=2 if kwargs.get("skip_output_reshape", False) else 1)
 
 
-def carry_text_rows(text_layout: Callable[[torch.Tensor, int, dict], tuple[int, int, int | None]]) -> Callable:
-    """APPLY_MODEL wrapper: the prompt's context length (and where text sits in the joint sequence, given the
-    model call's latent and other inputs) handed to the attention override of this model call; and the concepts'
+def carry_text_rows(text_rows: Callable[[torch.Tensor, int, dict], tuple[int, int, int, int | None]]) -> Callable:
+    """APPLY_MODEL wrapper: where the prompt's rows are in the joint sequence (`text_rows` of the model call's latent,
+    context length and other inputs) handed to the attention override of this model call; and the concepts'
     override put back on top of whatever holds the slot now. A node applied after the concepts that sets the
     slot itself (ComfyUI's ModelAttentionBackend, the sage / flash attention nodes of other packs) replaces the
     override without calling it; re-asserted here, at every model call, the concepts act and then call that
@@ -160,8 +159,7 @@ def carry_text_rows(text_layout: Callable[[torch.Tensor, int, dict], tuple[int, 
     def wrapper(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None,
                 *args, **kwargs):
         if c_crossattn is not None and transformer_options is not None:
-            length = int(c_crossattn.shape[1])
-            transformer_options = {**transformer_options, TEXT_KEY: (length, *text_layout(x, length, kwargs))}
+            transformer_options = {**transformer_options, TEXT_KEY: text_rows(x, int(c_crossattn.shape[1]), kwargs)}
             residuals, current = transformer_options.get(RESIDUALS_KEY), transformer_options.get(OVERRIDE_KEY)
             if residuals and not isinstance(current, JointAttention):
                 transformer_options[OVERRIDE_KEY] = JointAttention(residuals, current)
@@ -226,6 +224,15 @@ class DiTAdapter(FamilyAdapter):
         it does not."""
         return None
 
+    def text_rows(self, diffusion_model: torch.nn.Module, x: torch.Tensor, context_length: int,
+                  inputs: Mapping[str, Any]) -> tuple[int, int, int, int | None]:
+        """For a model call on latent `x` with a context of `context_length` rows and other `inputs`: (the rows the
+        word positions count, the rows text takes in the joint sequence, the first of the counted rows there, the
+        joint sequence's rows where the override must tell its calls from others, else None)."""
+        first, rows = self.text_layout(diffusion_model, context_length, inputs)
+        image = self.image_rows(diffusion_model, x)
+        return context_length, rows, first, None if image is None else rows + image
+
     def blocks(self, diffusion_model: torch.nn.Module) -> list[torch.nn.Module]:
         raise NotImplementedError
 
@@ -255,7 +262,7 @@ class DiTAdapter(FamilyAdapter):
         dm = patcher.get_model_object("diffusion_model")
         if not patcher.get_wrappers(WrappersMP.APPLY_MODEL, TEXT_WRAPPER_KEY):
             patcher.add_wrapper_with_key(WrappersMP.APPLY_MODEL, TEXT_WRAPPER_KEY,
-                                         carry_text_rows(lambda x, n, inputs: self._text_rows(dm, x, n, inputs)))
+                                         carry_text_rows(lambda x, n, inputs: self.text_rows(dm, x, n, inputs)))
         replaced = options.get("patches_replace", {}).get("dit", {})
         for name, i, block_type in self.labelled_blocks(dm):
             previous = replaced.get((name, i))
@@ -267,11 +274,6 @@ class DiTAdapter(FamilyAdapter):
             current = patcher.get_model_object(key)
             patcher.add_object_patch(key, labelled(current.__dict__.get("unlabelled", current), block_type, i))
 
-    def _text_rows(self, diffusion_model: torch.nn.Module, x: torch.Tensor, context_length: int,
-                   inputs: Mapping[str, Any]) -> tuple[int, int, int | None]:
-        first, rows = self.text_layout(diffusion_model, context_length, inputs)
-        image = self.image_rows(diffusion_model, x)
-        return rows, first, None if image is None else rows + image
 
     def applied(self, patcher: Any) -> list[DiTResidual]:
         return list(patcher.model_options.get("transformer_options", {}).get(RESIDUALS_KEY, ()))

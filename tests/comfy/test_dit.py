@@ -1,5 +1,5 @@
 """Infusion on the DiTs (Flux's family, Qwen-Image, MageFlow, Z-Image, Krea 2, the Hunyuan models, AuraFlow; LTX-Video,
-Kandinsky 5 and Wan 2.1 / 2.2 through their cross-attention; SD3 / SD3.5, Ideogram 4), on a real ComfyUI: tiny random-weight models in ComfyUI's own classes
+Kandinsky 5 and Wan 2.1 / 2.2 through their cross-attention; SD3 / SD3.5, Ideogram 4, HiDream), on a real ComfyUI: tiny random-weight models in ComfyUI's own classes
 with their families' real tokenizers, the exact promises through ComfyUI's sampler, both variants, another pack's
 attention override alongside, the full-size layer tables, training, LoRA and the metrics."""
 import os
@@ -12,6 +12,7 @@ from infusion_dev import comfy_versions, family_models
 
 FAMILIES = h.dit_families()
 CROSS_ATTENTION = ("ltxv", "kandinsky5", "wan21", "wan22")  # the prompt read by a cross-attention: every query is an image query
+VALUE_ONLY = (*CROSS_ATTENTION, "hidream")  # and HiDream, whose text follows the image: no image-queries variant
 WORD_PROMPT = "a photo of a Dog on the beach"
 NO_WORD = "a photo of a cat on the beach"
 NEGATIVE = "blurry, low quality"
@@ -65,7 +66,7 @@ def first_step(model, clip, positive, negative=NEGATIVE):
 def test_the_exact_promises_through_comfyuis_sampler(pack, dit, variant):
     family, model, clip = dit
     concept = random_concept(pack, model, variant=variant)
-    if family in CROSS_ATTENTION and variant == "image-queries":
+    if family in VALUE_ONLY and variant == "image-queries":
         with pytest.raises(ValueError, match="the image-queries variant does not apply to .* models .*theirs: value. "
                                              "Train the concept with one of those"):
             apply(model, clip, concept)
@@ -186,7 +187,7 @@ def test_a_prompt_the_concept_cannot_see_is_named(pack, caplog):
     assert told == [] and len(told_now) == 1 and "cannot see its word" in told_now[0]
 
 
-@pytest.mark.parametrize("family", [f for f in FAMILIES if f not in CROSS_ATTENTION])
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f not in VALUE_ONLY])
 def test_image_queries_variant_computes_the_text_rows_from_the_base_values(pack, family):
     """In the model: the first joint attention's text rows are the base model's under image-queries (to
     rounding: the queries are split), not under value; the image is changed under both. (Cross-attention families
@@ -423,6 +424,51 @@ def test_sd3s_word_stands_in_its_clip_rows_and_in_its_t5_rows(pack):
         assert list(positions.words["dog"]) == rows and positions.length == length == context.shape[1], name
 
 
+@pytest.mark.skipif("hidream" not in FAMILIES, reason="no HiDream tokenizer to test with in this ComfyUI")
+def test_hidreams_word_stands_in_its_t5_rows_and_both_llama_parts_after_the_image(pack):
+    """HiDream's joint sequence is the image's rows, then T5's 128, then Llama's last layer's, then each block's own
+    Llama layer's: the word is marked in T5's pieces and in Llama's (twice), the rows counted are those the text
+    encoder hands the model, and the concept moves the first block's values at exactly those rows after the
+    image's."""
+    prompt = P(pack, "infusion.word_positions")
+    model, clip = h.tiny_dit("hidream")
+    tokens = clip.tokenize("A Dog, and another dog.")
+    llama_ids = [t[0] for t in tokens["llama"][0]]
+    llama_text = [clip.tokenizer.llama.tokenizer.decode([i]).strip() for i in llama_ids]
+    t5_ids = [t[0] for t in tokens["t5xxl"][0]]
+    t5_text = [clip.tokenizer.t5xxl.tokenizer.decode([i]).strip() for i in t5_ids]
+    positions = prompt.word_positions(clip.tokenizer, tokens, ["dog"], clip.cond_stage_model)
+    t5_rows, llama_rows = len(t5_ids), len(llama_ids)
+    marked = positions.words["dog"]
+    assert [t5_text[j] for j in marked if j < t5_rows] == ["Dog", "dog"]
+    assert [llama_text[j - t5_rows] for j in marked if t5_rows <= j < t5_rows + llama_rows] == ["Dog", "dog"]
+    assert [j - llama_rows for j in marked if j >= t5_rows + llama_rows] == [j for j in marked if j >= t5_rows][:2]
+    assert prompt.word_positions(clip.tokenizer, clip.tokenize("dogs and a hotdog"), ["dog"]).words == {}
+    conditioning = clip.encode_from_tokens_scheduled(tokens)[0]
+    assert t5_rows == conditioning[0].shape[1] == 128 and llama_rows == conditioning[1]["conditioning_llama3"].shape[2]
+    assert positions.length == t5_rows + 2 * llama_rows
+
+    concept = random_concept(pack, model)
+
+    def first_values(strength):
+        values = []
+
+        def record(func, q, k, v, *args, **kwargs):
+            if not values:
+                values.append(v.clone())
+            return func(q, k, v, *args, **kwargs)
+
+        base = model.clone()
+        base.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = record
+        applied, word_clip = apply(base, clip, concept, strength)
+        first_step(applied, word_clip, "A Dog, and another dog.")
+        return values[0]
+
+    image = h.dit_latent(model)["samples"][0, 0].numel() // 4
+    changed = rows_moved_by(pack, first_values(1.0) - first_values(0.0), concept, "double")
+    assert len({b for b, _ in changed}) == 1 and [j - image for _, j in changed] == list(marked)
+
+
 @pytest.mark.skipif("wan21" not in FAMILIES, reason="no Wan in this ComfyUI")
 def test_a_wan_concept_holds_in_every_frame_and_trains_from_a_clip(pack, tmp_models_dir):
     """A clip of 9 frames (3 latent frames): a prompt without the word and strength 0 are the base model's in every
@@ -510,11 +556,11 @@ def test_a_video_models_previews_are_clips_of_the_frames_asked_for(pack, tmp_mod
     assert means == pytest.approx([k / 4 for k in range(5)], abs=1 / 255)
 
 
-@pytest.mark.parametrize("family", [f for f in (*CROSS_ATTENTION, "sd3", "ideogram4") if f in FAMILIES])
+@pytest.mark.parametrize("family", [f for f in (*CROSS_ATTENTION, "sd3", "ideogram4", "hidream") if f in FAMILIES])
 def test_a_model_comfyui_copies_under_the_same_patches_runs_its_own_cross_attentions(pack, family):
     """ComfyUI builds a new model under a patcher's patches (0.33's non-dynamic delegate reloads it, Train LoRA
     deep-copies it; both through clone's model_override): the concept's labels (on the cross-attentions' classes,
-    SD3's joint blocks', Ideogram 4's blocks') then act on the new model's own modules, so it draws what the concept applied to that model draws (a label holding the module it was
+    SD3's joint blocks', Ideogram 4's and HiDream's blocks') then act on the new model's own modules, so it draws what the concept applied to that model draws (a label holding the module it was
     made from would run the old one)."""
     import inspect
 
