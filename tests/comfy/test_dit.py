@@ -467,6 +467,11 @@ def test_hidreams_word_stands_in_its_t5_rows_and_both_llama_parts_after_the_imag
     image = h.dit_latent(model)["samples"][0, 0].numel() // 4
     changed = rows_moved_by(pack, first_values(1.0) - first_values(0.0), concept, "double")
     assert len({b for b, _ in changed}) == 1 and [j - image for _, j in changed] == list(marked)
+    # Conditioning (Concat) joins T5 rows but not Llama rows: the word's Llama rows are then unknown, and it says so.
+    applied, word_clip = apply(model, clip, concept)
+    joined = node("ConditioningConcat")().concat(h.encode(word_clip, WORD_PROMPT), h.encode(word_clip, NO_WORD))[0]
+    with pytest.raises(ValueError, match=r"Conditioning \(Concat\) joins prompts' T5 rows but not their Llama rows"):
+        h.sample(applied, joined, h.encode(word_clip, NEGATIVE), h.dit_latent(applied), scheduler="simple")
 
 
 @pytest.mark.skipif("wan21" not in FAMILIES, reason="no Wan in this ComfyUI")
@@ -742,6 +747,22 @@ def test_trains_through_the_node_saves_value_space_and_applies(pack, dit, tmp_mo
     assert loaded.vector_space == "value"
     assert all(torch.equal(loaded.values[layer], concept.values[layer]) for layer in concept.values)
     applied, word_clip = apply(model, clip, loaded)
+    assert not torch.equal(sample(applied, word_clip, WORD_PROMPT), sample(model, clip, WORD_PROMPT))
+    assert torch.equal(sample(applied, word_clip, NO_WORD), sample(model, clip, NO_WORD))
+
+
+@pytest.mark.skipif("wan21" not in FAMILIES, reason="no Wan in this ComfyUI")
+def test_wan_image_to_video_trains_from_photos_alone(pack, tmp_models_dir):
+    """Wan 2.1 image-to-video trains from photos with no start image (docs/dit.md says what that means): every vector
+    moves, and the file applies to that model, a prompt without the word staying its own bit for bit."""
+    from infusion_dev import tiny_dits
+    with h.executor_mode():
+        model = tiny_dits.wan21_i2v_model()
+    _, clip = h.tiny_dit("wan21")
+    concept, loss, _, path, _ = train(pack, model, clip, "dit_wan21_i2v", "wan21")
+    assert concept.family == "WAN21_I2V" and all(v == v for v in loss["loss"])
+    assert all(v.abs().sum() > 0 for v in concept.values.values())
+    applied, word_clip = apply(model, clip, P(pack, "infusion.format").load_concept(path))
     assert not torch.equal(sample(applied, word_clip, WORD_PROMPT), sample(model, clip, WORD_PROMPT))
     assert torch.equal(sample(applied, word_clip, NO_WORD), sample(model, clip, NO_WORD))
 
