@@ -80,8 +80,11 @@ class Samples:
 
 
 def draw_samples(model: Any, clip: Any, probe: Any, prompts: list[tuple[str, str]], per_prompt: int,
-                 seed: int) -> Samples:
-    latents = {p: sample(model, clip, p, per_prompt, seed + i, width=pairs.WIDTH) for i, (p, _) in enumerate(prompts)}
+                 seed: int, condition: Any = None) -> Samples:
+    """`condition(prompt, background)`: the conditioning a user builds for a prompt (None: the prompt encoded)."""
+    latents = {p: sample(model, clip, p, per_prompt, seed + i, width=pairs.WIDTH,
+                         positive=condition(p, bg) if condition is not None else None)
+               for i, (p, bg) in enumerate(prompts)}
     return Samples(latents, {p: pairs.read_halves(probe, x) for p, x in latents.items()}, dict(prompts))
 
 

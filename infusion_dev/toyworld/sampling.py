@@ -22,14 +22,16 @@ def encode(clip: Any, text: str) -> list:
 
 
 def sample(model: Any, clip: Any, prompt: str, count: int, seed: int, negative: str = "", width: int = scenes.SIZE,
-           **settings: Any) -> torch.Tensor:
-    """`count` samples of one prompt (one KSampler batch, seeded) -> raw latents [count, 4, 16, width]."""
+           positive: list | None = None, **settings: Any) -> torch.Tensor:
+    """`count` samples of one prompt (one KSampler batch, seeded) -> raw latents [count, 4, 16, width]; `positive`: a
+    conditioning the user built for it (regions, hooks) instead of the prompt's own."""
     import nodes
     options = {**SAMPLER, **settings}
     latent = {"samples": torch.zeros(count, 4, scenes.SIZE, width)}
     with torch.inference_mode():
         out = nodes.common_ksampler(model, seed, options["steps"], options["cfg"], options["sampler_name"],
-                                    options["scheduler"], encode(clip, prompt), encode(clip, negative), latent)
+                                    options["scheduler"], positive if positive is not None else encode(clip, prompt),
+                                    encode(clip, negative), latent)
     return out[0]["samples"].float().clone()
 
 
