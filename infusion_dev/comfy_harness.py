@@ -419,8 +419,8 @@ def comfyui_has(path: str, text: str = "") -> bool:
 
 
 def dit_families() -> list[str]:
-    """The tiny DiT families this ComfyUI has and the pack reaches there (read off its tree: Z-Image, Kandinsky 5
-    and Ideogram 4 came after 0.3.64, and 0.3.64's HunyuanImage puts the image before the text)."""
+    """The tiny DiT families this ComfyUI has and the pack reaches there (read off its tree: Z-Image, Kandinsky 5,
+    Ideogram 4 and CogVideoX came after 0.3.64, and 0.3.64's HunyuanImage puts the image before the text)."""
     from .tiny_dits import FAMILIES
     has = {"z_image": comfyui_has("comfy/text_encoders/z_image.py"),
            "flux2": comfyui_has("comfy/text_encoders/flux.py", "class KleinTokenizer"),
@@ -429,7 +429,8 @@ def dit_families() -> list[str]:
            "hunyuan_image": comfyui_has("comfy/ldm/hunyuan_video/model.py", '"block_type"'),
            "hunyuan_video15": comfyui_has("comfy/ldm/hunyuan_video/model.py", "cond_type_embedding"),
            "kandinsky5": comfyui_has("comfy/ldm/kandinsky5/model.py"),
-           "ideogram4": comfyui_has("comfy/ldm/ideogram4/model.py")}
+           "ideogram4": comfyui_has("comfy/ldm/ideogram4/model.py"),
+           "cogvideox": comfyui_has("comfy/ldm/cogvideo/model.py")}
     return [f for f in FAMILIES if has.get(f, True)]
 
 

@@ -1,6 +1,6 @@
 """Tiny random-weight DiT models in ComfyUI's own classes, for the tests and benchmarks (never a user's
 model): FLUX.1 (dev and schnell), FLUX.2 (as klein), Chroma, Chroma Radiance, Qwen-Image, MageFlow, Z-Image,
-Krea 2, HunyuanImage 2.1, HunyuanVideo 1.5, LTX-Video, Kandinsky 5, AuraFlow, Wan 2.1 / 2.2, SD3.5, Ideogram 4 and HiDream, each with its
+Krea 2, HunyuanImage 2.1, HunyuanVideo 1.5, LTX-Video, Kandinsky 5, AuraFlow, Wan 2.1 / 2.2, SD3.5, Ideogram 4, HiDream and CogVideoX, each with its
 family's real tokenizer and text encoder class at a tiny width (Wan's umT5 with a small SentencePiece vocabulary:
 its real one is stored in the text encoder's file).
 
@@ -32,7 +32,7 @@ SPIECE_VOCAB = 512  # the tiny umT5's (tiny_spiece_model)
 
 FAMILIES = ("flux", "flux_schnell", "flux2", "chroma", "chroma_radiance", "qwen_image", "z_image", "krea2",
             "mage_flow", "hunyuan_image", "hunyuan_video15", "ltxv", "kandinsky5", "aura_flow", "wan21", "wan22", "sd3",
-            "ideogram4", "hidream")
+            "ideogram4", "hidream", "cogvideox")
 
 
 def _fields_of(params: type, values: dict[str, Any]) -> dict[str, Any]:
@@ -317,6 +317,24 @@ def hidream_model(seed: int = SEED + 19) -> Any:
     return _patcher(init_weights(comfy.supported_models.HiDream(config).get_model({}), seed))
 
 
+def cogvideox_model(seed: int = SEED + 20) -> Any:
+    """A tiny CogVideoX (as the 2B model: sine positions, no rotary): 2 blocks of width 96 (2 heads of 48: its sine
+    positions split the width in three) on its 16-channel video latents, reading a 64-wide T5."""
+    import comfy.supported_models
+
+    config = {"image_model": "cogvideox", "num_attention_heads": 2, "attention_head_dim": 48, "in_channels": 16,
+              "out_channels": 16, "time_embed_dim": 64, "text_embed_dim": TEXT_WIDTH, "num_layers": 2,
+              "sample_width": 8, "sample_height": 8, "sample_frames": 5}
+    model = init_weights(comfy.supported_models.CogVideoX_T2V(config).get_model({}), seed)
+    # Its blocks gate attention by the timestep's modulations, which weights of 0.02 leave near 0 (the prompt then
+    # moved the output by 1e-6): those are drawn 10 times larger, gates of a trained model's order.
+    with torch.no_grad():
+        for name, p in model.diffusion_model.named_parameters():
+            if p.ndim == 2 and (name.startswith("time_embedding") or ".norm1.linear" in name or ".norm2.linear" in name):
+                p.mul_(10.0)
+    return _patcher(model)
+
+
 def _wan(config_class: str, values: dict[str, Any], seed: int) -> Any:
     import comfy.supported_models
 
@@ -403,6 +421,7 @@ _TEXT = {
     "sd3": ("sd3_clip", "SD3Tokenizer", None, {"clip_l_model_config": TINY_CLIP_L, "clip_g_model_config": TINY_CLIP_L,
                                                "t5xxl_model_config": {**TINY_T5, "d_model": 4096}}),
     "ideogram4": ("ideogram4", "Ideogram4Tokenizer", None, {}),
+    "cogvideox": ("cogvideo", "CogVideoXTokenizer", "CogVideoXT5XXL", {"t5xxl_model_config": TINY_T5}),
     "hidream": ("hidream", "HiDreamTokenizer", None, {"clip_l_model_config": TINY_CLIP_L,
                                                       "clip_g_model_config": TINY_CLIP_L, "t5xxl_model_config": TINY_T5,
                                                       "llama_model_config": TINY_LLM}),
@@ -580,5 +599,5 @@ def model_and_clip(family: str, folder: str) -> tuple[Any, Any]:
                  "hunyuan_image": hunyuan_image_model, "hunyuan_video15": hunyuan_video15_model, "ltxv": ltxv_model,
                  "kandinsky5": kandinsky5_model, "aura_flow": aura_flow_model, "wan21": wan21_model,
                  "wan22": wan22_model, "sd3": sd3_model, "ideogram4": ideogram4_model,
-                 "hidream": hidream_model}[family]()
+                 "hidream": hidream_model, "cogvideox": cogvideox_model}[family]()
     return model, clip(family)

@@ -6,6 +6,7 @@ from typing import Any
 from .aura_flow import AuraFlowAdapter
 from .base import FamilyAdapter
 from .catalog import refusal
+from .cogvideo import CogVideoXAdapter
 from .flux import FluxAdapter
 from .hidream import HiDreamAdapter
 from .ideogram4 import Ideogram4Adapter
@@ -21,10 +22,10 @@ from .wan import WanAdapter
 ADAPTERS: tuple[FamilyAdapter, ...] = (UNetAdapter(), FluxAdapter(), QwenImageAdapter(), LuminaAdapter(),
                                        Krea2Adapter(), LTXVAdapter(), Kandinsky5Adapter(), AuraFlowAdapter(),
                                        WanAdapter(), SD3Adapter(), Ideogram4Adapter(),
-                                       HiDreamAdapter())
+                                       HiDreamAdapter(), CogVideoXAdapter())
 SUPPORTED = ("UNet models with cross-attention (SD1.x, SD2.x, SDXL and its distilled variants), Flux (FLUX.1 dev "
              "and schnell, FLUX.2), Chroma, HunyuanImage 2.1, HunyuanVideo 1.5, Qwen-Image, MageFlow, Z-Image, Krea 2, "
-             "LTX-Video, Wan 2.1 / 2.2, Kandinsky 5, AuraFlow, SD3 / SD3.5, Ideogram 4 and HiDream (every family: docs/families.md)")
+             "LTX-Video, Wan 2.1 / 2.2, Kandinsky 5, AuraFlow, SD3 / SD3.5, Ideogram 4, HiDream and CogVideoX (every family: docs/families.md)")
 
 
 def model_family(model: Any) -> str:

@@ -21,6 +21,7 @@ SERVED: dict[str, str] = {
     "SD3": "SD3",
     "Ideogram4": "Ideogram 4",
     "HiDream": "HiDream",
+    **dict.fromkeys(("CogVideoX_T2V", "CogVideoX_I2V", "CogVideoX_Inpaint"), "CogVideoX"),
     **dict.fromkeys(("Kandinsky5", "Kandinsky5Image"), "Kandinsky 5"),
 }
 
@@ -59,8 +60,7 @@ REFUSED: dict[str, tuple[str, str]] = {
     "ErnieImage": ("it " + _NO_OPTIONS.format("comfy/ldm/ernie"), "patches on its value projections"),
     "GenmoMochi": ("its text rows come after the image rows in the joint sequence, where the override expects text "
                    "first", "an adapter placing the prompt after the image rows (and splitting queries there)"),
-    **dict.fromkeys(("CogVideoX_T2V", "CogVideoX_I2V", "CogVideoX_Inpaint", "CosmosT2V", "CosmosI2V"),
-                    (_NO_LABELS, "a label on each of its layers")),
+    **dict.fromkeys(("CosmosT2V", "CosmosI2V"), (_NO_LABELS, "a label on each of its layers")),
     "Stable_Cascade_C": (_NO_LABELS + "; its text rows follow the image rows",
                          "a label on each layer and a text-row offset"),
     "LTXAV": ("LTX-2 reads its prompt through Gemma 3 tokens, which this pack does not mark, in a video and an audio "

@@ -22,9 +22,11 @@ def _model_sampling(model: Any, name: str) -> Any:
     import comfy.model_sampling
 
     sampling = model.get_model_object("model_sampling")
-    # EPS covers eps, v-prediction and EDM models (x_t = x0 + sigma * eps); CONST the flow-matching ones.
-    if not isinstance(sampling, (comfy.model_sampling.EPS, comfy.model_sampling.CONST)) \
-            or not hasattr(sampling, "sigmas"):
+    # EPS covers eps, v-prediction and EDM models (x_t = x0 + sigma * eps), as does 0.33's V_PREDICTION_DDPM
+    # (CogVideoX: the same x_t, handed to the model unscaled); CONST the flow-matching ones.
+    kinds = (comfy.model_sampling.EPS, comfy.model_sampling.CONST,
+             *filter(None, [getattr(comfy.model_sampling, "V_PREDICTION_DDPM", None)]))
+    if not isinstance(sampling, kinds) or not hasattr(sampling, "sigmas"):
         raise ValueError(f"{name}: the Latent Fisher divergence needs a discrete-time eps, v-prediction or "
                          f"flow-matching model; got {type(sampling).__name__}")
     return sampling

@@ -41,7 +41,8 @@ from .templates import AUTHOR_TEMPLATES, fill
 from .vectors import FILE_DTYPE, VALUE_SCALES, trained_concept
 
 # What the model predicts, by ComfyUI's model type: the loss is the MSE of that prediction.
-PREDICTIONS = {"EPS": "eps", "V_PREDICTION": "v", "FLUX": "flow velocity", "FLOW": "flow velocity"}
+PREDICTIONS = {"EPS": "eps", "V_PREDICTION": "v", "V_PREDICTION_DDPM": "v", "FLUX": "flow velocity",
+               "FLOW": "flow velocity"}
 STATUS = {"final": "complete", "checkpoint": "checkpoint", "interrupted": "interrupted",
           "out-of-memory": "paused: out of memory",
           "non-finite": "stopped: non-finite loss"}

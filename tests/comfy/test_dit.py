@@ -1,5 +1,5 @@
 """Infusion on the DiTs (Flux's family, Qwen-Image, MageFlow, Z-Image, Krea 2, the Hunyuan models, AuraFlow; LTX-Video,
-Kandinsky 5 and Wan 2.1 / 2.2 through their cross-attention; SD3 / SD3.5, Ideogram 4, HiDream), on a real ComfyUI: tiny random-weight models in ComfyUI's own classes
+Kandinsky 5 and Wan 2.1 / 2.2 through their cross-attention; SD3 / SD3.5, Ideogram 4, HiDream, CogVideoX), on a real ComfyUI: tiny random-weight models in ComfyUI's own classes
 with their families' real tokenizers, the exact promises through ComfyUI's sampler, both variants, another pack's
 attention override alongside, the full-size layer tables, training, LoRA and the metrics."""
 import os
@@ -561,11 +561,12 @@ def test_a_video_models_previews_are_clips_of_the_frames_asked_for(pack, tmp_mod
     assert means == pytest.approx([k / 4 for k in range(5)], abs=1 / 255)
 
 
-@pytest.mark.parametrize("family", [f for f in (*CROSS_ATTENTION, "sd3", "ideogram4", "hidream") if f in FAMILIES])
+@pytest.mark.parametrize("family", [f for f in (*CROSS_ATTENTION, "sd3", "ideogram4", "hidream", "cogvideox")
+                                    if f in FAMILIES])
 def test_a_model_comfyui_copies_under_the_same_patches_runs_its_own_cross_attentions(pack, family):
     """ComfyUI builds a new model under a patcher's patches (0.33's non-dynamic delegate reloads it, Train LoRA
     deep-copies it; both through clone's model_override): the concept's labels (on the cross-attentions' classes,
-    SD3's joint blocks', Ideogram 4's and HiDream's blocks') then act on the new model's own modules, so it draws what the concept applied to that model draws (a label holding the module it was
+    SD3's joint blocks', Ideogram 4's, HiDream's and CogVideoX's blocks') then act on the new model's own modules, so it draws what the concept applied to that model draws (a label holding the module it was
     made from would run the old one)."""
     import inspect
 
@@ -710,7 +711,7 @@ def test_the_previews_latent_is_the_empty_latent_comfyuis_own_nodes_give_the_mod
 TRAIN = dict(word="dog", steps=2, learning_rate=0.05, batch_size=2, gradient_accumulation=1, seed=0,
              templates="a photo of a {}\n{}", flip=True, save_every=0, resume=False, variant="value",
              precision="fp32", gradient_checkpointing=True, sample_every=0)
-PREDICTIONS = {family: "flow velocity" for family in FAMILIES}
+PREDICTIONS = {**{family: "flow velocity" for family in FAMILIES}, "cogvideox": "v"}  # CogVideoX: v, DDPM's
 
 
 def photo_latents(n=2, seed=3, family="flux"):
@@ -720,7 +721,7 @@ def photo_latents(n=2, seed=3, family="flux"):
              "mage_flow": (n, 128, 4, 4), "hunyuan_image": (n, 64, 4, 4), "hunyuan_video15": (n, 32, 1, 4, 4),
              "ltxv": (n, 128, 1, 4, 4), "kandinsky5": (n, 16, 1, 8, 8), "chroma_radiance": (n, 3, 64, 64),
              "aura_flow": (n, 4, 8, 8), "wan21": (n, 16, 1, 8, 8), "wan22": (n, 48, 1, 4, 4),
-             "ideogram4": (n, 128, 4, 4)}.get(
+             "ideogram4": (n, 128, 4, 4), "cogvideox": (n, 16, 1, 8, 8)}.get(
         family, (n, 16, 8, 8))
     return {"samples": torch.randn(shape, generator=torch.Generator().manual_seed(seed))}
 
@@ -923,9 +924,9 @@ FULL_SIZE = {"Flux": (57, 3072, "double.18", "single.37"), "QwenImage": (60, 307
              "Kandinsky5": (32, 1792, "cross.31", None), "Kandinsky5Image": (50, 2560, "cross.49", None),
              "WAN21_T2V": (40, 5120, "cross.39", None), "WAN21_I2V": (40, 5120, "cross.39", None),
              "WAN22_T2V": (30, 3072, "cross.29", None), "SD3": (24, 1536, "double.23", None),
-             "Ideogram4": (34, 4608, "single.33", None)}
+             "Ideogram4": (34, 4608, "single.33", None), "CogVideoX_T2V": (42, 3072, "double.41", None)}
 NEWER = {"ZImage": "z_image", "Kandinsky5": "kandinsky5", "Kandinsky5Image": "kandinsky5",
-         "Ideogram4": "ideogram4"}  # not on 0.3.64
+         "Ideogram4": "ideogram4", "CogVideoX_T2V": "cogvideox"}  # not on 0.3.64
 
 
 @pytest.mark.parametrize("name", [n for n in FULL_SIZE if NEWER.get(n, "flux") in FAMILIES])
