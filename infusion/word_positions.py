@@ -47,7 +47,8 @@ def context_key(tokens: Mapping[str, Any]) -> str:
         return clip[0]
     raise ValueError(f"this CLIP's text encoder ({', '.join(tokens)}) is not one Infusion can mark the class word "
                      "for; supported: CLIP (SD1.x, SD2.x, SDXL), T5-XXL (Flux, Chroma, LTX-Video), Pile-T5 (AuraFlow), "
-                     "Qwen2.5-VL (Qwen-Image, Kandinsky 5), Qwen3 (Z-Image, FLUX.2 klein), Qwen3-VL (Krea 2, Ideogram 4)")
+                     "Qwen2.5-VL (Qwen-Image, Kandinsky 5), Qwen3 (Z-Image, FLUX.2 klein), Qwen3-VL (Krea 2, "
+                     "Ideogram 4)")
 
 
 def context_parts(tokens: Mapping[str, Any], text_encoder: Any = None) -> tuple[str, ...]:
@@ -226,11 +227,15 @@ def word_positions(tokenizer: Any, tokens: Mapping[str, list], words: Iterable[s
     """Where each of `words` stands in the model's context, from ComfyUI tokens ({key: [chunks]}) and the CLIP's
     text encoder (its cond_stage_model: which of SD3's encoders are loaded)."""
     length, found = 0, {w: [] for w in words}
+    scanned: dict[str, tuple[int, dict[str, list[int]]]] = {}  # HiDream's context holds Llama's rows twice
     for key in context_parts(tokens, text_encoder):
-        ids = flat_ids(tokens[key])
-        dropped = _dropped_rows(key, ids)
-        find = _finder(_sd_tokenizer(tokenizer, key), ids)
+        if key not in scanned:
+            ids = flat_ids(tokens[key])
+            dropped = _dropped_rows(key, ids)
+            find = _finder(_sd_tokenizer(tokenizer, key), ids)
+            scanned[key] = (len(ids) - dropped, {w: [j - dropped for j in find(w) if j >= dropped] for w in found})
+        rows, at = scanned[key]
         for w in found:
-            found[w].extend(length + j - dropped for j in find(w) if j >= dropped)
-        length += len(ids) - dropped
+            found[w].extend(length + j for j in at[w])
+        length += rows
     return WordPositions(length=length, words={w: tuple(p) for w, p in found.items() if p})

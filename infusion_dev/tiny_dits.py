@@ -1,8 +1,9 @@
 """Tiny random-weight DiT models in ComfyUI's own classes, for the tests and benchmarks (never a user's
 model): FLUX.1 (dev and schnell), FLUX.2 (as klein), Chroma, Chroma Radiance, Qwen-Image, MageFlow, Z-Image,
-Krea 2, HunyuanImage 2.1, HunyuanVideo 1.5, LTX-Video, Kandinsky 5, AuraFlow, Wan 2.1 / 2.2, SD3.5, Ideogram 4, HiDream and CogVideoX, each with its
-family's real tokenizer and text encoder class at a tiny width (Wan's umT5 with a small SentencePiece vocabulary:
-its real one is stored in the text encoder's file).
+Krea 2, HunyuanImage 2.1, HunyuanVideo 1.5, LTX-Video, Kandinsky 5, AuraFlow, Wan 2.1 / 2.2, SD3.5, Ideogram 4,
+HiDream and CogVideoX, each with its family's real tokenizer and text encoder class at a tiny width (Wan's umT5 with
+a small SentencePiece vocabulary, HiDream's Llama 3 with a small byte-level one: their real ones are stored in the
+text encoder's file, and in a tokenizer file missing from the trees here).
 
 A tiny Flux is written to a file and loaded from there in a way ComfyUI can repeat (tiny_models.
 load_unet_file; its Train LoRA trains on such a reloaded copy); 0.3.64's detection only knows full-size
@@ -280,8 +281,9 @@ def sd3_model(seed: int = SEED + 17) -> Any:
     import comfy.supported_models
 
     config = {"in_channels": 16, "patch_size": 2, "out_channels": 16, "depth": 2, "input_size": None,
-              "adm_in_channels": 2048, "context_embedder_config": {"target": "torch.nn.Linear",
-                                                                   "params": {"in_features": 4096, "out_features": 128}},
+              "adm_in_channels": 2048,
+              "context_embedder_config": {"target": "torch.nn.Linear",
+                                          "params": {"in_features": 4096, "out_features": 128}},
               "num_patches": 64 * 64, "pos_embed_max_size": 64, "pos_embed_scaling_factor": None, "qk_norm": "rms",
               "x_block_self_attn_layers": [0]}
     model = init_weights(comfy.supported_models.SD3(config).get_model({}), seed)
@@ -330,7 +332,8 @@ def cogvideox_model(seed: int = SEED + 20) -> Any:
     # moved the output by 1e-6): those are drawn 10 times larger, gates of a trained model's order.
     with torch.no_grad():
         for name, p in model.diffusion_model.named_parameters():
-            if p.ndim == 2 and (name.startswith("time_embedding") or ".norm1.linear" in name or ".norm2.linear" in name):
+            if p.ndim == 2 and (name.startswith("time_embedding") or name.endswith(("norm1.linear.weight",
+                                                                                    "norm2.linear.weight"))):
                 p.mul_(10.0)
     return _patcher(model)
 
@@ -487,8 +490,8 @@ def tiny_spiece_model() -> bytes:
     return out.getvalue()
 
 
-LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"
-                r"\s+(?!\S)|\s+")
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+                r"\s*[\r\n]+|\s+(?!\S)|\s+")
 LLAMA3_SPECIAL = {"<|begin_of_text|>": 128000, "<|end_of_text|>": 128001, "<|eot_id|>": 128009}
 
 

@@ -25,7 +25,8 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (UNetAdapter(), FluxAdapter(), QwenImageAd
                                        HiDreamAdapter(), CogVideoXAdapter())
 SUPPORTED = ("UNet models with cross-attention (SD1.x, SD2.x, SDXL and its distilled variants), Flux (FLUX.1 dev "
              "and schnell, FLUX.2), Chroma, HunyuanImage 2.1, HunyuanVideo 1.5, Qwen-Image, MageFlow, Z-Image, Krea 2, "
-             "LTX-Video, Wan 2.1 / 2.2, Kandinsky 5, AuraFlow, SD3 / SD3.5, Ideogram 4, HiDream and CogVideoX (every family: docs/families.md)")
+             "LTX-Video, Wan 2.1 / 2.2, Kandinsky 5, AuraFlow, SD3 / SD3.5, Ideogram 4, HiDream and CogVideoX "
+             "(every family: docs/families.md)")
 
 
 def model_family(model: Any) -> str:

@@ -13,7 +13,7 @@ The values are reached through ComfyUI's attention override (`transformer_option
 override here calls whatever was set before it (another pack's) and adds nothing where no concept acts.
 ComfyUI labels each call with `block_type` and `block_index`; the prompt's context length, and where it
 sits, reach the override through an APPLY_MODEL wrapper. Text comes first in the joint sequence in every
-family here: the prompt's rows, and any the model joins to them (the adapter's `text_layout`).
+family here but HiDream: the prompt's rows, and any the model joins to them (the adapter's `text_layout`).
 """
 from __future__ import annotations
 
@@ -273,7 +273,6 @@ class DiTAdapter(FamilyAdapter):
             # Another clone's label may be in place on the shared model: the class it labels is the one that runs.
             current = patcher.get_model_object(key)
             patcher.add_object_patch(key, labelled(current.__dict__.get("unlabelled", current), block_type, i))
-
 
     def applied(self, patcher: Any) -> list[DiTResidual]:
         return list(patcher.model_options.get("transformer_options", {}).get(RESIDUALS_KEY, ()))

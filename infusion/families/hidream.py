@@ -29,8 +29,8 @@ class HiDreamAdapter(DiTAdapter):
                   inputs: Mapping[str, Any]) -> tuple[int, int, int, int | None]:
         if context_length != T5_ROWS:
             raise ValueError(f"HiDream's prompt has {context_length} T5 rows where HiDream's text encoder gives "
-                             f"{T5_ROWS}: Conditioning (Concat) joins prompts' T5 rows but not their Llama rows, so the "
-                             "concept cannot find its word there; combine the prompts into one instead")
+                             f"{T5_ROWS}: Conditioning (Concat) joins prompts' T5 rows but not their Llama rows, so "
+                             "the concept cannot find its word there; combine the prompts into one instead")
         llama = int(inputs["encoder_hidden_states_llama3"].shape[2])  # [batch, layers, rows, width]
         width = x.shape[-1] + (inputs["image_cond"].shape[-1] if inputs.get("image_cond") is not None else 0)  # E1
         patch = int(diffusion_model.patch_size)

@@ -45,7 +45,8 @@ class SD3Adapter(DiTAdapter):
         return list(diffusion_model.joint_blocks)
 
     def output_weights(self, diffusion_model: torch.nn.Module) -> dict[LayerId, torch.Tensor]:
-        return {LayerId("double", i): weight_of(b.x_block.attn.proj) for i, b in enumerate(diffusion_model.joint_blocks)}
+        return {LayerId("double", i): weight_of(b.x_block.attn.proj)
+                for i, b in enumerate(diffusion_model.joint_blocks)}
 
     def labelled_modules(self, diffusion_model: torch.nn.Module) -> list[tuple[str, str, int]]:
         return [(f"joint_blocks.{i}", "double", i) for i in range(len(diffusion_model.joint_blocks))]

@@ -1,7 +1,8 @@
-"""Infusion on the DiTs (Flux's family, Qwen-Image, MageFlow, Z-Image, Krea 2, the Hunyuan models, AuraFlow; LTX-Video,
-Kandinsky 5 and Wan 2.1 / 2.2 through their cross-attention; SD3 / SD3.5, Ideogram 4, HiDream, CogVideoX), on a real ComfyUI: tiny random-weight models in ComfyUI's own classes
-with their families' real tokenizers, the exact promises through ComfyUI's sampler, both variants, another pack's
-attention override alongside, the full-size layer tables, training, LoRA and the metrics."""
+"""Infusion on the DiTs (Flux's family, Qwen-Image, MageFlow, Z-Image, Krea 2, the Hunyuan models, AuraFlow, SD3 /
+SD3.5, Ideogram 4, HiDream, CogVideoX; LTX-Video, Kandinsky 5 and Wan 2.1 / 2.2 through their cross-attention), on a
+real ComfyUI: tiny random-weight models in ComfyUI's own classes with their families' real tokenizers, the exact
+promises through ComfyUI's sampler, both variants, another pack's attention override alongside, the full-size layer
+tables, training, LoRA and the metrics."""
 import os
 
 import pytest
@@ -566,8 +567,9 @@ def test_a_video_models_previews_are_clips_of_the_frames_asked_for(pack, tmp_mod
 def test_a_model_comfyui_copies_under_the_same_patches_runs_its_own_cross_attentions(pack, family):
     """ComfyUI builds a new model under a patcher's patches (0.33's non-dynamic delegate reloads it, Train LoRA
     deep-copies it; both through clone's model_override): the concept's labels (on the cross-attentions' classes,
-    SD3's joint blocks', Ideogram 4's, HiDream's and CogVideoX's blocks') then act on the new model's own modules, so it draws what the concept applied to that model draws (a label holding the module it was
-    made from would run the old one)."""
+    SD3's joint blocks', Ideogram 4's, HiDream's and CogVideoX's blocks') then act on the new model's own modules,
+    so it draws what the concept applied to that model draws (a label holding the module it was made from would run
+    the old one)."""
     import inspect
 
     from infusion_dev import tiny_dits
