@@ -204,21 +204,54 @@ def unet_config(name: str, config_class: type) -> dict[str, Any]:
     return {**base, **config_class.unet_config, **_UNET_LAYOUT.get(name, {})}
 
 
+def _config(name: str) -> tuple[type, dict[str, Any]]:
+    import comfy.supported_models
+    import torch
+
+    config_class = getattr(comfy.supported_models, name)
+    if name in FLUX_VARIANTS:
+        return config_class, {**tiny_dits.flux_config(), **FLUX_VARIANTS[name]}
+    if name in UNET_BASES:
+        return config_class, unet_config(name, config_class)
+    return config_class, _accepted({k: getattr(torch, v) if k.endswith("_dtype") else v
+                                    for k, v in DIT_CONFIGS[name].items()})
+
+
 def family_model(name: str) -> Any:
     """A ModelPatcher of family `name` (ComfyUI's config class): its tiny model where it has one, else on the
     meta device."""
     import comfy.model_patcher
-    import comfy.supported_models
     import torch
 
     if name in TINY_DITS:
         return h.tiny_dit(TINY_DITS[name])[0].clone()
-    config_class = getattr(comfy.supported_models, name)
-    if name in FLUX_VARIANTS:
-        config = {**tiny_dits.flux_config(), **FLUX_VARIANTS[name]}
-    elif name in UNET_BASES:
-        config = unet_config(name, config_class)
-    else:
-        config = _accepted({k: getattr(torch, v) if k.endswith("_dtype") else v for k, v in DIT_CONFIGS[name].items()})
+    config_class, config = _config(name)
     model = config_class(config).get_model({}, device=torch.device("meta"))
     return comfy.model_patcher.ModelPatcher(model, torch.device("cpu"), torch.device("cpu"))
+
+
+# Variants read by their base's text encoder, whose tiny layouts here run as they are: (ComfyUI's config class, its
+# base's tiny family). Each is drawn through ComfyUI's sampler with what it adds left as ComfyUI fills it when absent
+# (instruct-pix2pix's and FLUX.1 Fill's image channels, the x4 upscaler's low-resolution image, empty).
+VARIANTS = {"SD15_instructpix2pix": "sd15", "SD_X4Upscaler": "sd2", "SDXL_instructpix2pix": "sdxl", "SSD1B": "sdxl",
+            "Segmind_Vega": "sdxl", "KOALA_700M": "sdxl", "KOALA_1B": "sdxl", "FluxInpaint": "flux"}
+
+
+def variant_model(name: str, seed: int = 7) -> tuple[Any, Any]:
+    """(ModelPatcher, CLIP) of a served variant (VARIANTS) with random weights: its layout (inputs, blocks), a UNet's at
+    the tiny UNets' width of 32 (ComfyUI then names it a custom model: its configs match the released widths only),
+    and its base's tiny CLIP."""
+    import comfy.model_patcher
+    import torch
+
+    config_class, config = _config(name)
+    built = config_class(config)
+    if name in UNET_BASES:
+        built.unet_config.update(model_channels=32, **({} if UNET_BASES[name] == "sd15" else
+                                                       {"num_heads": -1, "num_head_channels": h.TINY_HEAD_CHANNELS}))
+    with h.executor_mode():
+        model = h.init_weights(built.get_model({}), seed)
+    base = VARIANTS[name]
+    clip = tiny_dits.clip("flux") if base == "flux" else {"sd15": h.tiny_sd15, "sd2": h.tiny_sd2v,
+                                                           "sdxl": h.tiny_sdxl}[base]()[1]
+    return comfy.model_patcher.ModelPatcher(model, torch.device("cpu"), torch.device("cpu")), clip

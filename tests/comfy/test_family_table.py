@@ -3,9 +3,12 @@ family table (infusion/families/catalog.py), and a model of it, in ComfyUI's own
 served by the adapter the row names, whose layers read the text (or, where this ComfyUI's version of the family is
 one the adapter cannot reach, refused saying so and to update ComfyUI), or refused by name with the row's reason. A
 family ComfyUI adds later fails here until it has a row. The served families' exact promises and training are
-tested on their tiny models (test_dit.py, test_unet*.py); docs/families.md is this table for users."""
+tested on their tiny models (test_dit.py, test_unet*.py), and here on tiny models of the served variants that read
+their base's text encoder; docs/families.md is this table for users."""
 import re
 from pathlib import Path
+
+import pytest
 
 from infusion_dev import comfy_harness as h
 from infusion_dev import family_models
@@ -55,6 +58,35 @@ def test_every_family_comfyui_runs_has_one_row_and_is_held_to_it(pack):
                 if not str(e).startswith(catalog.refusal(name)):
                     wrong[name] = str(e)
     assert not wrong, wrong
+
+
+@pytest.mark.parametrize("name", list(family_models.VARIANTS))
+def test_a_served_variant_keeps_the_exact_promises_on_a_tiny_model_of_its_own(pack, name):
+    """Served variants of a family (inpainting, instruct-pix2pix, the x4 upscaler, SDXL's distillations) on a tiny model
+    of their own layout (family_models.variant_model), through ComfyUI's sampler: a prompt without the word is the
+    variant's own picture bit for bit, and the word changes it."""
+    import comfy.supported_models
+    import torch
+
+    if not hasattr(comfy.supported_models, name):
+        pytest.skip(f"this ComfyUI has no {name}")
+    model, clip = family_models.variant_model(name)
+    families, concept_mod = h.pack_submodule(pack, "infusion.families"), h.pack_submodule(pack, "infusion.concept")
+    layers, family = h.pack_submodule(pack, "infusion.patching").model_layers(model)
+    concept = concept_mod.InfusionConcept.zeros("dog", layers, family,
+                                                vector_space=families.adapter_for(model).vector_space)
+    g = torch.Generator().manual_seed(0)
+    for layer in sorted(concept.values):
+        concept.values[layer] = torch.randn(concept.values[layer].shape, generator=g)
+    import nodes
+    applied, word_clip = nodes.NODE_CLASS_MAPPINGS["ApplyInfusion"].execute(model, clip, concept, 1.0).result
+    latent = {"samples": torch.zeros(1, model.get_model_object("latent_format").latent_channels, 8, 8)}
+
+    def draw(m, c, text):
+        return h.sample(m, h.encode(c, text), h.encode(c, "blurry"), latent)["samples"]
+
+    assert torch.equal(draw(applied, word_clip, "a photo of a cat"), draw(model, clip, "a photo of a cat"))
+    assert not torch.equal(draw(applied, word_clip, "a photo of a dog"), draw(model, clip, "a photo of a dog"))
 
 
 def test_the_families_page_has_the_tables_rows(pack):
